@@ -1,0 +1,147 @@
+"""Plain-data types of the evaluation contract, shared by every model endpoint and by the engine.
+
+The wire format follows the BBT paper: a client sends the task examples once and, per candidate, only the
+low-dimensional vector `z` (d floats); the endpoint owns the random projection `A` (rebuilt from a
+`ProjectionSpec`) and returns label-word logits, losses and the metric. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+PromptMode = Literal["none", "cat", "add", "deep"]
+LossName = Literal["ce", "hinge", "perf"]
+METRICS = ("accuracy", "macro_f1")
+LOSSES = ("ce", "hinge", "perf")
+
+
+@dataclass(frozen=True)
+class ProjectionSpec:
+    """How the endpoint builds the fixed random projection A: R^d -> R^(n_tokens x hidden), one per layer.
+
+    `normal`: entries ~ N(0, std), std = alpha * s / (sqrt(d) * sigma0), s the std of the embedding matrix (or of
+    the hidden states entering the layer, for deep prompts), so each prompt coordinate starts with std ~ alpha * s
+    when z ~ N(0, sigma0^2). `uniform`: the BBT paper's U(-1/sqrt(d), 1/sqrt(d)) (torch Linear default init).
+    """
+
+    seed: int = 0
+    dim: int = 500
+    distribution: Literal["normal", "uniform"] = "normal"
+    alpha: float = 1.0
+    sigma0: float = 1.0
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Where and how a candidate becomes a prompt.
+
+    mode: `none` (no soft prompt), `cat` (prompt = A z + p0 occupies `n_tokens` inserted positions), `add`
+        (A z is added to the embeddings of `n_tokens` placeholder tokens), `deep` (BBTv2: a prompt added to the
+        hidden states at the placeholder positions before every layer).
+    init: text whose tokens are the placeholders (`add`/`deep`) or whose embeddings are p0 (`cat`); its token
+        count overrides `n_tokens`. None: vocabulary ids 1000.. as in BBT (`add`/`deep`), p0 = 0 (`cat`).
+    scales: the per-layer scale s of the projection (one value for `cat`/`add`, one per layer for `deep`). None:
+        the endpoint derives them (embedding std; BBTv2's clipped hidden-state std on the request's examples) and
+        returns them in `EvalResult.scales`; pin them in the spec so dev/test use the same projection.
+    """
+
+    mode: PromptMode = "none"
+    n_tokens: int = 50
+    projection: ProjectionSpec = field(default_factory=ProjectionSpec)
+    init: str | None = None
+    scales: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptSpec":
+        data = dict(data)
+        data["projection"] = ProjectionSpec(**data.get("projection", {}))
+        if data.get("scales") is not None:
+            data["scales"] = tuple(float(s) for s in data["scales"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How examples become model inputs: template, label words, metric, optional ICL demonstrations.
+
+    template: uses `{text}`, optional `{text2}`, `{mask}` where the label word goes, optional `{prompt}` (where the
+        soft prompt goes; default: at the very start). Causal LMs score the next token after the text before
+        `{mask}`; masked LMs score at the mask token.
+    verbalizer: one word per label, in label order; each label is scored by its word's first token.
+    demos: (text, text2, label index) triples shown before the input (in-context learning).
+    """
+
+    template: str
+    labels: tuple[str, ...]
+    verbalizer: tuple[str, ...]
+    metric: str = "accuracy"
+    demos: tuple[tuple[str, str | None, int], ...] = ()
+    demo_separator: str = "\n\n"
+
+
+@dataclass
+class Examples:
+    """A batch of examples: texts, optional second texts, label indices (into TaskSpec.labels)."""
+
+    texts: list[str]
+    labels: list[int]
+    texts2: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class EvalRequest:
+    """Score a population of candidates on a batch of examples.
+
+    z: (P, d) candidate vectors for `cat`/`add`, or for `deep` the vectors of layer `layer` (other layers fixed
+        at `base`). None means one candidate: z = 0 (or just `base` for deep; no prompt for `none`).
+    base: (L, d) per-layer vectors for `deep`.
+    """
+
+    task: TaskSpec
+    examples: Examples
+    prompt: PromptSpec = field(default_factory=PromptSpec)
+    z: np.ndarray | None = None
+    layer: int | None = None
+    base: np.ndarray | None = None
+    loss: LossName = "ce"
+    return_logits: bool = True
+
+    @property
+    def population(self) -> int:
+        return 1 if self.z is None else int(np.asarray(self.z).shape[0])
+
+
+@dataclass
+class EvalResult:
+    """Per-candidate results. logits: (P, E, K) label-word logits; loss/metric: (P,); losses: all loss kinds."""
+
+    loss: np.ndarray
+    metric: np.ndarray
+    losses: dict[str, np.ndarray]
+    logits: np.ndarray | None = None
+    model_id: str = ""
+    seconds: float = 0.0
+    scales: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an endpoint serves."""
+
+    model_id: str
+    kind: str
+    hidden_size: int
+    n_layers: int
+    max_length: int
+    supports_embeddings: bool
+    device: str = "cpu"
+    dtype: str = "fp32"

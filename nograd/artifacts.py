@@ -1,0 +1,60 @@
+"""The run directory: config.json, history.jsonl, result.json and prompt.safetensors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+
+from clients.types import PromptSpec, TaskSpec
+
+from .config import RunConfig
+
+FORMAT = "nograd-prompt/1"
+
+
+def start_run_dir(out_dir: Path, config: RunConfig) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    (out_dir / "history.jsonl").write_text("")
+
+
+def append_history(out_dir: Path, entry: dict) -> None:
+    with open(out_dir / "history.jsonl", "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def save_prompt(path: Path, *, config: RunConfig, spec: PromptSpec, x: np.ndarray | None,
+                materialized: np.ndarray | None, task_spec: TaskSpec, model_id: str) -> None:
+    """z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata the projection spec, the
+    task template/verbalizer/demonstrations and the run config."""
+    tensors = {"z": np.zeros(0) if x is None else np.asarray(x, dtype=np.float64)}
+    if materialized is not None:
+        tensors["prompt"] = np.ascontiguousarray(materialized, dtype=np.float32)
+    metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "task_spec": json.dumps(asdict(task_spec)),
+                "config": json.dumps(config.to_dict()), "model_id": model_id}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_prompt(path: str | Path) -> dict:
+    """Returns {spec, task_spec, config, model_id, x, prompt}."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist; pass RUN_DIR/prompt.safetensors")
+    with safe_open(str(path), framework="numpy") as fh:
+        metadata = fh.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a nograd prompt file (format {metadata.get('format')!r})")
+    tensors = load_file(str(path))
+    task = json.loads(metadata["task_spec"])
+    task_spec = TaskSpec(template=task["template"], labels=tuple(task["labels"]),
+                         verbalizer=tuple(task["verbalizer"]), metric=task["metric"],
+                         demos=tuple(tuple(d) for d in task["demos"]), demo_separator=task["demo_separator"])
+    z = tensors["z"]
+    return {"spec": PromptSpec.from_dict(json.loads(metadata["spec"])), "task_spec": task_spec,
+            "config": RunConfig.from_dict(json.loads(metadata["config"])), "model_id": metadata["model_id"],
+            "x": None if z.size == 0 else z, "prompt": tensors.get("prompt")}

@@ -1,0 +1,95 @@
+"""Run configuration: everything needed to rerun a prompt-optimization run, validated with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+METHODS = ("manual", "icl", "bbt", "bbtv2")
+SEARCH_METHODS = ("bbt", "bbtv2")
+
+
+class ConfigError(ValueError):
+    """A run option is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """One run. Defaults are the tuned settings reported in bench/quality.py (see README)."""
+
+    method: str = "bbt"
+    task: str | None = "mr"
+    # User dataset instead of a bundled task.
+    dataset: str | None = None
+    test_dataset: str | None = None
+    template: str | None = None
+    verbalizer: str | None = None
+    text_field: str = "text"
+    text2_field: str | None = None
+    label_field: str = "label"
+    metric: str = "accuracy"
+    # Model.
+    model: str = "smollm2-135m"
+    dtype: str = "bf16"
+    device: str = "auto"
+    memory_cap_mb: float = 1024.0
+    # Data.
+    k_shot: int = 16
+    seed: int = 0
+    # Search.
+    budget: int = 600
+    popsize: int = 20
+    optimizer: str = "cma"
+    sigma0: float = 1.0
+    bounds: float | None = None
+    loss: str = "ce"
+    dev_every: int = 100
+    # Prompt.
+    mode: str = "cat"
+    n_tokens: int = 50
+    dim: int = 500
+    distribution: str = "normal"
+    alpha: float = 1.0
+    init: str | None = None
+    # Baselines.
+    icl_shots: int = 4
+
+    def validate(self) -> "RunConfig":
+        def fail(field: str, message: str):
+            raise ConfigError(f"{field}: {message}")
+
+        if self.method not in METHODS:
+            fail("method", f"{self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if (self.task is None) == (self.dataset is None):
+            fail("task", "give exactly one of a bundled task (--task) or a dataset file (--dataset)")
+        if self.dataset is not None and (not self.template or not self.verbalizer):
+            fail("template", "a dataset file needs --template and --verbalizer")
+        for name in ("budget", "popsize", "k_shot", "dim", "n_tokens", "dev_every", "icl_shots"):
+            if getattr(self, name) < 1:
+                fail(name, f"must be >= 1 (got {getattr(self, name)})")
+        if self.method in SEARCH_METHODS and self.budget < self.popsize:
+            fail("budget", f"must be at least popsize ({self.popsize}) calls")
+        if self.sigma0 <= 0 or self.alpha <= 0:
+            fail("sigma0", "sigma0 and alpha must be > 0")
+        if self.loss not in ("ce", "hinge", "perf"):
+            fail("loss", f"{self.loss!r} is unknown; use ce, hinge or perf")
+        if self.mode not in ("cat", "add"):
+            fail("mode", f"{self.mode!r} is unknown for bbt; use cat or add (bbtv2 always injects deep prompts)")
+        if self.distribution not in ("normal", "uniform"):
+            fail("distribution", "use normal or uniform")
+        if self.dtype not in ("bf16", "fp16", "fp32"):
+            fail("dtype", "use bf16, fp16 or fp32")
+        if not (self.optimizer == "cma" or self.optimizer.startswith("ng:")):
+            fail("optimizer", f"{self.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown option; known options are {', '.join(sorted(known))}")
+        return cls(**data).validate()

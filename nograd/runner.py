@@ -1,0 +1,143 @@
+"""One run end to end: task -> few-shot split -> baseline or search -> test metric -> run directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+from nograd.tasks import Example, Task, examples_hash, get_task, load_user_dataset
+
+from . import artifacts
+from .config import SEARCH_METHODS, RunConfig
+from .search import PromptSearch
+
+TEST_CHUNK = 256  # examples per evaluation request when scoring a test set
+
+
+@dataclass
+class RunData:
+    task: Task
+    spec: TaskSpec
+    train: Examples
+    dev: Examples
+    test: Examples
+
+
+def load_task(config: RunConfig) -> Task:
+    if config.task is not None:
+        return get_task(config.task)
+    return load_user_dataset(config.dataset, template=config.template, verbalizer=config.verbalizer,
+                             text_field=config.text_field, text2_field=config.text2_field,
+                             label_field=config.label_field, metric=config.metric, test_path=config.test_dataset)
+
+
+def to_examples(task: Task, examples: list[Example] | tuple[Example, ...]) -> Examples:
+    pair = len(task.fields) == 2
+    return Examples(texts=[e.text for e in examples], labels=[task.label_index(e.label) for e in examples],
+                    texts2=[e.text2 for e in examples] if pair else None)
+
+
+def task_spec(task: Task, demos: list[Example] | None = None) -> TaskSpec:
+    return TaskSpec(template=task.template, labels=task.labels,
+                    verbalizer=tuple(task.verbalizer[label] for label in task.labels), metric=task.metric,
+                    demos=tuple((d.text, d.text2, task.label_index(d.label)) for d in (demos or [])))
+
+
+def icl_demos(task: Task, train: list[Example], shots_per_class: int, seed: int) -> list[Example]:
+    """`shots_per_class` training examples of every label, in a seeded random order."""
+    rng = np.random.default_rng([seed, 7])
+    chosen = [e for label in task.labels for e in [x for x in train if x.label == label][:shots_per_class]]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def prepare(config: RunConfig) -> RunData:
+    task = load_task(config)
+    train, dev = task.few_shot(config.k_shot, config.seed)
+    demos = icl_demos(task, train, config.icl_shots, config.seed) if config.method == "icl" else None
+    return RunData(task=task, spec=task_spec(task, demos), train=to_examples(task, train),
+                   dev=to_examples(task, dev), test=to_examples(task, task.test))
+
+
+async def score(client, spec: TaskSpec, examples: Examples, prompt: PromptSpec, x: np.ndarray | None,
+                chunk: int = TEST_CHUNK) -> dict:
+    """Metric and CE of one prompt on many examples, in chunks (metric computed over all of them)."""
+    from service.engine.losses import all_losses
+
+    logits = []
+    for start in range(0, len(examples), chunk):
+        part = Examples(texts=examples.texts[start:start + chunk], labels=examples.labels[start:start + chunk],
+                        texts2=examples.texts2[start:start + chunk] if examples.texts2 else None)
+        if prompt.mode == "deep":
+            request = EvalRequest(spec, part, prompt, base=x)
+        else:
+            request = EvalRequest(spec, part, prompt, z=None if x is None or prompt.mode == "none" else x[None])
+        logits.append((await client.evaluate(request)).logits[0])
+    stacked = np.concatenate(logits)[None]
+    losses, metric = all_losses(stacked, np.asarray(examples.labels), spec.metric)
+    return {"metric": float(metric[0]), "ce": float(losses["ce"][0]), "n": len(examples)}
+
+
+async def run(config: RunConfig, client, out_dir: Path | None = None,
+              on_generation: Callable[[dict], None] | None = None) -> dict:
+    """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data."""
+    config.validate()
+    started = time.perf_counter()
+    data = prepare(config)
+    info = await client.describe()
+    if out_dir is not None:
+        artifacts.start_run_dir(out_dir, config)
+    none = PromptSpec(mode="none")
+    if config.method in SEARCH_METHODS:
+        search = PromptSearch(config, data.spec, data.train, data.dev, info.n_layers)
+        initial = await search.start(client)
+        if on_generation:
+            on_generation({"generation": 0, "calls": 0, "initial": initial})
+        while not search.done:
+            entry = await search.step(client)
+            if out_dir is not None:
+                artifacts.append_history(out_dir, entry)
+            if on_generation:
+                on_generation(entry)
+        outcome = search.result()
+        prompt, x = outcome["spec"], outcome["x"]
+        train = await score(client, data.spec, data.train, prompt, x)
+        dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
+        extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
+                 "initial": outcome["initial"], "generations": search.generation}
+    else:
+        prompt, x = none, None
+        train = await score(client, data.spec, data.train, prompt, x)
+        dev = await score(client, data.spec, data.dev, prompt, x)
+        extra = {}
+    test = await score(client, data.spec, data.test, prompt, x) if len(data.test) else None
+    result = {
+        "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
+        "train_metric": train["metric"], "dev_metric": dev["metric"],
+        "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
+        "calls": getattr(locals().get("search"), "calls", 0), "budget": config.budget if config.method in
+        SEARCH_METHODS else 0, "wall_seconds": time.perf_counter() - started, "model_id": info.model_id,
+        "data_hashes": {"train": examples_hash(_examples_of(data.task, data.train)),
+                        "dev": examples_hash(_examples_of(data.task, data.dev)),
+                        "test": examples_hash(_examples_of(data.task, data.test)),
+                        "task_version": data.task.version},
+        **extra,
+    }
+    if out_dir is not None:
+        materialized = client.materialize(prompt, x if prompt.mode != "deep" else None,
+                                          x if prompt.mode == "deep" else None) if hasattr(client, "materialize") \
+            else None
+        artifacts.save_prompt(out_dir / "prompt.safetensors", config=config, spec=prompt, x=x,
+                              materialized=materialized, task_spec=data.spec, model_id=info.model_id)
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _examples_of(task: Task, examples: Examples) -> list[Example]:
+    texts2 = examples.texts2 or [None] * len(examples)
+    return [Example(text=t, label=task.labels[y], text2=t2) for t, y, t2 in zip(examples.texts, examples.labels, texts2)]

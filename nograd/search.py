@@ -1,0 +1,210 @@
+"""The optimization loop shared by the CLI and the service: ask -> score the population on the training batch
+through any `ModelClient` -> tell; dev evaluation every N calls; the best-dev prompt is the result.
+
+The loop owns no I/O: callers persist `state_dict()` after each generation and get per-generation records.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
+from optimizers import make_deep_optimizer, make_optimizer, optimizer_from_state
+
+from .config import RunConfig
+
+STATE_VERSION = 1
+
+
+def prompt_spec(config: RunConfig) -> PromptSpec:
+    """The prompt a run optimizes: BBT's `cat`/`add` soft prompt, or BBTv2's deep prompt."""
+    projection = ProjectionSpec(seed=config.seed, dim=config.dim, distribution=config.distribution,
+                                alpha=config.alpha, sigma0=config.sigma0)
+    mode = "deep" if config.method == "bbtv2" else config.mode
+    return PromptSpec(mode=mode, n_tokens=config.n_tokens, projection=projection, init=config.init)
+
+
+def _dev_key(metric: float, ce: float) -> tuple[float, float]:
+    return (metric, -ce)
+
+
+class PromptSearch:
+    """Black-box search over z for one run.
+
+    Invariants: `calls` counts exactly the candidates scored on the training batch (never more than the
+    budget); dev evaluations are not charged. The candidate with the best dev metric (ties: lower dev CE) is
+    the result; the initial prompt (z = 0) is always a contender, so the result is never worse on dev.
+    """
+
+    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int):
+        self.config, self.task, self.train, self.dev = config, task, train, dev
+        self.spec = prompt_spec(config)
+        self.deep = self.spec.mode == "deep"
+        self.n_layers = n_layers
+        options = dict(dim=config.dim, popsize=config.popsize, sigma0=config.sigma0, seed=config.seed,
+                       bounds=config.bounds)
+        if self.deep:
+            self.optimizer = make_deep_optimizer(n_layers=n_layers, inner=config.optimizer, **options)
+        else:
+            self.optimizer = make_optimizer(config.optimizer, budget=config.budget, **options)
+        self.calls = 0
+        self.generation = 0
+        self.started = False
+        self.best_dev: dict | None = None
+        self.best_train = {"loss": math.inf, "x": None}
+        self._interval_best = {"loss": math.inf, "x": None}
+        self._next_dev = config.dev_every
+
+    # ---------------------------------------------------------------- candidates
+    def _zero(self) -> np.ndarray:
+        return np.zeros((self.n_layers, self.config.dim) if self.deep else self.config.dim)
+
+    def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
+                 layer: int | None = None, base: np.ndarray | None = None) -> EvalRequest:
+        """A request for full candidates `x` (one) or for a population varying one layer (deep) / all of z."""
+        if x is not None:
+            if self.deep:
+                return EvalRequest(self.task, examples, self.spec, base=x, loss=self.config.loss)
+            population = x[None]
+        return EvalRequest(self.task, examples, self.spec, z=population, layer=layer, base=base,
+                           loss=self.config.loss)
+
+    async def _score_dev(self, client, candidates: list[np.ndarray]) -> list[tuple[float, float]]:
+        if self.deep:
+            results = [await client.evaluate(self._request(self.dev, x)) for x in candidates]
+            return [(float(r.metric[0]), float(r.losses["ce"][0])) for r in results]
+        result = await client.evaluate(self._request(self.dev, population=np.stack(candidates)))
+        return [(float(m), float(c)) for m, c in zip(result.metric, result.losses["ce"])]
+
+    async def _dev_round(self, client, candidates: list[np.ndarray]) -> dict:
+        scores = await self._score_dev(client, candidates)
+        best_i = max(range(len(scores)), key=lambda i: _dev_key(*scores[i]))
+        metric, ce = scores[best_i]
+        improved = self.best_dev is None or _dev_key(metric, ce) > _dev_key(self.best_dev["metric"],
+                                                                           self.best_dev["ce"])
+        if improved:
+            self.best_dev = {"metric": metric, "ce": ce, "x": candidates[best_i].copy(), "calls": self.calls}
+        return {"metric": metric, "ce": ce, "improved": improved, "best_metric": self.best_dev["metric"]}
+
+    # ---------------------------------------------------------------- loop
+    @property
+    def done(self) -> bool:
+        return self.started and self.calls >= self.config.budget
+
+    async def start(self, client) -> dict:
+        """Score the initial prompt (z = 0) on train and dev; pin the projection scales the endpoint derived."""
+        zero = self._zero()
+        result = await client.evaluate(self._request(self.train, zero))
+        if result.scales is not None:
+            self.spec = replace(self.spec, scales=tuple(result.scales))
+        self.initial = {"train_loss": float(result.loss[0]), "train_metric": float(result.metric[0])}
+        if self.deep:
+            self.optimizer.tell_reference(float(result.loss[0]))
+        dev = await self._dev_round(client, [zero])
+        self.initial["dev_metric"] = dev["metric"]
+        self.started = True
+        return dict(self.initial)
+
+    async def step(self, client) -> dict:
+        """One generation: returns its history record."""
+        if not self.started:
+            raise RuntimeError("call start() before step()")
+        started = time.perf_counter()
+        layer = self.optimizer.layer if self.deep else None
+        base = self.optimizer.base() if self.deep else None
+        population = self.optimizer.ask()
+        remaining = self.config.budget - self.calls
+        partial = remaining < len(population)
+        scored = population[:remaining] if partial else population
+        result = await client.evaluate(self._request(self.train, population=scored, layer=layer, base=base))
+        losses = np.asarray(result.loss, dtype=np.float64)
+        self.calls += len(scored)
+        if not partial:
+            self.optimizer.tell(population, losses)
+        i = int(np.argmin(losses))
+        x = scored[i].copy()
+        if self.deep:
+            x, row = base.copy(), x
+            x[layer] = row
+        for record in (self.best_train, self._interval_best):
+            if losses[i] < record["loss"]:
+                record.update(loss=float(losses[i]), x=x)
+        self.generation += 1
+        entry = {"generation": self.generation, "calls": self.calls, "layer": layer,
+                 "losses": [float(v) for v in losses], "min_loss": float(losses.min()),
+                 "mean_loss": float(losses.mean()), "best_loss": self.best_train["loss"],
+                 "train_metric_max": float(np.max(result.metric)), "sigma": _sigma(self.optimizer)}
+        if self.calls >= self._next_dev or self.done:
+            while self._next_dev <= self.calls:
+                self._next_dev += self.config.dev_every
+            candidates = [np.asarray(self.optimizer.mean, dtype=np.float64)]
+            if self._interval_best["x"] is not None:
+                candidates.append(self._interval_best["x"])
+            entry["dev"] = await self._dev_round(client, candidates)
+            self._interval_best = {"loss": math.inf, "x": None}
+        entry["seconds"] = time.perf_counter() - started
+        return entry
+
+    def result(self) -> dict:
+        best = self.best_dev
+        return {"x": best["x"], "dev_metric": best["metric"], "dev_ce": best["ce"], "selected_at_calls": best["calls"],
+                "best_train_loss": self.best_train["loss"], "calls": self.calls, "spec": self.spec,
+                "initial": self.initial}
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """JSON-friendly state after a completed generation; `load_state` continues bit-identically."""
+        def arr(x):
+            return None if x is None else np.asarray(x).tolist()
+        return {"version": STATE_VERSION, "calls": self.calls, "generation": self.generation,
+                "started": self.started, "spec": self.spec.to_dict(), "optimizer": _jsonable(self.optimizer.state_dict()),
+                "best_dev": None if self.best_dev is None else {**self.best_dev, "x": arr(self.best_dev["x"])},
+                "best_train": {**self.best_train, "x": arr(self.best_train["x"])},
+                "interval_best": {**self._interval_best, "x": arr(self._interval_best["x"])},
+                "next_dev": self._next_dev, "initial": getattr(self, "initial", None)}
+
+    def load_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"search state version {state.get('version')} is not {STATE_VERSION}; rerun the job")
+        def arr(x):
+            return None if x is None else np.asarray(x, dtype=np.float64)
+        self.calls, self.generation, self.started = state["calls"], state["generation"], state["started"]
+        self.spec = PromptSpec.from_dict(state["spec"])
+        self.optimizer = optimizer_from_state(_from_jsonable(state["optimizer"]))
+        self.best_dev = None if state["best_dev"] is None else {**state["best_dev"], "x": arr(state["best_dev"]["x"])}
+        self.best_train = {**state["best_train"], "x": arr(state["best_train"]["x"])}
+        self._interval_best = {**state["interval_best"], "x": arr(state["interval_best"]["x"])}
+        self._next_dev = state["next_dev"]
+        self.initial = state["initial"]
+
+
+def _sigma(optimizer) -> float | None:
+    sigma = getattr(optimizer, "sigma", None)
+    return None if sigma is None else float(sigma)
+
+
+def _jsonable(value):
+    """numpy arrays -> tagged lists, recursively (exact for float64)."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_jsonable(value):
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return np.asarray(value["__ndarray__"], dtype=value["dtype"]).reshape(value["shape"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value

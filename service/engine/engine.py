@@ -1,0 +1,365 @@
+"""The evaluation engine: a whole population of candidate prompts scored on a batch of examples in as few
+padded forward passes as the memory cap allows.
+
+Two exact reuses make it fast on causal LMs:
+- prefix reuse: the shared prefix (instruction, prompt, demonstrations) is encoded once per candidate and every
+  example attends to its keys and values;
+- frozen-layer reuse (deep prompts): when only layer i's prompt varies across candidates, the hidden states
+  entering layer i are computed once and only layers >= i run per candidate.
+The LM head is applied only at the scored position, restricted to the label-word rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from clients.types import EvalRequest, EvalResult, ModelInfo
+
+from .errors import EngineError
+from .injection import Injector, Plan
+from .layout import Layout, build_layout
+from .losses import all_losses
+from .models import ModelHandle
+from .projection import Projections
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass
+class PromptSet:
+    """Materialized prompts for one request.
+
+    embed: (P, n, H) prompts for `cat`/`add` (placed at the slots of the embedding layer) or None.
+    deep: per layer, None or (G, n, H) with G = P (varying layer) or 1 (shared); for `deep` mode.
+    varying_layer: the one deep layer whose prompt differs per candidate (None: all layers may differ).
+    """
+
+    population: int
+    scales: tuple[float, ...] | None = None
+    embed: torch.Tensor | None = None
+    deep: list[torch.Tensor | None] | None = None
+    varying_layer: int | None = None
+
+    def deep_for(self, start: int, stop: int) -> list[torch.Tensor | None] | None:
+        """Deep prompts restricted to candidates [start, stop) (shared layers are kept as they are)."""
+        if self.deep is None:
+            return None
+        return [p if p is None or p.shape[0] == 1 else p[start:stop] for p in self.deep]
+
+
+class Engine:
+    """Scores populations of prompts with one model. One call at a time (the model's hooks are shared).
+
+    Args:
+        handle: the loaded model.
+        memory_cap_mb: activation memory a single forward may use; populations are chunked to fit.
+        prefix_reuse: encode the shared prefix once per candidate (causal LMs; exact).
+        layer_reuse: in deep mode, share the layers below the varying one across candidates (exact).
+    """
+
+    def __init__(self, handle: ModelHandle, *, memory_cap_mb: float = 1024.0, prefix_reuse: bool = True,
+                 layer_reuse: bool = True):
+        self.handle = handle
+        self.memory_cap = memory_cap_mb * 2**20
+        self.prefix_reuse = prefix_reuse
+        self.layer_reuse = layer_reuse
+        self.projections = Projections()
+        self.injector = Injector(handle.layers)
+        self._layer_scales: dict[tuple, list[float]] = {}
+        self._emb_std = handle.embedding_std()
+
+    def describe(self) -> ModelInfo:
+        h = self.handle
+        return ModelInfo(model_id=h.model_id, kind=h.kind, hidden_size=h.hidden_size, n_layers=h.n_layers,
+                         max_length=h.max_length, supports_embeddings=True, device=str(h.device),
+                         dtype=_DTYPE_NAMES.get(h.dtype, str(h.dtype)))
+
+    # ------------------------------------------------------------------ public API
+    def evaluate(self, request: EvalRequest) -> EvalResult:
+        """Label-word logits, losses and metric for every candidate of `request`."""
+        started = time.perf_counter()
+        layout = self.layout(request)
+        prompts = self.prompts(request, layout)
+        logits = self.population_logits(layout, prompts).numpy().astype(np.float64)
+        labels = layout.labels.numpy()
+        losses, score = all_losses(logits, labels, request.task.metric)
+        if request.loss not in losses:
+            raise EngineError(f"loss {request.loss!r} is unknown; use one of {', '.join(losses)}")
+        return EvalResult(loss=losses[request.loss], metric=score, losses=losses,
+                          logits=logits if request.return_logits else None, model_id=self.handle.model_id,
+                          seconds=time.perf_counter() - started, scales=prompts.scales)
+
+    def layout(self, request: EvalRequest) -> Layout:
+        h = self.handle
+        return build_layout(h.tokenizer, h.kind, request.task, request.examples, request.prompt, h.max_length)
+
+    def materialize(self, spec, z: np.ndarray | None, base: np.ndarray | None) -> np.ndarray:
+        """The prompt a candidate stands for ((n, H) for cat/add, (L, n, H) for deep), float32. Needs pinned
+        `spec.scales` for deep prompts."""
+        h = self.handle
+        n = spec.n_tokens if not spec.init else len(h.tokenizer(spec.init, add_special_tokens=False)["input_ids"])
+        if spec.mode in ("cat", "add"):
+            scale = spec.scales[0] if spec.scales else self._emb_std
+            vector = np.zeros((1, spec.projection.dim)) if z is None else np.asarray(z).reshape(1, -1)
+            return self.projections.materialize(spec.projection, vector, 0, n, h.hidden_size, scale)[0].numpy()
+        if spec.mode == "deep":
+            if not spec.scales:
+                raise EngineError("materializing a deep prompt needs prompt.scales (returned by the first evaluation)")
+            return np.stack([self.projections.materialize(spec.projection, np.asarray(base)[i:i + 1], i, n,
+                                                          h.hidden_size, spec.scales[i])[0].numpy()
+                             for i in range(h.n_layers)])
+        return np.zeros((0, h.hidden_size), dtype=np.float32)
+
+    # ------------------------------------------------------------------ prompts
+    def prompts(self, request: EvalRequest, layout: Layout) -> PromptSet:
+        spec, h = request.prompt, self.handle
+        n = int(layout.slots.numel())
+        if spec.mode == "none":
+            if request.z is not None:
+                raise EngineError("prompt.mode is 'none' but candidates z were sent; set a prompt mode or omit z")
+            return PromptSet(population=1)
+        d = spec.projection.dim
+        if spec.mode in ("cat", "add"):
+            z = np.zeros((1, d)) if request.z is None else np.asarray(request.z)
+            scales = spec.scales or (self._emb_std,)
+            embed = self.projections.materialize(spec.projection, z, 0, n, h.hidden_size, scales[0])
+            return PromptSet(population=embed.shape[0], embed=embed, scales=tuple(scales))
+        if spec.mode != "deep":
+            raise EngineError(f"prompt.mode {spec.mode!r} is unknown; use none, cat, add or deep")
+        scales = tuple(spec.scales) if spec.scales else self.layer_scales(layout)
+        if len(scales) != h.n_layers:
+            raise EngineError(f"prompt.scales has {len(scales)} values; deep prompts need one per layer ({h.n_layers})")
+        base = np.zeros((h.n_layers, d)) if request.base is None else np.asarray(request.base, dtype=np.float64)
+        if base.shape != (h.n_layers, d):
+            raise EngineError(f"base must have shape ({h.n_layers}, {d}) (layers x projection.dim); got {base.shape}")
+        deep = [self.projections.materialize(spec.projection, base[i:i + 1], i, n, h.hidden_size, scales[i])
+                for i in range(h.n_layers)]
+        if request.z is None:
+            return PromptSet(population=1, deep=deep, scales=scales)
+        if request.layer is None or not 0 <= request.layer < h.n_layers:
+            raise EngineError(f"deep candidates need `layer` in [0, {h.n_layers}) naming the layer z is for")
+        z = np.asarray(request.z)
+        deep[request.layer] = self.projections.materialize(spec.projection, z, request.layer, n, h.hidden_size,
+                                                           scales[request.layer])
+        return PromptSet(population=z.shape[0], deep=deep, varying_layer=request.layer, scales=scales)
+
+    def layer_scales(self, layout: Layout) -> tuple[float, ...]:
+        """BBTv2's per-layer scale: layer 0 from the embedding matrix; layer i > 0 from the std of the hidden
+        states entering layer i (real tokens of these examples, no prompt), after 5 rounds of clipping at 3 sigma.
+        """
+        key = (layout.prefix_ids.numpy().tobytes(), layout.body_ids.numpy().tobytes())
+        if key not in self._layer_scales:
+            plan = Plan(capture=set(range(1, self.handle.n_layers)))
+            with torch.inference_mode():
+                self._full_logits(layout, PromptSet(population=1), 0, 1, 0, layout.n_examples, plan, None)
+            width = int(layout.body_mask.sum(1).max())
+            lp = int(layout.prefix_ids.numel())
+            real = torch.cat([torch.ones(layout.n_examples, lp, dtype=torch.bool), layout.body_mask[:, :width]], 1)
+            scales = [self._emb_std]
+            for i in range(1, self.handle.n_layers):
+                values = plan.captured[i].float().cpu()[real]
+                for _ in range(5):
+                    mean, std = values.mean(), values.std()
+                    values = values.clamp(float(mean - 3 * std), float(mean + 3 * std))
+                scales.append(float(values.std()))
+            self._layer_scales[key] = tuple(scales)
+        return self._layer_scales[key]
+
+    # ------------------------------------------------------------------ forward passes
+    def _uses_prefix_reuse(self, layout: Layout) -> bool:
+        return self.prefix_reuse and self.handle.kind == "causal" and layout.prefix_ids.numel() > 0
+
+    def _chunks(self, layout: Layout, population: int) -> tuple[int, int]:
+        """(candidates, examples) per forward pass so one pass stays under the memory cap."""
+        cfg, h = self.handle.config, self.handle
+        elem = torch.finfo(h.dtype).bits // 8
+        lp, lb = int(layout.prefix_ids.numel()), int(layout.body_ids.shape[1])
+        kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * (h.hidden_size // cfg.num_attention_heads)
+        inter = getattr(cfg, "intermediate_size", 4 * h.hidden_size)
+        per_row = ((lp + lb) * 2 * h.n_layers * kv_dim * elem + lb * (6 * h.hidden_size + 3 * inter) * elem
+                   + cfg.num_attention_heads * lb * (lp + lb) * 4)
+        rows = max(1, int(self.memory_cap // per_row))
+        examples = layout.n_examples
+        if rows >= examples:
+            return min(population, rows // examples), examples
+        return 1, rows
+
+    @torch.inference_mode()
+    def population_logits(self, layout: Layout, prompts: PromptSet) -> torch.Tensor:
+        """(P, E, K) float32 label-word logits for every candidate on every example."""
+        population, examples = prompts.population, layout.n_examples
+        out = torch.empty(population, examples, int(layout.label_ids.numel()))
+        order = torch.argsort(layout.body_mask.sum(1), descending=True, stable=True)  # similar lengths together
+        sorted_layout = _select(layout, order)
+        shared = self._shared_states(sorted_layout, prompts)
+        per_cand, per_ex = self._chunks(sorted_layout, population)
+        for c0 in range(0, population, per_cand):
+            c1 = min(population, c0 + per_cand)
+            for e0 in range(0, examples, per_ex):
+                e1 = min(examples, e0 + per_ex)
+                out[c0:c1, order[e0:e1]] = self._forward_rows(sorted_layout, prompts, c0, c1, e0, e1, shared=shared)
+        return out
+
+    def _frozen_layer(self, prompts: PromptSet) -> int:
+        if self.layer_reuse and prompts.varying_layer:
+            return prompts.varying_layer
+        return 0
+
+    def _shared_states(self, layout: Layout, prompts: PromptSet) -> dict | None:
+        """For frozen-layer reuse: the hidden states entering the varying layer, computed once with base prompts."""
+        layer = self._frozen_layer(prompts)
+        if layer == 0:
+            return None
+        base = PromptSet(population=1, deep=[p[:1] if p is not None else None for p in prompts.deep])
+        base.deep[layer] = None  # the varying layer's prompt is added per candidate after the replace
+        plan = Plan(capture={layer})
+        state: dict = {"layer": layer}
+        if self._uses_prefix_reuse(layout):
+            cache = self._prefix_cache(layout, base, 0, 1, plan)
+            state["prefix_hidden"] = plan.captured[layer]
+            state["prefix_kv"] = [(lay.keys, lay.values) for lay in cache.layers[:layer]]
+            hidden = []
+            for e0, e1 in _ranges(layout.n_examples, self._chunks(layout, 1)[1]):
+                plan = Plan(capture={layer})
+                self._body_logits(layout, cache, 1, e0, e1, plan, skip=0)
+                hidden.append((e0, e1, plan.captured[layer]))
+            state["body_hidden"] = hidden
+        else:
+            hidden = []
+            for e0, e1 in _ranges(layout.n_examples, self._chunks(layout, 1)[1]):
+                plan = Plan(capture={layer})
+                self._forward_rows(layout, base, 0, 1, e0, e1, plan=plan)
+                hidden.append((e0, e1, plan.captured[layer]))
+            state["full_hidden"] = hidden
+        return state
+
+    def _prefix_embeddings(self, layout: Layout, prompts: PromptSet, c0: int, c1: int) -> torch.Tensor:
+        h = self.handle
+        ids = layout.prefix_ids.to(h.device)
+        emb = h.embedding(ids)[None].expand(c1 - c0, -1, -1).clone()
+        if prompts.embed is not None:
+            slots = layout.slots.to(h.device)
+            delta = prompts.embed[c0:c1].to(h.device, h.dtype)
+            if layout.mode == "cat":
+                p0 = h.embedding(layout.p0_ids.to(h.device)) if layout.p0_ids is not None else 0
+                emb[:, slots] = p0 + delta
+            else:
+                emb[:, slots] += delta
+        return emb
+
+    def _prefix_cache(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, plan: Plan,
+                      skip: int = 0) -> DynamicCache:
+        """Run the prefix for candidates [c0, c1) and return its key/value cache."""
+        plan.prompts, plan.slots = prompts.deep_for(c0, c1), layout.slots.to(self.handle.device)
+        emb = self._prefix_embeddings(layout, prompts, c0, c1)
+        cache = DynamicCache(config=self.handle.config)
+        with self.injector.active(plan, skip):
+            self.handle.base(inputs_embeds=emb, cache=cache, use_cache=True)
+        return cache
+
+    def _body_logits(self, layout: Layout, cache: DynamicCache, n_cand: int, e0: int, e1: int, plan: Plan,
+                     skip: int, shared_kv: list | None = None) -> torch.Tensor:
+        """Examples [e0, e1) for n_cand candidates whose prefix is in `cache` -> (n_cand, e1-e0, K)."""
+        h = self.handle
+        width = int(layout.body_mask[e0:e1].sum(1).max())
+        ids = layout.body_ids[e0:e1, :width].to(h.device)
+        mask = layout.body_mask[e0:e1, :width].to(h.device)
+        n_ex, lp = e1 - e0, int(layout.prefix_ids.numel())
+        rows = n_cand * n_ex
+        emb = h.embedding(ids).repeat(n_cand, 1, 1)
+        kv = []
+        for index, layer in enumerate(cache.layers):
+            if shared_kv is not None and index < len(shared_kv):
+                keys, values = (t.expand(rows, -1, -1, -1) for t in shared_kv[index])
+            else:
+                keys, values = (t.repeat_interleave(n_ex, dim=0) for t in (layer.keys, layer.values))
+            kv.append((keys, values))
+        body_cache = _cache_from(kv, h.config)
+        attention = torch.cat([torch.ones(rows, lp, dtype=torch.long, device=h.device),
+                               mask.repeat(n_cand, 1).long()], dim=1)
+        positions = torch.arange(lp, lp + width, device=h.device)[None]
+        plan.prompts, plan.slots = None, None
+        with self.injector.active(plan, skip):
+            hidden = h.base(inputs_embeds=emb, attention_mask=attention, position_ids=positions,
+                            cache=body_cache, use_cache=True).last_hidden_state
+        pos = layout.score_pos[e0:e1].to(h.device).repeat(n_cand)
+        picked = hidden[torch.arange(rows, device=h.device), pos]
+        return h.label_logits(picked, layout.label_ids.to(h.device)).view(n_cand, n_ex, -1).cpu()
+
+    def _forward_rows(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, e0: int, e1: int,
+                      plan: Plan | None = None, shared: dict | None = None) -> torch.Tensor:
+        """Candidates [c0, c1) x examples [e0, e1) -> (c1-c0, e1-e0, K) logits."""
+        plan = plan or Plan()
+        n_cand = c1 - c0
+        layer = shared["layer"] if shared else 0
+        if self._uses_prefix_reuse(layout):
+            if shared:
+                plan.replace[layer] = shared["prefix_hidden"].expand(n_cand, -1, -1)
+            cache = self._prefix_cache(layout, prompts, c0, c1, plan, skip=layer)
+            if shared:
+                width = int(layout.body_mask[e0:e1].sum(1).max())
+                plan.replace[layer] = _rows_of(shared["body_hidden"], e0, e1, width).repeat(n_cand, 1, 1)
+            return self._body_logits(layout, cache, n_cand, e0, e1, plan, skip=layer,
+                                     shared_kv=shared["prefix_kv"] if shared else None)
+        return self._full_logits(layout, prompts, c0, c1, e0, e1, plan, shared)
+
+    def _full_logits(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, e0: int, e1: int, plan: Plan,
+                     shared: dict | None) -> torch.Tensor:
+        """Without prefix reuse (masked LMs, or switched off): whole sequences, one row per (candidate, example)."""
+        h = self.handle
+        n_cand, n_ex = c1 - c0, e1 - e0
+        lp = int(layout.prefix_ids.numel())
+        width = int(layout.body_mask[e0:e1].sum(1).max())
+        prefix = self._prefix_embeddings(layout, prompts, c0, c1).repeat_interleave(n_ex, dim=0)
+        body = h.embedding(layout.body_ids[e0:e1, :width].to(h.device)).repeat(n_cand, 1, 1)
+        emb = torch.cat([prefix, body], dim=1)
+        mask = layout.body_mask[e0:e1, :width].to(h.device).repeat(n_cand, 1).long()
+        attention = torch.cat([torch.ones(n_cand * n_ex, lp, dtype=torch.long, device=h.device), mask], dim=1)
+        plan.prompts, plan.slots = prompts.deep_for(c0, c1), layout.slots.to(h.device)
+        layer = shared["layer"] if shared else 0
+        if shared:
+            plan.replace[layer] = _rows_of(shared["full_hidden"], e0, e1, lp + width).repeat(n_cand, 1, 1)
+        with self.injector.active(plan, layer):
+            hidden = h.base(inputs_embeds=emb, attention_mask=attention).last_hidden_state
+        pos = lp + layout.score_pos[e0:e1].to(h.device).repeat(n_cand)
+        picked = hidden[torch.arange(n_cand * n_ex, device=h.device), pos]
+        return h.label_logits(picked, layout.label_ids.to(h.device)).view(n_cand, n_ex, -1).cpu()
+
+
+def _ranges(total: int, step: int):
+    return [(s, min(total, s + step)) for s in range(0, total, step)]
+
+
+def _rows_of(pieces: list, e0: int, e1: int, width: int) -> torch.Tensor:
+    """Rows [e0, e1), first `width` positions, from hidden states stored in example chunks [(start, stop, t)].
+
+    Chunks were trimmed to their own longest example; positions past an example's end are padding that no real
+    token attends to, so cutting or zero-filling them changes nothing.
+    """
+    parts = []
+    for start, stop, tensor in pieces:
+        lo, hi = max(start, e0), min(stop, e1)
+        if lo < hi:
+            part = tensor[lo - start:hi - start, :width]
+            parts.append(torch.nn.functional.pad(part, (0, 0, 0, width - part.shape[1])))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]], config) -> DynamicCache:
+    """A DynamicCache holding the given tensors without copying them."""
+    cache = DynamicCache(config=config)
+    for layer, (keys, values) in zip(cache.layers, kv):
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    return cache
+
+
+def _select(layout: Layout, order: torch.Tensor) -> Layout:
+    return Layout(prefix_ids=layout.prefix_ids, slots=layout.slots, body_ids=layout.body_ids[order],
+                  body_mask=layout.body_mask[order], score_pos=layout.score_pos[order], label_ids=layout.label_ids,
+                  labels=layout.labels[order], p0_ids=layout.p0_ids, mode=layout.mode)

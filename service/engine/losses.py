@@ -1,0 +1,58 @@
+"""Losses and metrics on label-word logits, per candidate (numpy; logits (P, E, K), labels (E,))."""
+
+from __future__ import annotations
+
+import numpy as np
+
+HINGE_MARGIN = 2.0
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean over examples of -log softmax over the label words, per candidate."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, labels[None, :, None], axis=-1)[..., 0]
+    return -picked.mean(axis=-1)
+
+
+def hinge(logits: np.ndarray, labels: np.ndarray, margin: float = HINGE_MARGIN) -> np.ndarray:
+    """Mean over examples of sum_{j != y} max(0, s_j - s_y + margin), per candidate (BBT's hinge loss)."""
+    gold = np.take_along_axis(logits, labels[None, :, None], axis=-1)
+    violations = np.maximum(0.0, logits - gold + margin)
+    violations[..., :] *= 1 - np.eye(logits.shape[-1])[labels][None]
+    return violations.sum(axis=-1).mean(axis=-1)
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return (predictions == labels[None]).mean(axis=-1)
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-averaged F1 over the classes present in `labels` or predicted, per candidate."""
+    scores = np.zeros(predictions.shape[0])
+    for p, pred in enumerate(predictions):
+        f1s = []
+        for c in range(n_classes):
+            tp = np.sum((pred == c) & (labels == c))
+            fp = np.sum((pred == c) & (labels != c))
+            fn = np.sum((pred != c) & (labels == c))
+            if tp + fp + fn == 0:
+                continue
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+        scores[p] = float(np.mean(f1s)) if f1s else 0.0
+    return scores
+
+
+def metric(logits: np.ndarray, labels: np.ndarray, name: str) -> np.ndarray:
+    predictions = logits.argmax(axis=-1)
+    if name == "accuracy":
+        return accuracy(predictions, labels)
+    if name == "macro_f1":
+        return macro_f1(predictions, labels, logits.shape[-1])
+    raise ValueError(f"metric {name!r} is unknown; use accuracy or macro_f1")
+
+
+def all_losses(logits: np.ndarray, labels: np.ndarray, metric_name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """All loss kinds and the metric, each (P,)."""
+    score = metric(logits, labels, metric_name)
+    return {"ce": cross_entropy(logits, labels), "hinge": hinge(logits, labels), "perf": -score}, score
