@@ -56,12 +56,13 @@ def _client(config: RunConfig):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run
+    from .runner import prepare, run
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     if values.get("dataset"):
         values["task"] = None
     config = RunConfig(**values).validate()
+    prepare(config)  # data errors surface before the model loads
     client = _client(config)
     bar, update = _progress(config)
     try:

@@ -22,6 +22,7 @@ class RunConfig:
     # User dataset instead of a bundled task.
     dataset: str | None = None
     test_dataset: str | None = None
+    test_fraction: float = 0.0
     template: str | None = None
     verbalizer: str | None = None
     text_field: str = "text"

@@ -34,7 +34,8 @@ def load_task(config: RunConfig) -> Task:
         return get_task(config.task)
     return load_user_dataset(config.dataset, template=config.template, verbalizer=config.verbalizer,
                              text_field=config.text_field, text2_field=config.text2_field,
-                             label_field=config.label_field, metric=config.metric, test_path=config.test_dataset)
+                             label_field=config.label_field, metric=config.metric, test_path=config.test_dataset,
+                             test_fraction=config.test_fraction, seed=config.seed)
 
 
 def to_examples(task: Task, examples: list[Example] | tuple[Example, ...]) -> Examples:

@@ -199,7 +199,9 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "fp32", device: 
         cache_dir: where converted built-in models live (default $NOGRAD_CACHE_DIR or ~/.cache/nograd).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     path = builtin_model_path(name_or_path, cache_dir) if name_or_path in BUILTIN_MODELS else name_or_path
     try:
