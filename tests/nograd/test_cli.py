@@ -17,7 +17,7 @@ NEGATIVE = ["a dull boring film", "terrible plot", "awful pacing", "bad jokes an
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, causal_tokenizer):
-    from conftest import make_causal
+    from tiny import make_causal
 
     root = tmp_path_factory.mktemp("cli")
     model_dir = root / "tiny-llama"
