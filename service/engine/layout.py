@@ -117,7 +117,7 @@ def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, promp
     lead, trail = _special_ids(tokenizer)
     if "prompt" in fields:
         cut = 2 * fields.index("prompt") + 1
-        before, rest = "".join(parts[:cut - 1]), parts[cut + 1:]
+        before, rest = "".join(parts[:cut]), parts[cut + 1:]
     else:
         before, rest = "", parts
     mask_at = rest.index("mask")

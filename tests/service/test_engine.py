@@ -91,6 +91,19 @@ def test_icl_prefix_reuse_is_exact(causal_handle):
     assert not np.allclose(without_demos, plain)
 
 
+def test_prompt_placeholder_after_an_instruction(causal_handle, causal_tokenizer):
+    task = TaskSpec(template="Task: {prompt}\nReview: {text}\nSentiment: {mask}", labels=TASK.labels,
+                    verbalizer=TASK.verbalizer)
+    request = _request("add", task=task)
+    layout = Engine(causal_handle).layout(request)
+    instruction = causal_tokenizer("Task: ", add_special_tokens=False)["input_ids"]
+    bos = [causal_tokenizer.bos_token_id]
+    assert layout.prefix_ids.tolist()[:len(bos) + len(instruction)] == bos + instruction
+    assert layout.slots.tolist() == list(range(len(bos) + len(instruction), len(bos) + len(instruction) + 4))
+    plain = Engine(causal_handle, prefix_reuse=False).evaluate(request).logits
+    np.testing.assert_allclose(Engine(causal_handle).evaluate(request).logits, plain, atol=1e-5)
+
+
 def test_memory_cap_chunking_is_exact(causal_handle):
     whole = Engine(causal_handle, memory_cap_mb=1024).evaluate(_request("add", population=5)).logits
     tiny = Engine(causal_handle, memory_cap_mb=0.001).evaluate(_request("add", population=5)).logits
