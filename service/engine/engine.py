@@ -12,7 +12,6 @@ The LM head is applied only at the scored position, restricted to the label-word
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from transformers import DynamicCache
 
 from clients.types import EvalRequest, EvalResult, ModelInfo
 
+from .batching import PromptSet, cache_from, ranges, rows_of, select
 from .errors import EngineError
 from .injection import Injector, Plan
 from .layout import Layout, build_layout
@@ -28,28 +28,6 @@ from .models import ModelHandle
 from .projection import Projections
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-@dataclass
-class PromptSet:
-    """Materialized prompts for one request.
-
-    embed: (P, n, H) prompts for `cat`/`add` (placed at the slots of the embedding layer) or None.
-    deep: per layer, None or (G, n, H) with G = P (varying layer) or 1 (shared); for `deep` mode.
-    varying_layer: the one deep layer whose prompt differs per candidate (None: all layers may differ).
-    """
-
-    population: int
-    scales: tuple[float, ...] | None = None
-    embed: torch.Tensor | None = None
-    deep: list[torch.Tensor | None] | None = None
-    varying_layer: int | None = None
-
-    def deep_for(self, start: int, stop: int) -> list[torch.Tensor | None] | None:
-        """Deep prompts restricted to candidates [start, stop) (shared layers are kept as they are)."""
-        if self.deep is None:
-            return None
-        return [p if p is None or p.shape[0] == 1 else p[start:stop] for p in self.deep]
 
 
 class Engine:
@@ -195,7 +173,7 @@ class Engine:
         population, examples = prompts.population, layout.n_examples
         out = torch.empty(population, examples, int(layout.label_ids.numel()))
         order = torch.argsort(layout.body_mask.sum(1), descending=True, stable=True)  # similar lengths together
-        sorted_layout = _select(layout, order)
+        sorted_layout = select(layout, order)
         shared = self._shared_states(sorted_layout, prompts)
         per_cand, per_ex = self._chunks(sorted_layout, population)
         for c0 in range(0, population, per_cand):
@@ -224,14 +202,14 @@ class Engine:
             state["prefix_hidden"] = plan.captured[layer]
             state["prefix_kv"] = [(lay.keys, lay.values) for lay in cache.layers[:layer]]
             hidden = []
-            for e0, e1 in _ranges(layout.n_examples, self._chunks(layout, 1)[1]):
+            for e0, e1 in ranges(layout.n_examples, self._chunks(layout, 1)[1]):
                 plan = Plan(capture={layer})
                 self._body_logits(layout, cache, 1, e0, e1, plan, skip=0)
                 hidden.append((e0, e1, plan.captured[layer]))
             state["body_hidden"] = hidden
         else:
             hidden = []
-            for e0, e1 in _ranges(layout.n_examples, self._chunks(layout, 1)[1]):
+            for e0, e1 in ranges(layout.n_examples, self._chunks(layout, 1)[1]):
                 plan = Plan(capture={layer})
                 self._forward_rows(layout, base, 0, 1, e0, e1, plan=plan)
                 hidden.append((e0, e1, plan.captured[layer]))
@@ -279,7 +257,7 @@ class Engine:
             else:
                 keys, values = (t.repeat_interleave(n_ex, dim=0) for t in (layer.keys, layer.values))
             kv.append((keys, values))
-        body_cache = _cache_from(kv, h.config)
+        body_cache = cache_from(kv, h.config)
         attention = torch.cat([torch.ones(rows, lp, dtype=torch.long, device=h.device),
                                mask.repeat(n_cand, 1).long()], dim=1)
         positions = torch.arange(lp, lp + width, device=h.device)[None]
@@ -303,7 +281,7 @@ class Engine:
             cache = self._prefix_cache(layout, prompts, c0, c1, plan, skip=layer)
             if shared:
                 width = int(layout.body_mask[e0:e1].sum(1).max())
-                plan.replace[layer] = _rows_of(shared["body_hidden"], e0, e1, width).repeat(n_cand, 1, 1)
+                plan.replace[layer] = rows_of(shared["body_hidden"], e0, e1, width).repeat(n_cand, 1, 1)
             return self._body_logits(layout, cache, n_cand, e0, e1, plan, skip=layer,
                                      shared_kv=shared["prefix_kv"] if shared else None)
         return self._full_logits(layout, prompts, c0, c1, e0, e1, plan, shared)
@@ -323,43 +301,9 @@ class Engine:
         plan.prompts, plan.slots = prompts.deep_for(c0, c1), layout.slots.to(h.device)
         layer = shared["layer"] if shared else 0
         if shared:
-            plan.replace[layer] = _rows_of(shared["full_hidden"], e0, e1, lp + width).repeat(n_cand, 1, 1)
+            plan.replace[layer] = rows_of(shared["full_hidden"], e0, e1, lp + width).repeat(n_cand, 1, 1)
         with self.injector.active(plan, layer):
             hidden = h.base(inputs_embeds=emb, attention_mask=attention).last_hidden_state
         pos = lp + layout.score_pos[e0:e1].to(h.device).repeat(n_cand)
         picked = hidden[torch.arange(n_cand * n_ex, device=h.device), pos]
         return h.label_logits(picked, layout.label_ids.to(h.device)).view(n_cand, n_ex, -1).cpu()
-
-
-def _ranges(total: int, step: int):
-    return [(s, min(total, s + step)) for s in range(0, total, step)]
-
-
-def _rows_of(pieces: list, e0: int, e1: int, width: int) -> torch.Tensor:
-    """Rows [e0, e1), first `width` positions, from hidden states stored in example chunks [(start, stop, t)].
-
-    Chunks were trimmed to their own longest example; positions past an example's end are padding that no real
-    token attends to, so cutting or zero-filling them changes nothing.
-    """
-    parts = []
-    for start, stop, tensor in pieces:
-        lo, hi = max(start, e0), min(stop, e1)
-        if lo < hi:
-            part = tensor[lo - start:hi - start, :width]
-            parts.append(torch.nn.functional.pad(part, (0, 0, 0, width - part.shape[1])))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-
-
-def _cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]], config) -> DynamicCache:
-    """A DynamicCache holding the given tensors without copying them."""
-    cache = DynamicCache(config=config)
-    for layer, (keys, values) in zip(cache.layers, kv):
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = keys, values
-    return cache
-
-
-def _select(layout: Layout, order: torch.Tensor) -> Layout:
-    return Layout(prefix_ids=layout.prefix_ids, slots=layout.slots, body_ids=layout.body_ids[order],
-                  body_mask=layout.body_mask[order], score_pos=layout.score_pos[order], label_ids=layout.label_ids,
-                  labels=layout.labels[order], p0_ids=layout.p0_ids, mode=layout.mode)
