@@ -18,9 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from clients.local import LocalClient  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
-from nograd.runner import run  # noqa: E402
+from nograd.runner import run, score, task_spec, to_examples  # noqa: E402
+from nograd.search import prompt_spec  # noqa: E402
+from nograd.tasks import get_task  # noqa: E402
 
 # Per-method settings used by the bench (everything else: RunConfig defaults).
 METHOD_OPTIONS = {
@@ -61,7 +65,24 @@ async def _run_all(args) -> dict:
                     print(f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
                           f"({time.perf_counter() - started:.0f} s)", flush=True)
                 results.setdefault(task, {}).setdefault(method, []).append(result)
+        if "bbt" in args.methods:
+            results[task]["bbt z=0"] = [await _initial_prompt(client, task, out)]
     return results
+
+
+async def _initial_prompt(client, name: str, out: Path) -> dict:
+    """BBT's starting point (z = 0: the placeholder prompt tokens, no search) on the test set, to show what the
+    search itself adds. Seed-independent."""
+    path = out / f"{name}-bbt-init.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    task = get_task(name)
+    config = RunConfig(task=name, method="bbt", **METHOD_OPTIONS["bbt"])
+    test = await score(client, task_spec(task), to_examples(task, task.test), prompt_spec(config),
+                       np.zeros(config.dim))
+    result = {"test_metric": test["metric"], "test_ce": test["ce"]}
+    path.write_text(json.dumps(result, indent=2))
+    return result
 
 
 def _table(results: dict, args) -> str:
@@ -69,11 +90,12 @@ def _table(results: dict, args) -> str:
              f"for bbt/bbtv2; test metric x100, mean ± std over seeds", ""]
     header = "| method | " + " | ".join(args.tasks) + " |"
     lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
-    for method in args.methods:
+    rows = list(args.methods) + (["bbt z=0"] if "bbt" in args.methods else [])
+    for method in rows:
         cells = [_fmt([r["test_metric"] for r in results[t].get(method, [])]) for t in args.tasks]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "gain over manual (mean test metric difference, x100):"]
-    for method in args.methods:
+    for method in rows:
         if method == "manual":
             continue
         gains = []
