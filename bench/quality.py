@@ -26,11 +26,11 @@ from nograd.runner import run, score, task_spec, to_examples  # noqa: E402
 from nograd.search import prompt_spec  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
 
-# Per-method settings used by the bench (everything else: RunConfig defaults).
+# Per-method settings used by the bench: the RunConfig defaults (nograd.config.METHOD_DEFAULTS), spelled out.
 METHOD_OPTIONS = {
     "manual": {},
     "icl": {"icl_shots": 2},
-    "bbt": {"mode": "add", "alpha": 0.5},
+    "bbt": {"mode": "add", "alpha": 0.5, "popsize": 20},
     "bbtv2": {"alpha": 0.2, "popsize": 10},
 }
 

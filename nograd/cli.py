@@ -25,7 +25,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
     for f in fields(RunConfig):
         default = getattr(defaults, f.name)
-        kind = type(default) if default is not None else (float if f.name == "bounds" else str)
+        kind = type(default) if default is not None else {"bounds": float, "alpha": float, "popsize": int,
+                                                          "test_fraction": float}.get(f.name, str)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                             help=_HELP.get(f.name, f"default {default}"))
 

@@ -9,6 +9,14 @@ METHODS = ("manual", "icl", "bbt", "bbtv2")
 SEARCH_METHODS = ("bbt", "bbtv2")
 
 
+# Settings that differ by method, as used for bench/quality.py: BBT's alpha after a small sweep (see README);
+# BBTv2's alpha from its README, and a smaller population so a few hundred calls reach every layer.
+METHOD_DEFAULTS = {
+    "bbt": {"alpha": 0.5, "popsize": 20},
+    "bbtv2": {"alpha": 0.2, "popsize": 10},
+}
+
+
 class ConfigError(ValueError):
     """A run option is invalid; the message names the field and the fix."""
 
@@ -39,7 +47,7 @@ class RunConfig:
     seed: int = 0
     # Search.
     budget: int = 600
-    popsize: int = 20
+    popsize: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     optimizer: str = "cma"
     sigma0: float = 1.0
     bounds: float | None = None
@@ -50,10 +58,10 @@ class RunConfig:
     n_tokens: int = 50
     dim: int = 500
     distribution: str = "normal"
-    alpha: float = 1.0
+    alpha: float | None = None  # None: the method's default (METHOD_DEFAULTS)
     init: str | None = None
     # Baselines.
-    icl_shots: int = 4
+    icl_shots: int = 2
 
     def validate(self) -> "RunConfig":
         def fail(field: str, message: str):
@@ -61,6 +69,9 @@ class RunConfig:
 
         if self.method not in METHODS:
             fail("method", f"{self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        for name, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["bbt"]).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if (self.task is None) == (self.dataset is None):
             fail("task", "give exactly one of a bundled task (--task) or a dataset file (--dataset)")
         if self.dataset is not None and (not self.template or not self.verbalizer):
