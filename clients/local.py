@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
@@ -18,7 +19,7 @@ class LocalClient:
 
     def __init__(self, engine):
         self.engine = engine
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()  # the engine's model hooks allow one forward at a time; any event loop
 
     @classmethod
     def from_model(cls, model: str = "smollm2-135m", *, dtype: str = "bf16", device: str = "auto",
@@ -29,8 +30,11 @@ class LocalClient:
         return cls(Engine(handle, memory_cap_mb=memory_cap_mb, **engine_options))
 
     async def evaluate(self, request: EvalRequest) -> EvalResult:
-        async with self._lock:
-            return await asyncio.to_thread(self.engine.evaluate, request)
+        return await asyncio.to_thread(self._evaluate, request)
+
+    def _evaluate(self, request: EvalRequest) -> EvalResult:
+        with self._lock:
+            return self.engine.evaluate(request)
 
     async def describe(self) -> ModelInfo:
         return self.engine.describe()
