@@ -21,7 +21,7 @@ fi
 case "${1:-run}" in
   run)
     shift || true
-    exec .venv/bin/nograd run --task mr --method bbt --budget 600 --seed 0 --out runs/quickstart "$@"
+    exec .venv/bin/nograd run --task mr --method bbt --budget 200 --seed 0 --out runs/quickstart "$@"
     ;;
   test)
     shift || true
