@@ -109,20 +109,20 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
         prompt, x = outcome["spec"], outcome["x"]
         train = await score(client, data.spec, data.train, prompt, x)
         dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
+        calls = search.calls
         extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
                  "initial": outcome["initial"], "generations": search.generation}
     else:
         prompt, x = none, None
         train = await score(client, data.spec, data.train, prompt, x)
         dev = await score(client, data.spec, data.dev, prompt, x)
-        extra = {}
+        calls, extra = 0, {}
     test = await score(client, data.spec, data.test, prompt, x) if len(data.test) else None
     result = {
         "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
         "train_metric": train["metric"], "dev_metric": dev["metric"],
         "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
-        "calls": getattr(locals().get("search"), "calls", 0), "budget": config.budget if config.method in
-        SEARCH_METHODS else 0, "wall_seconds": time.perf_counter() - started, "model_id": info.model_id,
+        "calls": calls, "budget": config.budget if config.method in SEARCH_METHODS else 0, "wall_seconds": time.perf_counter() - started, "model_id": info.model_id,
         "data_hashes": {"train": examples_hash(_examples_of(data.task, data.train)),
                         "dev": examples_hash(_examples_of(data.task, data.dev)),
                         "test": examples_hash(_examples_of(data.task, data.test)),
@@ -130,9 +130,10 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
         **extra,
     }
     if out_dir is not None:
-        materialized = client.materialize(prompt, x if prompt.mode != "deep" else None,
-                                          x if prompt.mode == "deep" else None) if hasattr(client, "materialize") \
-            else None
+        materialized = None
+        if hasattr(client, "materialize"):  # endpoints that own the projection can give the prompt tensor
+            deep = prompt.mode == "deep"
+            materialized = client.materialize(prompt, None if deep else x, x if deep else None)
         artifacts.save_prompt(out_dir / "prompt.safetensors", config=config, spec=prompt, x=x,
                               materialized=materialized, task_spec=data.spec, model_id=info.model_id)
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
