@@ -41,7 +41,7 @@ class RunConfig:
     model: str = "smollm2-135m"
     dtype: str = "bf16"
     device: str = "auto"
-    memory_cap_mb: float = 1024.0
+    memory_cap_mb: float = 256.0
     # Data.
     k_shot: int = 16
     seed: int = 0
