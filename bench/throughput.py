@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec  # noqa: E402
+from clients.types import EvalRequest, ProjectionSpec, PromptSpec  # noqa: E402
 from nograd.runner import task_spec, to_examples  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
 from service.engine import Engine, load_model  # noqa: E402
@@ -68,14 +68,13 @@ def matmul_peak(dtype: torch.dtype) -> float:
 
 def engine_flops(engine: Engine, request: EvalRequest) -> float:
     """Matmul FLOPs the engine performs: prefix once per candidate + body per (candidate, example)."""
-    h, cfg = engine.handle, engine.handle.config
+    h = engine.handle
     layout = engine.layout(request)
     per_token = 2 * sum(p.numel() for n, p in h.base.named_parameters() if "embed" not in n)
     lp = layout.prefix_ids.numel()
     body_tokens = int(layout.body_mask.sum())
     population = request.population
     attention = 4 * h.n_layers * h.hidden_size * (body_tokens * (lp + layout.body_ids.shape[1] / 2))
-    del cfg
     return population * (lp * per_token + body_tokens * per_token + attention)
 
 

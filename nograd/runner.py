@@ -27,6 +27,7 @@ class RunData:
     train: Examples
     dev: Examples
     test: Examples
+    hashes: dict
 
 
 def load_task(config: RunConfig) -> Task:
@@ -61,8 +62,10 @@ def prepare(config: RunConfig) -> RunData:
     task = load_task(config)
     train, dev = task.few_shot(config.k_shot, config.seed)
     demos = icl_demos(task, train, config.icl_shots, config.seed) if config.method == "icl" else None
+    hashes = {"train": examples_hash(train), "dev": examples_hash(dev), "test": examples_hash(task.test),
+              "task_version": task.version}
     return RunData(task=task, spec=task_spec(task, demos), train=to_examples(task, train),
-                   dev=to_examples(task, dev), test=to_examples(task, task.test))
+                   dev=to_examples(task, dev), test=to_examples(task, task.test), hashes=hashes)
 
 
 async def score(client, spec: TaskSpec, examples: Examples, prompt: PromptSpec, x: np.ndarray | None,
@@ -123,10 +126,7 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
         "train_metric": train["metric"], "dev_metric": dev["metric"],
         "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
         "calls": calls, "budget": config.budget if config.method in SEARCH_METHODS else 0, "wall_seconds": time.perf_counter() - started, "model_id": info.model_id,
-        "data_hashes": {"train": examples_hash(_examples_of(data.task, data.train)),
-                        "dev": examples_hash(_examples_of(data.task, data.dev)),
-                        "test": examples_hash(_examples_of(data.task, data.test)),
-                        "task_version": data.task.version},
+        "data_hashes": data.hashes,
         **extra,
     }
     if out_dir is not None:
@@ -138,8 +138,3 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
                               materialized=materialized, task_spec=data.spec, model_id=info.model_id)
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _examples_of(task: Task, examples: Examples) -> list[Example]:
-    texts2 = examples.texts2 or [None] * len(examples)
-    return [Example(text=t, label=task.labels[y], text2=t2) for t, y, t2 in zip(examples.texts, examples.labels, texts2)]

@@ -40,6 +40,25 @@ def _check_positive_int(name: str, value: int | None, *, allow_none: bool = Fals
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def check_search_space(dim: int, sigma0: float, seed: int, bounds: float | None,
+                       x0: np.ndarray | None) -> np.ndarray:
+    """Validates the arguments every flat optimizer shares; returns x0 as a float64 array (zeros if None)."""
+    for label, value in (("sigma0", sigma0), ("bounds", bounds)):
+        if value is None and label == "bounds":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            raise ValueError(f"{label} must be a finite positive number, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    x0_arr = np.zeros(dim) if x0 is None else np.array(x0, dtype=np.float64)
+    if x0_arr.shape != (dim,) or not np.all(np.isfinite(x0_arr)):
+        raise ValueError(f"x0 must be a finite array of shape ({dim},), got shape {x0_arr.shape}")
+    if bounds is not None and np.any(np.abs(x0_arr) > bounds):
+        raise ValueError(f"x0 must lie within [-{bounds}, {bounds}]")
+    return x0_arr
+
+
 class Optimizer(abc.ABC):
     """Minimiser with an ask/tell interface and explicit, pickle-free state.
 

@@ -13,13 +13,13 @@ plateau-shaped losses (``tolfun``, ``tolfunhist``, ``tolflatfitness``, ``tolstag
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from ._base import check_search_space
 from ._replay import ReplayOptimizer
 
 with warnings.catch_warnings():  # pycma warns at import when matplotlib is missing; plotting is unused here
@@ -31,14 +31,6 @@ __all__ = ["CMA"]
 #: pycma options this wrapper controls; passing them in ``options`` is an error.
 _RESERVED = frozenset({"popsize", "seed", "randn", "bounds", "verbose", "verb_log", "verb_disp",
                        "verb_filenameprefix", "verb_plot", "verb_append", "maxiter", "maxfevals", "timeout"})
-
-
-def _check_finite_positive(name: str, value: float | None, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
 class CMA(ReplayOptimizer):
@@ -68,15 +60,7 @@ class CMA(ReplayOptimizer):
             raise ValueError("CMA needs dim >= 2; use a nevergrad optimizer ('ng:...') for 1-D problems")
         if self.popsize < 2:
             raise ValueError("CMA needs popsize >= 2")
-        _check_finite_positive("sigma0", sigma0)
-        _check_finite_positive("bounds", bounds, allow_none=True)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        x0_arr = np.zeros(self.dim) if x0 is None else np.array(x0, dtype=np.float64)
-        if x0_arr.shape != (self.dim,) or not np.all(np.isfinite(x0_arr)):
-            raise ValueError(f"x0 must be a finite array of shape ({self.dim},), got shape {x0_arr.shape}")
-        if bounds is not None and np.any(np.abs(x0_arr) > bounds):
-            raise ValueError(f"x0 must lie within [-{bounds}, {bounds}]")
+        x0_arr = check_search_space(self.dim, sigma0, seed, bounds, x0)
         extra = dict(options or {})
         reserved = sorted(_RESERVED.intersection(extra))
         if reserved:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import math
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from ._base import OptimizerError
+from ._base import OptimizerError, check_search_space
 from ._replay import ReplayOptimizer
 
 __all__ = ["NG_PREFIX", "Nevergrad", "nevergrad_names"]
@@ -88,17 +87,7 @@ class Nevergrad(ReplayOptimizer):
             raise ValueError(f"unknown nevergrad optimizer {name!r}; did you mean one of "
                              f"{[NG_PREFIX + n for n in close or common]}? "
                              "(all names: optimizers.nevergrad_names())")
-        for label, value in (("sigma0", sigma0), ("bounds", bounds)):
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                      or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"{label} must be a finite positive number, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        x0_arr = np.zeros(self.dim) if x0 is None else np.array(x0, dtype=np.float64)
-        if x0_arr.shape != (self.dim,) or not np.all(np.isfinite(x0_arr)):
-            raise ValueError(f"x0 must be a finite array of shape ({self.dim},), got shape {x0_arr.shape}")
-        if bounds is not None and np.any(np.abs(x0_arr) > bounds):
-            raise ValueError(f"x0 must lie within [-{bounds}, {bounds}]")
+        x0_arr = check_search_space(self.dim, sigma0, seed, bounds, x0)
         self._ng_name = short
         self._sigma0 = float(sigma0)
         self._seed = int(seed)
