@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save
 from safetensors import safe_open
 
 from clients.types import PromptSpec, TaskSpec
@@ -28,16 +28,21 @@ def append_history(out_dir: Path, entry: dict) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
-def save_prompt(path: Path, *, config: RunConfig, spec: PromptSpec, x: np.ndarray | None,
-                materialized: np.ndarray | None, task_spec: TaskSpec, model_id: str) -> None:
-    """z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata the projection spec, the
-    task template/verbalizer/demonstrations and the run config."""
+def save_prompt(path: Path, **fields) -> None:
+    """Write `prompt_bytes(**fields)` to `path`."""
+    Path(path).write_bytes(prompt_bytes(**fields))
+
+
+def prompt_bytes(*, config: RunConfig, spec: PromptSpec, x: np.ndarray | None, materialized: np.ndarray | None,
+                 task_spec: TaskSpec, model_id: str) -> bytes:
+    """A safetensors file holding z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata
+    the projection spec, the task template/verbalizer/demonstrations and the run config."""
     tensors = {"z": np.zeros(0) if x is None else np.asarray(x, dtype=np.float64)}
     if materialized is not None:
         tensors["prompt"] = np.ascontiguousarray(materialized, dtype=np.float32)
     metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "task_spec": json.dumps(asdict(task_spec)),
                 "config": json.dumps(config.to_dict()), "model_id": model_id}
-    save_file(tensors, str(path), metadata=metadata)
+    return save(tensors, metadata=metadata)
 
 
 def load_prompt(path: str | Path) -> dict:
@@ -47,9 +52,23 @@ def load_prompt(path: str | Path) -> dict:
         raise FileNotFoundError(f"prompt file {path} does not exist; pass RUN_DIR/prompt.safetensors")
     with safe_open(str(path), framework="numpy") as fh:
         metadata = fh.metadata() or {}
+    return _decode(metadata, load_file(str(path)), str(path))
+
+
+def read_prompt(data: bytes) -> dict:
+    """`load_prompt` for the bytes of a prompt file."""
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+        tensors = load(data)
+    except Exception as exc:  # any corruption is the same user-facing problem
+        raise ValueError(f"not a nograd prompt file: {exc}") from None
+    return _decode(metadata, tensors, "the data")
+
+
+def _decode(metadata: dict, tensors: dict, where: str) -> dict:
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a nograd prompt file (format {metadata.get('format')!r})")
-    tensors = load_file(str(path))
+        raise ValueError(f"{where} is not a nograd prompt file (format {metadata.get('format')!r})")
     task = json.loads(metadata["task_spec"])
     task_spec = TaskSpec(template=task["template"], labels=tuple(task["labels"]),
                          verbalizer=tuple(task["verbalizer"]), metric=task["metric"],

@@ -87,6 +87,35 @@ async def score(client, spec: TaskSpec, examples: Examples, prompt: PromptSpec, 
     return {"metric": float(metric[0]), "ce": float(losses["ce"][0]), "n": len(examples)}
 
 
+async def finalize(config: RunConfig, data: RunData, client, model_id: str, search: PromptSearch | None,
+                   started: float) -> tuple[dict, PromptSpec, np.ndarray | None]:
+    """Score the run's prompt (the search's best-dev prompt, or no prompt for a baseline) on train and test.
+    Returns (result.json's data, the prompt spec, z)."""
+    if search is not None:
+        outcome = search.result()
+        prompt, x = outcome["spec"], outcome["x"]
+        train = await score(client, data.spec, data.train, prompt, x)
+        dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
+        calls = search.calls
+        extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
+                 "initial": outcome["initial"], "generations": search.generation}
+    else:
+        prompt, x = PromptSpec(mode="none"), None
+        train = await score(client, data.spec, data.train, prompt, x)
+        dev = await score(client, data.spec, data.dev, prompt, x)
+        calls, extra = 0, {}
+    test = await score(client, data.spec, data.test, prompt, x) if len(data.test) else None
+    result = {
+        "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
+        "train_metric": train["metric"], "dev_metric": dev["metric"],
+        "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
+        "calls": calls, "budget": config.budget if config.method in SEARCH_METHODS else 0,
+        "wall_seconds": time.perf_counter() - started, "model_id": model_id, "data_hashes": data.hashes,
+        **extra,
+    }
+    return result, prompt, x
+
+
 async def run(config: RunConfig, client, out_dir: Path | None = None,
               on_generation: Callable[[dict], None] | None = None) -> dict:
     """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data."""
@@ -96,7 +125,7 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
     info = await client.describe()
     if out_dir is not None:
         artifacts.start_run_dir(out_dir, config)
-    none = PromptSpec(mode="none")
+    search = None
     if config.method in SEARCH_METHODS:
         search = PromptSearch(config, data.spec, data.train, data.dev, info.n_layers)
         initial = await search.start(client)
@@ -108,27 +137,7 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
                 artifacts.append_history(out_dir, entry)
             if on_generation:
                 on_generation(entry)
-        outcome = search.result()
-        prompt, x = outcome["spec"], outcome["x"]
-        train = await score(client, data.spec, data.train, prompt, x)
-        dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
-        calls = search.calls
-        extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
-                 "initial": outcome["initial"], "generations": search.generation}
-    else:
-        prompt, x = none, None
-        train = await score(client, data.spec, data.train, prompt, x)
-        dev = await score(client, data.spec, data.dev, prompt, x)
-        calls, extra = 0, {}
-    test = await score(client, data.spec, data.test, prompt, x) if len(data.test) else None
-    result = {
-        "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
-        "train_metric": train["metric"], "dev_metric": dev["metric"],
-        "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
-        "calls": calls, "budget": config.budget if config.method in SEARCH_METHODS else 0, "wall_seconds": time.perf_counter() - started, "model_id": info.model_id,
-        "data_hashes": data.hashes,
-        **extra,
-    }
+    result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
     if out_dir is not None:
         materialized = None
         if hasattr(client, "materialize"):  # endpoints that own the projection can give the prompt tensor

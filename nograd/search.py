@@ -35,18 +35,27 @@ def _dev_key(metric: float, ce: float) -> tuple[float, float]:
 class PromptSearch:
     """Black-box search over z for one run.
 
+    `init_x`/`init_spec` start from an earlier run's prompt (transfer between tasks, as in SPoT): the search
+    reuses that run's projection and starts its distribution at that run's z.
+
     Invariants: `calls` counts exactly the candidates scored on the training batch (never more than the
     budget); dev evaluations are not charged. The candidate with the best dev metric (ties: lower dev CE) is
     the result; the initial prompt (z = 0) is always a contender, so the result is never worse on dev.
     """
 
-    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int):
+    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int,
+                 init_x: np.ndarray | None = None, init_spec: PromptSpec | None = None):
         self.config, self.task, self.train, self.dev = config, task, train, dev
-        self.spec = prompt_spec(config)
+        self.spec = init_spec if init_spec is not None else prompt_spec(config)
         self.deep = self.spec.mode == "deep"
         self.n_layers = n_layers
+        self.init_x = None if init_x is None else np.asarray(init_x, dtype=np.float64)
+        shape = (n_layers, self.spec.projection.dim) if self.deep else (self.spec.projection.dim,)
+        if self.init_x is not None and self.init_x.shape != shape:
+            raise ValueError(f"init_from: the starting prompt has shape {self.init_x.shape}, this run needs {shape}; "
+                             "start from a prompt of the same method, model and dim")
         options = dict(dim=config.dim, popsize=config.popsize, sigma0=config.sigma0, seed=config.seed,
-                       bounds=config.bounds)
+                       bounds=config.bounds, **({} if self.init_x is None else {"x0": self.init_x}))
         if self.deep:
             self.optimizer = make_deep_optimizer(n_layers=n_layers, inner=config.optimizer, budget=config.budget,
                                                  **options)
@@ -62,6 +71,9 @@ class PromptSearch:
 
     # ---------------------------------------------------------------- candidates
     def _zero(self) -> np.ndarray:
+        """The initial prompt: z = 0, or the `init_x` a run transfers from."""
+        if self.init_x is not None:
+            return self.init_x.copy()
         return np.zeros((self.n_layers, self.config.dim) if self.deep else self.config.dim)
 
     def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,

@@ -45,6 +45,8 @@ class DivideAndConquer(Optimizer):
             Each inner optimizer gets ``max(1, rounds(budget, popsize, n_layers)) * popsize``.
         max_generations: optional total generation limit.
         inner_options: extra keyword arguments for every inner optimizer (may override its budget).
+        x0: optional ``(n_layers, dim)`` start: row ``i`` is inner ``i``'s initial mean and the initial base
+            (e.g. a prompt from an earlier run, for transfer).
     """
 
     type_name = "deep"
@@ -52,7 +54,8 @@ class DivideAndConquer(Optimizer):
     def __init__(self, n_layers: int, dim: int, popsize: int = 20, inner: str = "cma",
                  sigma0: float = 1.0, seed: int = 0, bounds: float | None = None,
                  budget: int | None = None, max_generations: int | None = None,
-                 inner_options: Mapping[str, Any] | None = None) -> None:
+                 inner_options: Mapping[str, Any] | None = None,
+                 x0: np.ndarray | list | None = None) -> None:
         super().__init__(dim, popsize, budget=budget, max_generations=max_generations)
         if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) \
                 or not 1 <= n_layers <= SEED_STRIDE:
@@ -70,11 +73,20 @@ class DivideAndConquer(Optimizer):
         opts = dict(self._inner_options)
         if budget is not None:
             opts.setdefault("budget", max(1, self.rounds(budget, self.popsize, self._n_layers)) * self.popsize)
+        if x0 is None:
+            self._x0 = None
+        else:
+            self._x0 = np.asarray(x0, dtype=np.float64)
+            if self._x0.shape != (self._n_layers, self.dim) or not np.all(np.isfinite(self._x0)):
+                raise ValueError(f"x0 must be a finite ({self._n_layers}, {self.dim}) array, got shape "
+                                 f"{self._x0.shape}")
         self._inners: list[Optimizer] = [
             make_optimizer(self._inner_name, dim=self.dim, popsize=self.popsize, sigma0=self._sigma0,
-                           seed=self._seed * SEED_STRIDE + i, bounds=self._bounds, **opts)
+                           seed=self._seed * SEED_STRIDE + i, bounds=self._bounds,
+                           **({} if self._x0 is None else {"x0": self._x0[i]}), **opts)
             for i in range(self._n_layers)]
-        self._base = np.zeros((self._n_layers, self.dim), dtype=np.float64)
+        self._base = np.zeros((self._n_layers, self.dim), dtype=np.float64) if self._x0 is None \
+            else self._x0.copy()
         self._best_f = math.inf
 
     @staticmethod
@@ -180,7 +192,8 @@ class DivideAndConquer(Optimizer):
             "config": {"n_layers": self._n_layers, "dim": self.dim, "popsize": self.popsize,
                        "inner": self._inner_name, "sigma0": self._sigma0, "seed": self._seed,
                        "bounds": self._bounds, "budget": self.budget,
-                       "max_generations": self.max_generations, "inner_options": dict(self._inner_options)},
+                       "max_generations": self.max_generations, "inner_options": dict(self._inner_options),
+                       **({} if self._x0 is None else {"x0": self._x0.tolist()})},
             "inner": [opt.state_dict() for opt in self._inners],
             "base": self._base.copy(),
             "best_loss": self._best_f,

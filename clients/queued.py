@@ -1,0 +1,89 @@
+"""The queue-backed endpoint: `ModelClient` over a `service.queue.BatchQueue` and remote workers.
+
+A population is split into batches of at most `batch_size` candidates, so several workers can share one
+generation. The job's task data go to the queue once per example set (content-addressed); each batch carries
+only the candidates. Results are idempotent by batch id, so resubmitting after a broker restart is safe.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service.queue import Batch, BatchQueue
+from service.wire import batch_id, decode_result, digest, encode_context, encode_work, merge_results
+
+from .types import EvalRequest, EvalResult, ModelInfo
+
+
+class EvaluationError(ValueError):
+    """A worker rejected a batch (bad input) or the batch was dead-lettered; the message says why."""
+
+
+class QueueClient:
+    """Args:
+        queue: the batch queue.
+        job_id: the job the batches belong to (results and contexts are scoped by it).
+        model: the model name workers register under.
+        info: the model's `ModelInfo` (from a live worker's heartbeat).
+        batch_size: most candidates per batch (None: a whole population per batch).
+        on_batch: optional callback(seconds, n_batches) after each evaluation (metrics).
+        check_every: seconds between checks for a broker restart while waiting (then the work is resubmitted).
+    """
+
+    def __init__(self, queue: BatchQueue, job_id: str, model: str, info: ModelInfo, *, batch_size: int | None = None,
+                 on_batch=None, check_every: float = 2.0):
+        self.queue, self.job_id, self.model, self.info = queue, job_id, model, info
+        self.batch_size, self.on_batch, self.check_every = batch_size, on_batch, check_every
+        self.generation = 0
+        self._contexts: dict[str, bytes] = {}
+
+    async def describe(self) -> ModelInfo:
+        return self.info
+
+    def _split(self, request: EvalRequest) -> list[EvalRequest]:
+        if request.z is None or self.batch_size is None or request.population <= self.batch_size:
+            return [request]
+        z = np.asarray(request.z)
+        return [EvalRequest(request.task, request.examples, request.prompt, z=z[i:i + self.batch_size],
+                            layer=request.layer, base=request.base, loss=request.loss,
+                            return_logits=request.return_logits)
+                for i in range(0, len(z), self.batch_size)]
+
+    async def _put_contexts(self) -> None:
+        for key, data in self._contexts.items():
+            await self.queue.put_context(self.job_id, key, data)
+
+    async def evaluate(self, request: EvalRequest) -> EvalResult:
+        started = time.perf_counter()
+        context = encode_context(request.task, request.examples)
+        key = digest(context)
+        if key not in self._contexts:
+            self._contexts[key] = context
+            await self.queue.put_context(self.job_id, key, context)
+        batches = []
+        for part in self._split(request):
+            work = encode_work(part)
+            batches.append(Batch(id=batch_id(key, work), job_id=self.job_id, generation=self.generation,
+                                 model=self.model, context=key, work=work))
+        ids = [b.id for b in batches]
+        epoch = getattr(self.queue, "epoch", 0)
+        await self.queue.submit(batches)
+        while True:
+            try:
+                results = await self.queue.wait(self.job_id, ids, timeout=self.check_every)
+                break
+            except TimeoutError:
+                now = getattr(self.queue, "epoch", 0)
+                if now != epoch:  # the broker dropped connections: it may have lost our data; resubmit
+                    epoch = now
+                    await self._put_contexts()
+                    await self.queue.submit(batches)
+        failed = [r for r in results.values() if not r.ok]
+        if failed:
+            raise EvaluationError(f"model {self.model!r}: {failed[0].error}")
+        merged = merge_results([decode_result(results[i].data) for i in ids])
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started, len(ids))
+        return merged

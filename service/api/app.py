@@ -1,0 +1,92 @@
+"""The FastAPI application: routes, error mapping, and the background job runner and embedded worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.jobs import JobRunner
+from service.queue import BatchQueue, make_queue
+from service.settings import Settings, get_settings
+from service.store import Store
+from service.worker import Worker, load_engine
+
+from . import errors
+from .routes import catalog, datasets, jobs
+
+log = logging.getLogger("nograd.api")
+
+
+class Metrics:
+    """Prometheus metrics of one app (own registry, so several apps can live in one process)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("nograd_queue_depth", "batches waiting or in progress", ["model"], registry=r)
+        self.jobs = Gauge("nograd_jobs", "jobs by status", ["status"], registry=r)
+        self.workers = Gauge("nograd_workers", "live workers", registry=r)
+        self.worker_batches = Gauge("nograd_worker_batches_done", "batches a worker finished", ["worker"], registry=r)
+        self.batches = Counter("nograd_batches", "evaluation batches completed for this runner's jobs", registry=r)
+        self.roundtrip = Histogram("nograd_batch_roundtrip_seconds", "enqueue -> all results of one evaluation",
+                                   buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                                   registry=r)
+
+    def on_batch(self, seconds: float, n_batches: int) -> None:
+        self.batches.inc(n_batches)
+        self.roundtrip.observe(seconds)
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None, queue: BatchQueue | None = None,
+               engines: dict | None = None) -> FastAPI:
+    """The service. `store`, `queue` and `engines` (model name -> engine for the embedded worker) default to what
+    `settings` describe; tests pass their own."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.store = store or Store(settings.db_url)
+        app.state.queue = queue or make_queue(settings.redis_url, namespace=settings.namespace,
+                                              claim_idle=settings.claim_idle, max_deliveries=settings.max_deliveries)
+        stop, background = asyncio.Event(), []
+        app.state.runner = None
+        if settings.redis_url is None or settings.embedded_worker:
+            loaded = engines
+            if loaded is None:
+                loaded = {}
+                for name in settings.models:
+                    loaded[name] = await asyncio.to_thread(load_engine, name, dtype=settings.dtype,
+                                                           device=settings.device,
+                                                           memory_cap_mb=settings.memory_cap_mb)
+            worker = Worker(app.state.queue, loaded)
+            background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
+        if settings.run_jobs:
+            runner = JobRunner(app.state.store, app.state.queue, data_dir=settings.data_dir,
+                               max_concurrent=settings.max_concurrent_jobs, lease_seconds=settings.lease_seconds,
+                               batch_size=settings.batch_size, worker_wait=settings.worker_wait,
+                               on_batch=app.state.metrics.on_batch)
+            app.state.runner = runner
+            background.append(asyncio.create_task(runner.run(stop), name="job-runner"))
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            if queue is None:
+                await app.state.queue.close()
+            if store is None:
+                app.state.store.close()
+
+    app = FastAPI(title="nograd", version="0.1.0", lifespan=lifespan,
+                  description="Gradient-free prompt tuning for language models you can only query.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    errors.install(app)
+    for module in (jobs, datasets, catalog):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,50 @@
+"""Dependencies shared by the routes: settings, store, queue, the current tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.queue import BatchQueue
+from service.settings import Settings
+from service.store import Store
+
+from .errors import Unauthorized
+
+LOCAL_TENANT = "local"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_queue(request: Request) -> BatchQueue:
+    return request.app.state.queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+QueueDep = Annotated[BatchQueue, Depends(get_queue)]
+
+
+def current_tenant(request: Request, settings: SettingsDep, store: StoreDep) -> str:
+    """The tenant of the request's bearer API key (`local` when auth is off)."""
+    if not settings.auth:
+        return LOCAL_TENANT
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (an operator creates keys with "
+                           "`nograd keys create --tenant NAME`)")
+    tenant = store.tenant_for_key(token.strip())
+    if tenant is None:
+        raise Unauthorized("invalid API key")
+    return tenant
+
+
+CurrentTenant = Annotated[str, Depends(current_tenant)]

@@ -1,0 +1,75 @@
+"""What the service offers: bundled tasks, models, live workers; health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from nograd.tasks import get_task, list_tasks
+
+from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep
+from ..schemas import ModelPublic, TaskPublic, WorkerPublic
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/v1/tasks", response_model=list[TaskPublic])
+def tasks(tenant: CurrentTenant) -> list[dict]:
+    """The bundled tasks."""
+    out = []
+    for name in list_tasks():
+        task = get_task(name)
+        out.append({"name": name, "labels": list(task.labels), "verbalizer": dict(task.verbalizer),
+                    "metric": task.metric, "template": task.template, "pool": len(task.pool),
+                    "test": len(task.test)})
+    return out
+
+
+def _public_worker(info: dict) -> dict:
+    return {**info, "models": sorted(info.get("models", {})), "heartbeat_age": time.time() - info["last_heartbeat"]}
+
+
+@router.get("/v1/models", response_model=list[ModelPublic])
+async def models(tenant: CurrentTenant, queue: QueueDep, settings: SettingsDep) -> list[dict]:
+    """Models jobs can use: those configured for this service and those live workers serve."""
+    workers = await queue.workers()
+    names = sorted(set(settings.models) | {m for w in workers for m in w.get("models", {})})
+    out = []
+    for name in names:
+        serving = [w for w in workers if name in w.get("models", {})]
+        out.append({"name": name, "workers": len(serving), "info": serving[0]["models"][name] if serving else None})
+    return out
+
+
+@router.get("/v1/workers", response_model=list[WorkerPublic])
+async def workers(tenant: CurrentTenant, queue: QueueDep) -> list[dict]:
+    """Live workers: models, devices, batches done, last heartbeat."""
+    return [_public_worker(w) for w in await queue.workers()]
+
+
+@router.get("/healthz")
+async def healthz(request: Request, store: StoreDep, queue: QueueDep) -> dict:
+    """Liveness and readiness: the store and the queue answer."""
+    await asyncio.to_thread(store.count_by_status)
+    depth = await queue.depth()
+    return {"status": "ok", "queue_depth": sum(depth.values()), "runner": request.app.state.runner is not None}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request, store: StoreDep, queue: QueueDep) -> PlainTextResponse:
+    """Prometheus metrics: queue depth, batches, batch round-trip latency, jobs by status, workers."""
+    from prometheus_client import generate_latest
+
+    m = request.app.state.metrics
+    for model, depth in (await queue.depth()).items():
+        m.queue_depth.labels(model=model).set(depth)
+    for status, count in (await asyncio.to_thread(store.count_by_status)).items():
+        m.jobs.labels(status=status).set(count)
+    live = await queue.workers()
+    m.workers.set(len(live))
+    for w in live:
+        m.worker_batches.labels(worker=w["id"]).set(w.get("batches_done", 0))
+    return PlainTextResponse(generate_latest(m.registry).decode(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,189 @@
+"""Jobs: submit, list, inspect, follow (server-sent events), cancel, download the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from nograd.config import SEARCH_METHODS, ConfigError, RunConfig
+from nograd.runner import prepare
+from nograd.tasks import UnknownTaskError
+from service.jobs import job_config, transfer_spec
+from service.store import TERMINAL, JobStateError, Status
+
+from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep
+from ..errors import Conflict, Invalid, NotFound
+from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_FIELD_OF = {"dataset": "dataset_id", "template": "dataset_id", "verbalizer": "dataset_id"}
+
+
+def _run_config(body: JobCreate, store, tenant: str, settings) -> tuple[RunConfig, dict, str]:
+    """The validated RunConfig of a submission (its data loaded and split once), its stored options, and the
+    task's display name."""
+    if (body.task is None) == (body.dataset_id is None):
+        raise Invalid("task", "give exactly one of task (a bundled task, GET /v1/tasks) or dataset_id")
+    values = {k: v for k, v in body.options.model_dump().items() if v is not None}
+    values.update(method=body.method, model=body.model, budget=body.budget, seed=body.seed, k_shot=body.k_shot,
+                  dev_every=body.dev_every, task=body.task)
+    name = body.task
+    if body.dataset_id is not None:
+        dataset = store.get_dataset(body.dataset_id, tenant)
+        if dataset is None:
+            raise Invalid("dataset_id", f"dataset {body.dataset_id} not found; upload one with POST /v1/datasets")
+        name = dataset["name"]
+    if body.init_from is not None:
+        values.update(_transfer(body, store, tenant))
+    try:
+        config = job_config(store, settings.data_dir, values, body.dataset_id)
+    except ConfigError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise Invalid(_FIELD_OF.get(field, field if field in JobCreate.model_fields else f"options.{field}"),
+                      message or str(exc)) from None
+    try:
+        prepare(config)  # unknown task, too few examples per class for k_shot, ...
+    except UnknownTaskError as exc:
+        raise Invalid("task", str(exc)) from None
+    except ValueError as exc:
+        raise Invalid("k_shot" if "k=" in str(exc) else "dataset_id", str(exc)) from None
+    return config, values, name
+
+
+def _transfer(body: JobCreate, store, tenant: str) -> dict:
+    """The projection settings a job starting from another job's prompt must share with it."""
+    source = store.get_job(body.init_from, tenant)
+    if source is None:
+        raise Invalid("init_from", f"job {body.init_from} not found")
+    if source["status"] != Status.succeeded.value:
+        raise Invalid("init_from", f"job {body.init_from} is {source['status']}; start from a succeeded job")
+    if body.method not in SEARCH_METHODS or source["method"] != body.method:
+        raise Invalid("init_from", f"a {source['method']} prompt can only start another {source['method']} job "
+                                   f"(this job is {body.method})")
+    if source["model"] != body.model:
+        raise Invalid("init_from", f"job {body.init_from} tuned {source['model']}, not {body.model}")
+    from nograd.artifacts import read_prompt
+
+    spec = read_prompt(store.artifact(body.init_from))["spec"]
+    config = transfer_spec(spec, RunConfig())
+    return {k: getattr(config, k) for k in ("dim", "n_tokens", "alpha", "sigma0", "distribution")}
+
+
+async def _known_models(settings, queue) -> set[str]:
+    models = set(settings.models)
+    for worker in await queue.workers():
+        models.update(worker.get("models", {}))
+    return models
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+async def create_job(body: JobCreate, tenant: CurrentTenant, store: StoreDep, queue: QueueDep,
+                     settings: SettingsDep) -> dict:
+    """Submit an optimization (or baseline) job."""
+    if body.model not in await _known_models(settings, queue):
+        raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
+    config, values, name = await asyncio.to_thread(_run_config, body, store, tenant, settings)
+    return await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
+                                   dataset_id=body.dataset_id, model=body.model, config=values,
+                                   budget=body.budget if body.method in SEARCH_METHODS else 0,
+                                   init_from=body.init_from)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(tenant: CurrentTenant, store: StoreDep,
+              status: Annotated[Status | None, Query()] = None, task: Annotated[str | None, Query()] = None,
+              method: Annotated[str | None, Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    """List this tenant's jobs, newest first."""
+    rows, count = store.list_jobs(tenant, status=None if status is None else status.value, task=task,
+                                  method=method, limit=limit, offset=offset)
+    return {"data": rows, "count": count}
+
+
+def _job_or_404(store, job_id: str, tenant: str) -> dict:
+    job = store.get_job(job_id, tenant)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, tenant: CurrentTenant, store: StoreDep) -> dict:
+    """One job: status, calls used / budget, best losses and metrics, timings."""
+    return _job_or_404(store, job_id, tenant)
+
+
+@router.get("/{job_id}/history", response_model=HistoryPublic)
+def get_history(job_id: str, tenant: CurrentTenant, store: StoreDep,
+                after: Annotated[int, Query(ge=-1)] = -1) -> dict:
+    """Per-generation records (losses of the population, best loss, dev metric, step size)."""
+    _job_or_404(store, job_id, tenant)
+    rows = store.history(job_id, after)
+    return {"data": rows, "count": len(rows)}
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, tenant: CurrentTenant, store: StoreDep) -> dict:
+    """Cancel a queued or running job (a running one stops within a few seconds)."""
+    try:
+        job = store.request_cancel(job_id, tenant)
+    except JobStateError as exc:
+        raise Conflict(str(exc)) from None
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+@router.get("/{job_id}/prompt", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "prompt.safetensors"}})
+def get_prompt(job_id: str, tenant: CurrentTenant, store: StoreDep) -> Response:
+    """The tuned prompt as a safetensors file (z, projection spec, task spec, run config)."""
+    job = _job_or_404(store, job_id, tenant)
+    data = store.artifact(job_id)
+    if data is None:
+        raise Conflict(f"job {job_id} is {job['status']}; the prompt exists once it succeeded")
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"'})
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+async def job_events(job_id: str, request: Request, tenant: CurrentTenant, store: StoreDep,
+                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """Live progress as server-sent events: `job` (snapshot on change), `generation` (each history record,
+    id = generation; reconnect with Last-Event-ID to resume), `end` when the job is finished."""
+    job = await asyncio.to_thread(_job_or_404, store, job_id, tenant)
+    try:
+        after = int(last_event_id) if last_event_id is not None else -1
+    except ValueError:
+        after = -1
+    return StreamingResponse(_events(request, store, job, after), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, store, job: dict, after: int):
+    job_id, last_update, last_ping = job["id"], None, time.monotonic()
+    poll = getattr(request.app.state, "events_poll", 0.5)
+    while True:
+        job = await asyncio.to_thread(store.get_job, job_id)
+        for entry in await asyncio.to_thread(store.history, job_id, after):
+            after = entry["generation"]
+            yield f"id: {after}\nevent: generation\ndata: {json.dumps(entry)}\n\n"
+        if job["updated_at"] != last_update:
+            last_update = job["updated_at"]
+            yield f"event: job\ndata: {JobPublic.model_validate(job).model_dump_json()}\n\n"
+        if job["status"] in TERMINAL:
+            yield f"event: end\ndata: {json.dumps({'status': job['status']})}\n\n"
+            return
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - last_ping > 15:
+            last_ping = time.monotonic()
+            yield ": ping\n\n"
+        await asyncio.sleep(poll)

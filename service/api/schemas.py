@@ -1,0 +1,124 @@
+"""Request and response models of the REST API (JobCreate / JobPublic / JobsPublic, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nograd.config import METHODS
+
+
+class JobOptions(BaseModel):
+    """Method and optimizer options; unset fields take the method's defaults (see README, Methods)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    popsize: int | None = Field(None, ge=2, le=1000, description="candidates per generation")
+    optimizer: str | None = Field(None, max_length=64, description="cma or ng:<nevergrad optimizer>")
+    sigma0: float | None = Field(None, gt=0, le=1000)
+    alpha: float | None = Field(None, gt=0, le=1000, description="projection scale")
+    bounds: float | None = Field(None, gt=0, le=1e6)
+    loss: Literal["ce", "hinge", "perf"] | None = None
+    mode: Literal["cat", "add"] | None = Field(None, description="bbt prompt injection")
+    n_tokens: int | None = Field(None, ge=1, le=256)
+    dim: int | None = Field(None, ge=1, le=10_000)
+    distribution: Literal["normal", "uniform"] | None = None
+    init: str | None = Field(None, max_length=2000, description="text whose tokens seed the prompt")
+    icl_shots: int | None = Field(None, ge=1, le=32, description="demonstrations per class (icl)")
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal[METHODS] = Field(description="manual, icl, bbt or bbtv2")  # type: ignore[valid-type]
+    task: str | None = Field(None, max_length=100, description="bundled task name (GET /v1/tasks)")
+    dataset_id: str | None = Field(None, max_length=40, description="an uploaded dataset (POST /v1/datasets)")
+    model: str = Field("smollm2-135m", max_length=200, description="GET /v1/models")
+    budget: int = Field(600, ge=1, le=1_000_000, description="model calls (candidates scored on train)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    k_shot: int = Field(16, ge=1, le=1024, description="training (and dev) examples per class")
+    dev_every: int = Field(100, ge=1, le=1_000_000, description="dev evaluation every N calls")
+    init_from: str | None = Field(None, max_length=40, description="a finished job whose prompt is the start")
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: str
+    method: str
+    task: str
+    dataset_id: str | None
+    model: str
+    budget: int
+    calls: int
+    generation: int
+    best_train_loss: float | None
+    best_dev_metric: float | None
+    test_metric: float | None
+    error: str | None
+    message: str | None
+    cancel_requested: bool
+    init_from: str | None
+    config: dict[str, Any]
+    result: dict[str, Any] | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class HistoryPublic(BaseModel):
+    data: list[dict[str, Any]]
+    count: int
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    filename: str
+    options: dict[str, Any]
+    summary: dict[str, Any]
+    sha256: str
+    created_at: float
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class TaskPublic(BaseModel):
+    name: str
+    labels: list[str]
+    verbalizer: dict[str, str]
+    metric: str
+    template: str
+    pool: int
+    test: int
+
+
+class ModelPublic(BaseModel):
+    name: str
+    workers: int
+    info: dict[str, Any] | None
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    host: str
+    pid: int
+    models: list[str]
+    devices: list[str]
+    batches_done: int
+    errors: int
+    busy_seconds: float
+    current: str | None
+    started_at: float
+    last_heartbeat: float
+    heartbeat_age: float

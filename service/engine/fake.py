@@ -1,0 +1,103 @@
+"""A model stand-in with a fixed latency per batch, for service tests and benchmarks (no torch).
+
+Label-word logits are a deterministic, smooth function of the candidate: the gold label's logit grows as z
+approaches a hidden target vector, plus a fixed per-example offset, so losses are a real optimization landscape
+and the same request always gives the same result on any worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from clients.types import EvalRequest, EvalResult, ModelInfo
+
+from .errors import EngineError
+from .losses import all_losses
+
+FAKE_PREFIX = "fake"
+
+
+class FakeEngine:
+    """Implements the engine's `evaluate` / `describe` with `latency` seconds of sleep per call.
+
+    Args:
+        latency: seconds each `evaluate` call sleeps (the stand-in for a forward pass).
+        n_layers: layers reported by `describe` (BBTv2 optimizes one z per layer).
+        model_id: the name workers register it under.
+    """
+
+    def __init__(self, latency: float = 0.0, n_layers: int = 4, model_id: str = FAKE_PREFIX):
+        self.latency, self.n_layers, self.model_id = float(latency), int(n_layers), model_id
+
+    def describe(self) -> ModelInfo:
+        return ModelInfo(model_id=self.model_id, kind="fake", hidden_size=16, n_layers=self.n_layers,
+                         max_length=4096, supports_embeddings=True, device="cpu", dtype="fp64")
+
+    def _candidates(self, request: EvalRequest) -> np.ndarray:
+        dim = request.prompt.projection.dim
+        if request.prompt.mode == "none":
+            return np.zeros((1, 1))
+        if request.prompt.mode == "deep":
+            base = np.zeros((self.n_layers, dim)) if request.base is None else np.asarray(request.base, float)
+            if base.shape != (self.n_layers, dim):
+                raise EngineError(f"base must have shape ({self.n_layers}, {dim}); got {base.shape}")
+            if request.z is None:
+                return base.reshape(1, -1)
+            rows = []
+            for z in np.asarray(request.z, float):
+                full = base.copy()
+                full[request.layer] = z
+                rows.append(full.reshape(-1))
+            return np.stack(rows)
+        if request.z is None:
+            return np.zeros((1, dim))
+        z = np.asarray(request.z, float)
+        if z.ndim != 2 or z.shape[1] != dim:
+            raise EngineError(f"z must have shape (P, {dim}); got {z.shape}")
+        return z
+
+    def evaluate(self, request: EvalRequest) -> EvalResult:
+        started = time.perf_counter()
+        if self.latency:
+            time.sleep(self.latency)
+        x = self._candidates(request)
+        target = np.random.default_rng(1234).normal(0.0, 0.5, x.shape[1])
+        quality = -np.mean((x - target) ** 2, axis=1) + 0.25  # (P,): 0.25 - distance to the target
+        labels = np.asarray(request.examples.labels, dtype=np.int64)
+        n_labels = len(request.task.labels)
+        offsets = np.stack([_example_offsets(text, n_labels) for text in request.examples.texts])  # (E, K)
+        gold = np.eye(n_labels)[labels]  # (E, K)
+        logits = offsets[None] + 4.0 * quality[:, None, None] * gold[None]
+        losses, score = all_losses(logits, labels, request.task.metric)
+        if request.loss not in losses:
+            raise EngineError(f"loss {request.loss!r} is unknown; use one of {', '.join(losses)}")
+        scales = None
+        if request.prompt.mode != "none" and request.prompt.scales is None:
+            scales = (1.0,) * (self.n_layers if request.prompt.mode == "deep" else 1)
+        return EvalResult(loss=losses[request.loss], metric=score, losses=losses,
+                          logits=logits if request.return_logits else None, model_id=self.model_id,
+                          seconds=time.perf_counter() - started, scales=scales)
+
+    def materialize(self, spec, z, base) -> np.ndarray:
+        return np.zeros((spec.n_tokens, 16), dtype=np.float32)
+
+
+def _example_offsets(text: str, n_labels: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).normal(0.0, 1.0, n_labels)
+
+
+def parse_fake(name: str) -> FakeEngine | None:
+    """`fake` or `fake:<latency seconds>` -> a FakeEngine registered under exactly `name`; else None."""
+    if name != FAKE_PREFIX and not name.startswith(FAKE_PREFIX + ":"):
+        return None
+    latency = 0.0
+    if ":" in name:
+        try:
+            latency = float(name.split(":", 1)[1])
+        except ValueError:
+            raise EngineError(f"model {name!r}: write fake:<latency seconds>, e.g. fake:0.05") from None
+    return FakeEngine(latency=latency, model_id=name)

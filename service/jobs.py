@@ -1,0 +1,245 @@
+"""The job runner: claims jobs from the store and runs each one's loop (ask -> queue -> results -> tell).
+
+Several jobs run at once as asyncio tasks (`max_concurrent`). Each job has at most one evaluation request in
+flight, so with a FIFO queue every running job gets one population through the workers per round: the workers
+are shared fairly. After every generation the search state, the history entry and the job's summary are written
+in one fenced transaction; a job picked up again (this process restarted, or another replica took over after the
+lease expired) resumes from its last completed generation with the same candidates, so its final prompt is the
+one an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from clients.queued import EvaluationError, QueueClient
+from clients.types import ModelInfo
+from nograd.artifacts import prompt_bytes, read_prompt
+from nograd.config import SEARCH_METHODS, RunConfig
+from nograd.runner import finalize, prepare
+from nograd.search import PromptSearch
+from optimizers import state_from_json, state_to_json
+
+from .queue import BatchQueue, QueueError
+from .store import Status, Store
+
+log = logging.getLogger("nograd.jobs")
+
+
+class JobRunner:
+    """Args:
+        store: the persistent store (jobs, checkpoints, leases).
+        queue: where evaluation batches go.
+        data_dir: where uploaded datasets are materialized as files for the task loader.
+        max_concurrent: jobs this runner runs at once.
+        lease_seconds: how long a claimed job stays ours without renewal (a dead runner's jobs are taken over
+            after this); leases are renewed every third of it.
+        batch_size: most candidates per queue batch (None: one batch per population).
+        worker_wait: seconds a job waits for a worker serving its model before failing.
+        on_batch: metrics hook(roundtrip_seconds, n_batches).
+    """
+
+    def __init__(self, store: Store, queue: BatchQueue, *, data_dir: Path, max_concurrent: int = 16,
+                 lease_seconds: float = 30.0, poll: float = 0.25, batch_size: int | None = None,
+                 worker_wait: float = 600.0, on_batch=None, owner: str | None = None):
+        self.store, self.queue, self.data_dir = store, queue, Path(data_dir)
+        self.max_concurrent, self.lease_seconds, self.poll = max_concurrent, lease_seconds, poll
+        self.batch_size, self.worker_wait, self.on_batch = batch_size, worker_wait, on_batch
+        self.owner = owner or f"runner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._cancelling: set[str] = set()
+
+    # ---------------------------------------------------------------- main loop
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop`; then hand running jobs back (their checkpoints stay)."""
+        last_renew = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() - last_renew > self.lease_seconds / 3:
+                    await self._renew()
+                    last_renew = time.monotonic()
+                free = self.max_concurrent - len(self.tasks)
+                if free > 0:
+                    try:
+                        claimed = await asyncio.to_thread(self.store.claim_jobs, self.owner, self.lease_seconds, free)
+                    except Exception:
+                        log.exception("claiming jobs failed")
+                        claimed = []
+                    for job in claimed:
+                        self.tasks[job["id"]] = asyncio.create_task(self._run_job(job), name=job["id"])
+                try:
+                    await asyncio.wait_for(stop.wait(), self.poll)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        tasks = list(self.tasks.items())
+        for _, task in tasks:
+            task.cancel()
+        for job_id, task in tasks:
+            try:
+                await task
+            except BaseException:
+                pass
+            await asyncio.to_thread(self.store.release, job_id, self.owner, "runner stopped; resumes from the "
+                                                                             "last checkpoint")
+
+    async def _renew(self) -> None:
+        ids = list(self.tasks)
+        try:
+            held = await asyncio.to_thread(self.store.renew_leases, self.owner, ids, self.lease_seconds)
+        except Exception:
+            log.exception("renewing leases failed")
+            return
+        for job_id in ids:
+            task = self.tasks.get(job_id)
+            if task is None or task.done():
+                continue
+            if job_id not in held:
+                log.warning("lost the lease of job %s; stopping it here", job_id)
+                task.cancel()
+            elif await asyncio.to_thread(self.store.cancel_requested, job_id):
+                self._cancelling.add(job_id)
+                task.cancel()
+
+    # ---------------------------------------------------------------- one job
+    async def _run_job(self, job: dict) -> None:
+        job_id = job["id"]
+        try:
+            await self._execute(job)
+        except asyncio.CancelledError:
+            if job_id in self._cancelling:
+                await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.cancelled)
+        except (EvaluationError, ValueError, FileNotFoundError, LookupError) as exc:
+            await self._fail(job_id, str(exc))
+        except QueueError as exc:
+            log.warning("job %s: %s; handing it back", job_id, exc)
+            await asyncio.to_thread(self.store.release, job_id, self.owner, f"queue unavailable: {exc}")
+        except Exception as exc:
+            log.exception("job %s crashed", job_id)
+            await self._fail(job_id, f"internal error ({type(exc).__name__}: {exc}); see the service log")
+        finally:
+            self.tasks.pop(job_id, None)
+            self._cancelling.discard(job_id)
+
+    async def _fail(self, job_id: str, error: str) -> None:
+        await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.failed, error=error)
+        try:
+            await self.queue.forget_job(job_id)
+        except Exception:
+            pass
+
+    def _config(self, job: dict) -> RunConfig:
+        return job_config(self.store, self.data_dir, job["config"], job.get("dataset_id"))
+
+    async def _model_info(self, job_id: str, model: str) -> ModelInfo:
+        deadline = time.monotonic() + self.worker_wait
+        waiting = False
+        while True:
+            for worker in await self.queue.workers():
+                if model in worker.get("models", {}):
+                    if waiting:
+                        await asyncio.to_thread(self.store.set_message, job_id, self.owner, None)
+                    return ModelInfo(**worker["models"][model])
+            if time.monotonic() > deadline:
+                raise LookupError(f"no worker served model {model!r} within {self.worker_wait:.0f} s; start one "
+                                  f"with `nograd worker --model {model}`")
+            if not waiting:
+                waiting = True
+                await asyncio.to_thread(self.store.set_message, job_id, self.owner,
+                                        f"waiting for a worker serving {model}")
+            await asyncio.sleep(0.5)
+
+    def _init_from(self, job: dict) -> tuple:
+        if not job.get("init_from"):
+            return None, None
+        data = self.store.artifact(job["init_from"])
+        if data is None:
+            raise LookupError(f"init_from: job {job['init_from']} has no prompt")
+        saved = read_prompt(data)
+        return saved["x"], saved["spec"]
+
+    async def _execute(self, job: dict) -> None:
+        job_id, started = job["id"], time.perf_counter()
+        config = await asyncio.to_thread(self._config, job)
+        data = await asyncio.to_thread(prepare, config)
+        info = await self._model_info(job_id, config.model)
+        timing = {"queue": 0.0}
+
+        def on_batch(seconds: float, n: int) -> None:
+            timing["queue"] += seconds
+            if self.on_batch is not None:
+                self.on_batch(seconds, n)
+
+        client = QueueClient(self.queue, job_id, config.model, info, batch_size=self.batch_size, on_batch=on_batch)
+        search = None
+        if config.method in SEARCH_METHODS:
+            init_x, init_spec = await asyncio.to_thread(self._init_from, job)
+            search = PromptSearch(config, data.spec, data.train, data.dev, info.n_layers, init_x=init_x,
+                                  init_spec=init_spec)
+            if job.get("checkpoint"):
+                search.load_state(state_from_json(job["checkpoint"]))
+                log.info("job %s resumes at generation %d (%d calls)", job_id, search.generation, search.calls)
+            else:
+                initial = await search.start(client)
+                await self._save(job_id, search, {"generation": 0, "calls": 0, "initial": initial,
+                                                  "time": time.time()})
+            while not search.done:
+                client.generation = search.generation + 1
+                timing["queue"] = 0.0
+                entry = await search.step(client)
+                entry.update(time=time.time(), roundtrip_seconds=timing["queue"])
+                if not await self._save(job_id, search, entry):
+                    log.warning("job %s: lease lost; another runner continues it", job_id)
+                    return
+        client.generation = (search.generation if search else 0) + 1
+        result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
+        artifact = prompt_bytes(config=config, spec=prompt, x=x, materialized=None, task_spec=data.spec,
+                                model_id=info.model_id)
+        await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.succeeded, result=result,
+                                artifact=artifact, test_metric=result["test_metric"], calls=result["calls"],
+                                best_dev_metric=result["dev_metric"])
+        await self.queue.forget_job(job_id)
+
+    async def _save(self, job_id: str, search: PromptSearch, entry: dict) -> bool:
+        best_dev = search.best_dev["metric"] if search.best_dev else None
+        best_train = search.best_train["loss"] if search.best_train["loss"] != float("inf") else None
+        return await asyncio.to_thread(self.store.save_progress, job_id, self.owner,
+                                       checkpoint=state_to_json(search.state_dict()), entry=entry,
+                                       calls=search.calls, generation=search.generation,
+                                       best_train_loss=best_train, best_dev_metric=best_dev)
+
+
+def job_config(store: Store, data_dir: Path, values: dict, dataset_id: str | None) -> RunConfig:
+    """A job's RunConfig: its stored options, plus for an uploaded dataset the file (written once into
+    `data_dir/datasets`) and the dataset's template, verbalizer and fields. Raises ConfigError / LookupError."""
+    values = dict(values)
+    if dataset_id:
+        dataset = store.get_dataset(dataset_id, with_content=True)
+        if dataset is None:
+            raise LookupError(f"dataset {dataset_id} no longer exists")
+        suffix = Path(dataset["filename"]).suffix
+        path = Path(data_dir) / "datasets" / f"{dataset['id']}-{dataset['sha256'][:12]}{suffix}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+            tmp.write_bytes(dataset["content"])
+            tmp.replace(path)
+        values.update(dataset["options"])
+        values.update(task=None, dataset=str(path))
+    return RunConfig.from_dict(values)
+
+
+def transfer_spec(spec, config: RunConfig):
+    """The run config a transfer job gets from its source prompt's spec (same projection, dim and tokens)."""
+    return replace(config, dim=spec.projection.dim, n_tokens=spec.n_tokens, alpha=spec.projection.alpha,
+                   sigma0=spec.projection.sigma0, distribution=spec.projection.distribution)

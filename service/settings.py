@@ -1,0 +1,74 @@
+"""Service settings: one `Settings` object from NOGRAD_* environment variables (and CLI flags)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Embedded defaults: SQLite in `data_dir`, no Redis (in-process queue and worker), auth on."""
+
+    model_config = SettingsConfigDict(env_prefix="NOGRAD_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".nograd")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir. Use "
+                                     "PostgreSQL when several API/runner replicas share the state.")
+    redis_url: str | None = Field(None, description="Redis for the batch queue and external workers; "
+                                  "None: in-process queue and worker")
+    namespace: str = "nograd"
+    auth: bool = Field(True, description="API keys required; off only for local single-user use (binds "
+                       "127.0.0.1)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"],
+                              description="models jobs may use; the embedded worker loads them")
+    embedded_worker: bool = Field(True, description="with Redis: also run a worker in the API process")
+    run_jobs: bool = Field(True, description="run the job runner in the API process")
+    dtype: str = "bf16"
+    device: str = "auto"
+    memory_cap_mb: float = 256.0
+    max_concurrent_jobs: int = Field(16, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="most candidates per queue batch (None: whole "
+                                   "populations)")
+    lease_seconds: float = Field(30.0, gt=0)
+    claim_idle: float = Field(60.0, gt=0, description="seconds before another worker takes over a batch")
+    max_deliveries: int = Field(3, ge=1)
+    max_upload_mb: float = Field(20.0, gt=0)
+    worker_wait: float = Field(600.0, gt=0, description="seconds a job waits for a worker serving its model")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _auth_needs_loopback(self) -> "Settings":
+        if not self.auth and not _is_loopback(self.host):
+            raise ValueError(f"auth is off, so the server may only bind to 127.0.0.1 (got host {self.host!r}); "
+                             "turn auth on (NOGRAD_AUTH=true) to listen on other interfaces")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'nograd.db'}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,357 @@
+"""Persistent state: jobs (with checkpoints and leases), per-generation history, datasets, prompt artifacts and
+API keys. SQLAlchemy Core over an embedded SQLite file by default, or PostgreSQL for several API/runner replicas.
+
+Who runs a job is decided here: a runner *claims* a job by taking its lease (a conditional UPDATE, atomic in
+both databases) and renews it while it runs; every progress write is fenced by the lease owner, so a runner that
+lost its lease (it stalled, another replica took over) can no longer write. A job whose runner died is claimed by
+any runner once its lease expires and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+
+class Status(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = {Status.succeeded.value, Status.failed.value, Status.cancelled.value}
+
+metadata = sa.MetaData()
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("dataset_id", sa.String(40)),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("init_from", sa.String(40)),
+    sa.Column("budget", sa.Integer, nullable=False),
+    sa.Column("calls", sa.Integer, nullable=False, default=0),
+    sa.Column("generation", sa.Integer, nullable=False, default=0),
+    sa.Column("best_train_loss", sa.Float),
+    sa.Column("best_dev_metric", sa.Float),
+    sa.Column("test_metric", sa.Float),
+    sa.Column("result", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("message", sa.Text),
+    sa.Column("checkpoint", sa.Text),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_until", sa.Float, nullable=False, default=0.0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+history = sa.Table(
+    "history", metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True),
+    sa.Column("entry", sa.Text, nullable=False),
+)
+datasets = sa.Table(
+    "datasets", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("filename", sa.String(200), nullable=False),
+    sa.Column("options", sa.Text, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+artifacts = sa.Table(
+    "artifacts", metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+KEY_PREFIX = "ng_"
+_JSON_COLUMNS = ("config", "result", "checkpoint")
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def _hash_key(secret: str) -> str:
+    # API keys are 32 random bytes: a plain SHA-256 is enough (no dictionary to attack), and lookups stay O(1).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Store:
+    """Thread-safe (SQLAlchemy pools connections); every method is one short transaction.
+
+    Args:
+        url: SQLAlchemy URL, e.g. `sqlite:////data/nograd.db` or `postgresql+psycopg://user@host/db`.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite"):
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- jobs
+    def create_job(self, *, tenant: str, method: str, task: str, dataset_id: str | None, model: str, config: dict,
+                   budget: int, init_from: str | None = None) -> dict:
+        now = time.time()
+        row = {"id": _new_id("job"), "tenant": tenant, "status": Status.queued.value, "method": method,
+               "task": task, "dataset_id": dataset_id, "model": model, "config": json.dumps(config),
+               "init_from": init_from, "budget": budget, "calls": 0, "generation": 0, "cancel_requested": False,
+               "lease_owner": None, "lease_until": 0.0, "created_at": now, "updated_at": now}
+        with self.engine.begin() as conn:
+            conn.execute(jobs.insert().values(**row))
+        return self.get_job(row["id"])
+
+    def get_job(self, job_id: str, tenant: str | None = None, *, with_checkpoint: bool = False) -> dict | None:
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if tenant is not None:
+            query = query.where(jobs.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _job(row, with_checkpoint)
+
+    def list_jobs(self, tenant: str | None, *, status: str | None = None, task: str | None = None,
+                  method: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+        where = []
+        if tenant is not None:
+            where.append(jobs.c.tenant == tenant)
+        for column, value in ((jobs.c.status, status), (jobs.c.task, task), (jobs.c.method, method)):
+            if value is not None:
+                where.append(column == value)
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*where)).scalar_one()
+            rows = conn.execute(sa.select(jobs).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id)
+                                .limit(limit).offset(offset)).mappings().all()
+        return [_job(r) for r in rows], int(count)
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)).all()
+        return {status.value: 0 for status in Status} | {s: int(n) for s, n in rows}
+
+    def request_cancel(self, job_id: str, tenant: str | None) -> dict | None:
+        """Queued jobs are cancelled at once; running ones at their next generation. Returns the job, or None
+        if it does not exist for this tenant. Raises `JobStateError` if it already finished or is cancelling."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            query = sa.select(jobs).where(jobs.c.id == job_id)
+            if tenant is not None:
+                query = query.where(jobs.c.tenant == tenant)
+            row = conn.execute(query.with_for_update()).mappings().first()
+            if row is None:
+                return None
+            if row["status"] in TERMINAL or row["cancel_requested"]:
+                raise JobStateError(f"job {job_id} is {row['status']}"
+                                    f"{' (cancel requested)' if row['cancel_requested'] else ''}; nothing to cancel")
+            values = {"cancel_requested": True, "updated_at": now}
+            if row["status"] == Status.queued.value:
+                values.update(status=Status.cancelled.value, finished_at=now, message="cancelled before it started")
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+        return self.get_job(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return bool(conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())
+
+    # ---------------------------------------------------------------- leases
+    def claim_jobs(self, owner: str, lease_seconds: float, limit: int) -> list[dict]:
+        """Take up to `limit` runnable jobs (queued, or running with an expired lease), oldest first."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        runnable = sa.and_(jobs.c.status.in_([Status.queued.value, Status.running.value]),
+                           jobs.c.lease_until < now)
+        with self.engine.connect() as conn:
+            candidates = conn.execute(sa.select(jobs.c.id).where(runnable).order_by(jobs.c.created_at)
+                                      .limit(limit * 4)).scalars().all()
+        claimed = []
+        for job_id in candidates:
+            with self.engine.begin() as conn:
+                changed = conn.execute(jobs.update().where(jobs.c.id == job_id, runnable).values(
+                    lease_owner=owner, lease_until=now + lease_seconds, status=Status.running.value,
+                    started_at=sa.func.coalesce(jobs.c.started_at, now), updated_at=now)).rowcount
+            if changed:
+                claimed.append(self.get_job(job_id, with_checkpoint=True))
+                if len(claimed) >= limit:
+                    break
+        return claimed
+
+    def renew_leases(self, owner: str, job_ids: list[str], lease_seconds: float) -> set[str]:
+        """Extend this owner's leases; returns the ids it still holds."""
+        if not job_ids:
+            return set()
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(jobs.update().where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner,
+                                             jobs.c.status == Status.running.value)
+                         .values(lease_until=now + lease_seconds))
+            held = conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner,
+                                                           jobs.c.status == Status.running.value)).scalars().all()
+        return set(held)
+
+    def release(self, job_id: str, owner: str, message: str | None = None) -> None:
+        """Give a job back (e.g. the broker is down): another runner, or this one later, resumes it."""
+        with self.engine.begin() as conn:
+            conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                         .values(lease_owner=None, lease_until=0.0, message=message, updated_at=time.time()))
+
+    # ---------------------------------------------------------------- progress
+    def save_progress(self, job_id: str, owner: str, *, checkpoint: dict | str, entry: dict | None,
+                      **summary) -> bool:
+        """Checkpoint + history entry + summary columns in one transaction, only while `owner` holds the lease.
+        Returns False when the lease was lost (the caller must stop working on the job)."""
+        text = checkpoint if isinstance(checkpoint, str) else json.dumps(checkpoint)
+        with self.engine.begin() as conn:
+            changed = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner,
+                                                       jobs.c.status == Status.running.value)
+                                   .values(checkpoint=text, updated_at=time.time(), **summary)).rowcount
+            if not changed:
+                return False
+            if entry is not None:
+                conn.execute(history.delete().where(history.c.job_id == job_id,
+                                                    history.c.generation == entry["generation"]))
+                conn.execute(history.insert().values(job_id=job_id, generation=entry["generation"],
+                                                     entry=json.dumps(entry)))
+        return True
+
+    def set_message(self, job_id: str, owner: str, message: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                         .values(message=message, updated_at=time.time()))
+
+    def finish_job(self, job_id: str, owner: str, status: Status, *, result: dict | None = None,
+                   error: str | None = None, artifact: bytes | None = None, **summary) -> bool:
+        now = time.time()
+        with self.engine.begin() as conn:
+            changed = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner,
+                                                       jobs.c.status == Status.running.value)
+                                   .values(status=status.value, result=None if result is None else json.dumps(result),
+                                           error=error, finished_at=now, updated_at=now, lease_owner=None,
+                                           lease_until=0.0, message=None, **summary)).rowcount
+            if changed and artifact is not None:
+                conn.execute(artifacts.delete().where(artifacts.c.job_id == job_id))
+                conn.execute(artifacts.insert().values(job_id=job_id, data=artifact, created_at=now))
+        return bool(changed)
+
+    def history(self, job_id: str, after: int = -1) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(history.c.entry).where(history.c.job_id == job_id,
+                                                                 history.c.generation > after)
+                                .order_by(history.c.generation)).scalars().all()
+        return [json.loads(r) for r in rows]
+
+    def artifact(self, job_id: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(artifacts.c.data).where(artifacts.c.job_id == job_id)).scalar()
+
+    # ---------------------------------------------------------------- datasets
+    def create_dataset(self, *, tenant: str, name: str, filename: str, options: dict, summary: dict,
+                       content: bytes) -> dict:
+        row = {"id": _new_id("ds"), "tenant": tenant, "name": name, "filename": filename,
+               "options": json.dumps(options), "summary": json.dumps(summary),
+               "sha256": hashlib.sha256(content).hexdigest(), "content": content, "created_at": time.time()}
+        with self.engine.begin() as conn:
+            conn.execute(datasets.insert().values(**row))
+        return self.get_dataset(row["id"])
+
+    def get_dataset(self, dataset_id: str, tenant: str | None = None, *, with_content: bool = False) -> dict | None:
+        query = sa.select(datasets).where(datasets.c.id == dataset_id)
+        if tenant is not None:
+            query = query.where(datasets.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _dataset(row, with_content)
+
+    def list_datasets(self, tenant: str | None, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+        where = [] if tenant is None else [datasets.c.tenant == tenant]
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(datasets).where(*where)).scalar_one()
+            rows = conn.execute(sa.select(datasets).where(*where).order_by(datasets.c.created_at.desc())
+                                .limit(limit).offset(offset)).mappings().all()
+        return [_dataset(r) for r in rows], int(count)
+
+    # ---------------------------------------------------------------- API keys
+    def create_key(self, tenant: str) -> str:
+        """A new API key for `tenant`; only its hash is stored, so the returned key is shown once."""
+        key_id = uuid.uuid4().hex[:12]
+        secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.insert().values(id=key_id, tenant=tenant, key_hash=_hash_key(secret),
+                                                  created_at=time.time()))
+        return secret
+
+    def tenant_for_key(self, secret: str) -> str | None:
+        if not secret.startswith(KEY_PREFIX) or secret.count("_") < 2:
+            return None
+        key_id = secret[len(KEY_PREFIX):].split("_", 1)[0]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
+        if row is None or not hmac.compare_digest(row["key_hash"], _hash_key(secret)):
+            return None
+        return row["tenant"]
+
+
+class JobStateError(RuntimeError):
+    """The job is in a state that does not allow the operation."""
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the runner's writes
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _job(row, with_checkpoint: bool = False) -> dict:
+    job = dict(row)
+    for name in _JSON_COLUMNS:
+        if job.get(name) is not None and (name != "checkpoint" or with_checkpoint):
+            job[name] = json.loads(job[name]) if name != "checkpoint" else job[name]
+    if not with_checkpoint:
+        job.pop("checkpoint", None)
+    job["cancel_requested"] = bool(job["cancel_requested"])
+    return job
+
+
+def _dataset(row, with_content: bool) -> dict:
+    data = dict(row)
+    data["options"] = json.loads(data["options"])
+    data["summary"] = json.loads(data["summary"])
+    if not with_content:
+        data.pop("content")
+    return data
