@@ -7,6 +7,7 @@ only the candidates. Results are idempotent by batch id, so resubmitting after a
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -15,6 +16,9 @@ from service.queue import Batch, BatchQueue
 from service.wire import batch_id, decode_result, digest, encode_context, encode_work, merge_results
 
 from .types import EvalRequest, EvalResult, ModelInfo
+
+
+log = logging.getLogger("nograd.queue_client")
 
 
 class EvaluationError(ValueError):
@@ -78,6 +82,8 @@ class QueueClient:
                 now = getattr(self.queue, "epoch", 0)
                 if now != epoch:  # the broker dropped connections: it may have lost our data; resubmit
                     epoch = now
+                    log.warning("job %s: the broker connection dropped; resubmitting %d batches (results are "
+                                "idempotent)", self.job_id, len(batches))
                     await self._put_contexts()
                     await self.queue.submit(batches)
         failed = [r for r in results.values() if not r.ok]

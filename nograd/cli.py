@@ -1,4 +1,5 @@
-"""`nograd` command line: run an optimization, re-score a saved prompt, list bundled tasks."""
+"""`nograd` command line: run an optimization, re-score a saved prompt, list bundled tasks; the service's
+commands (serve, worker, submit, status, watch, jobs, keys) are in `service_cli`."""
 
 from __future__ import annotations
 
@@ -118,14 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.set_defaults(func=cmd_eval)
     tasks_p = sub.add_parser("tasks", help="list the bundled tasks")
     tasks_p.set_defaults(func=cmd_tasks)
+    from .service_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "worker" and not args.model:
+        args.model = ["smollm2-135m"]
+    from .client import ApiError
+
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, ApiError) as exc:
         print(f"nograd: error: {exc}", file=sys.stderr)
         return 2
 

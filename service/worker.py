@@ -119,6 +119,9 @@ class Worker:
         """Returns the outcome: 'done', 'rejected' (bad input) or 'retry' / 'dead' (unexpected error)."""
         batch = delivery.batch
         self.current = f"{batch.job_id}/{batch.generation}"
+        if delivery.deliveries > 1:
+            log.info("batch %s of job %s redelivered (delivery %d): its previous worker died or stalled",
+                     batch.id, batch.job_id, delivery.deliveries)
         started = time.perf_counter()
         try:
             task, examples = await self._context(batch.job_id, batch.context)

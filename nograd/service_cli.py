@@ -1,0 +1,245 @@
+"""`nograd serve | worker | submit | status | watch | jobs | keys`: the service and its command-line client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+
+def _settings(args: argparse.Namespace):
+    from service.settings import Settings
+
+    overrides = {name: getattr(args, name) for name in ("host", "port", "data_dir", "redis_url", "database_url",
+                                                        "models", "max_concurrent_jobs", "lease_seconds",
+                                                        "batch_size", "claim_idle", "memory_cap_mb", "dtype",
+                                                        "device", "namespace")
+                 if getattr(args, name, None) is not None}
+    if args.auth is not None:
+        overrides["auth"] = args.auth == "on"
+    if args.no_embedded_worker:
+        overrides["embedded_worker"] = False
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.api import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        raise ValueError("; ".join(e["msg"] for e in exc.errors())) from None
+    queue = "Redis" if settings.redis_url else "in-process queue"
+    print(f"nograd: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, {queue}, "
+          f"auth {'on' if settings.auth else 'off'}, models {', '.join(settings.models)})", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.queue import make_queue
+    from service.worker import Worker, load_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        engines = {m: load_engine(m, dtype=args.dtype, device=args.device, memory_cap_mb=args.memory_cap_mb)
+                   for m in args.model}
+        queue = make_queue(args.redis_url, namespace=args.namespace, claim_idle=args.claim_idle,
+                           max_deliveries=args.max_deliveries)
+        worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: finish the batch in progress, then exit
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await worker.run(stop)
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    return Client(args.url, args.api_key)
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--option {text!r}: write KEY=VALUE, e.g. --option popsize=20")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    job = {"method": args.method, "model": args.model, "budget": args.budget, "seed": args.seed,
+           "k_shot": args.k_shot, "dev_every": args.dev_every, "task": args.task, "dataset_id": args.dataset_id,
+           "init_from": args.init_from, "options": dict(_parse_option(o) for o in args.option)}
+    with _client(args) as api:
+        created = api.submit(**{k: v for k, v in job.items() if v is not None})
+        print(created["id"])
+        if args.watch:
+            return _watch(api, created["id"])
+    return 0
+
+
+def _summary(job: dict) -> dict:
+    keys = ("id", "status", "method", "task", "model", "calls", "budget", "best_train_loss", "best_dev_metric",
+            "test_metric", "error", "message")
+    return {k: job.get(k) for k in keys}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        job = api.job(args.job)
+    print(json.dumps(job if args.full else _summary(job), indent=2))
+    return 0
+
+
+def _watch(api, job_id: str) -> int:
+    from tqdm import tqdm
+
+    job = api.job(job_id)
+    bar = tqdm(total=max(job["budget"], 1), unit="call", dynamic_ncols=True, file=sys.stderr, desc=job_id)
+    for event, data in api.events(job_id):
+        if event == "job":
+            job = data
+            bar.update(job["calls"] - bar.n)
+            bar.set_postfix(status=job["status"],
+                            loss=f"{job['best_train_loss']:.4f}" if job["best_train_loss"] is not None else "-",
+                            dev=f"{job['best_dev_metric']:.3f}" if job["best_dev_metric"] is not None else "-")
+        elif event == "end":
+            break
+    bar.close()
+    job = api.job(job_id)
+    print(json.dumps(_summary(job), indent=2))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        return _watch(api, args.job)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        page = api.jobs(status=args.status, task=args.task, method=args.method, limit=args.limit)
+    for job in page["data"]:
+        dev = "-" if job["best_dev_metric"] is None else f"{job['best_dev_metric']:.3f}"
+        test = "-" if job["test_metric"] is None else f"{job['test_metric']:.3f}"
+        print(f"{job['id']}  {job['status']:9s} {job['method']:7s} {job['task']:10s} {job['calls']:>6}/"
+              f"{job['budget']:<6} dev={dev} test={test}")
+    print(f"{len(page['data'])} of {page['count']} jobs", file=sys.stderr)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from service.settings import Settings
+    from service.store import Store
+
+    overrides = {k: v for k, v in (("data_dir", args.data_dir), ("database_url", args.database_url)) if v}
+    settings = Settings(**overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_url)
+    try:
+        key = store.create_key(args.tenant)
+    finally:
+        store.close()
+    print(key)
+    print(f"API key for tenant {args.tenant!r}; it is shown only this once (only its hash is stored).",
+          file=sys.stderr)
+    return 0
+
+
+def add_commands(sub) -> None:
+    serve = sub.add_parser("serve", help="run the REST API, the job runner and (without Redis) a worker")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", dest="data_dir")
+    serve.add_argument("--redis-url", dest="redis_url", help="use Redis and external workers")
+    serve.add_argument("--database-url", dest="database_url", help="SQLAlchemy URL (default: SQLite in data dir)")
+    serve.add_argument("--auth", choices=["on", "off"], help="off: local single-user use; binds 127.0.0.1 only")
+    serve.add_argument("--models", help="comma-separated models jobs may use (the embedded worker loads them)")
+    serve.add_argument("--no-embedded-worker", action="store_true", help="with --redis-url: no worker in here")
+    serve.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int)
+    serve.add_argument("--lease-seconds", dest="lease_seconds", type=float)
+    serve.add_argument("--batch-size", dest="batch_size", type=int, help="most candidates per queue batch")
+    serve.add_argument("--claim-idle", dest="claim_idle", type=float)
+    serve.add_argument("--memory-cap-mb", dest="memory_cap_mb", type=float)
+    serve.add_argument("--dtype")
+    serve.add_argument("--device")
+    serve.add_argument("--namespace")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="serve models to a Redis-backed nograd service")
+    worker.add_argument("--redis-url", required=True)
+    worker.add_argument("--model", action="append", default=None, help="model to serve (repeatable)")
+    worker.add_argument("--device", default="auto")
+    worker.add_argument("--dtype", default="bf16")
+    worker.add_argument("--memory-cap-mb", type=float, default=256.0)
+    worker.add_argument("--namespace", default="nograd")
+    worker.add_argument("--claim-idle", type=float, default=60.0,
+                        help="take over batches unacknowledged this long (a few batch times)")
+    worker.add_argument("--max-deliveries", type=int, default=3)
+    worker.add_argument("--heartbeat", type=float, default=2.0)
+    worker.add_argument("--id", default=None)
+    worker.set_defaults(func=cmd_worker)
+
+    def client_options(p):
+        p.add_argument("--url", default=None, help="service URL (default $NOGRAD_URL or http://127.0.0.1:8000)")
+        p.add_argument("--api-key", default=None, help="default $NOGRAD_API_KEY")
+
+    submit = sub.add_parser("submit", help="submit a job to a running service")
+    client_options(submit)
+    submit.add_argument("--method", required=True)
+    submit.add_argument("--task")
+    submit.add_argument("--dataset-id")
+    submit.add_argument("--model", default="smollm2-135m")
+    submit.add_argument("--budget", type=int, default=600)
+    submit.add_argument("--seed", type=int, default=0)
+    submit.add_argument("--k-shot", type=int, default=16)
+    submit.add_argument("--dev-every", type=int, default=100)
+    submit.add_argument("--init-from")
+    submit.add_argument("--option", action="append", default=[], help="KEY=VALUE method option (repeatable)")
+    submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show a job")
+    client_options(status)
+    status.add_argument("job")
+    status.add_argument("--full", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    watch = sub.add_parser("watch", help="follow a job's progress live")
+    client_options(watch)
+    watch.add_argument("job")
+    watch.set_defaults(func=cmd_watch)
+
+    jobs = sub.add_parser("jobs", help="list jobs")
+    client_options(jobs)
+    jobs.add_argument("--status")
+    jobs.add_argument("--task")
+    jobs.add_argument("--method")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(func=cmd_jobs)
+
+    keys = sub.add_parser("keys", help="manage API keys (operator)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create an API key for a tenant")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--data-dir")
+    create.add_argument("--database-url")
+    create.set_defaults(func=cmd_keys)

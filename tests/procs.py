@@ -1,0 +1,125 @@
+"""Real processes for service tests: a private redis-server on a free port, `nograd serve`, `nograd worker`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class RedisServer:
+    """A private redis-server (never the shared one on 6379). `persistent`: AOF with fsync on every write."""
+
+    def __init__(self, directory: Path, persistent: bool = True):
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+        self.dir, self.persistent = Path(directory), persistent
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--logfile", str(self.dir / "redis.log")]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args)
+        wait_until(self._ping, 10, "redis-server")
+        return self
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Proc:
+    """A `python -m nograd.cli ...` subprocess with its output in a log file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        self.args, self.log = args, Path(log)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = None
+
+    def start(self) -> "Proc":
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "nograd.cli", *self.args], cwd=ROOT, env=self.env,
+                                     stdout=self._fh, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return None if self.proc is None else self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def serve(data_dir: Path, redis_url: str | None, port: int, *extra: str, models: str = "fake") -> Proc:
+    args = ["serve", "--data-dir", str(data_dir), "--port", str(port), "--models", models, *extra]
+    if redis_url:
+        args += ["--redis-url", redis_url, "--no-embedded-worker"]
+    proc = Proc(args, data_dir.parent / f"serve-{port}.log").start()
+    wait_until(lambda: _healthy(port, proc), 60, f"nograd serve on port {port}")
+    return proc
+
+
+def _healthy(port: int, proc: Proc) -> bool:
+    if proc.proc.poll() is not None:
+        raise RuntimeError(f"nograd serve exited:\n{proc.output()[-3000:]}")
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def worker(redis_url: str, model: str, log: Path, *extra: str) -> Proc:
+    return Proc(["worker", "--redis-url", redis_url, "--model", model, "--heartbeat", "0.5", *extra], log).start()

@@ -1,0 +1,149 @@
+"""End to end: `nograd serve` with a private Redis, separate `nograd worker` processes, the HTTP client.
+Crash cases: kill -9 a worker mid-batch, kill -9 the API/runner mid-job, stop and restart Redis mid-job.
+The workers serve the fixed-latency fake model (deterministic losses), so runs are fast and reproducible."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nograd.artifacts import read_prompt
+from nograd.client import Client
+from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
+
+pytestmark = pytest.mark.redis
+
+JOB = {"method": "bbt", "task": "trec", "budget": 80, "seed": 3, "dev_every": 30,
+       "options": {"dim": 16, "popsize": 10}}
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    """A Redis-backed service with auth on; yields a dict with the pieces and cleans up everything."""
+    redis = RedisServer(tmp_path / "redis").start()
+    data = tmp_path / "data"
+    key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "alice", "--data-dir",
+                          str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    procs = {"workers": []}
+    env = {"redis": redis, "data": data, "port": port, "key": key, "procs": procs, "tmp": tmp_path}
+
+    def start_api():
+        procs["api"] = serve(data, redis.url, port, "--lease-seconds", "2", models="fake:0.3")
+        return procs["api"]
+
+    def start_worker(name: str, *extra: str):
+        proc = worker(redis.url, "fake:0.3", tmp_path / f"worker-{name}.log", *extra)
+        procs["workers"].append(proc)
+        return proc
+
+    env.update(start_api=start_api, start_worker=start_worker)
+    yield env
+    for proc in procs["workers"]:
+        proc.kill()
+    if "api" in procs:
+        procs["api"].kill()
+    redis.stop()
+
+
+def _client(env) -> Client:
+    return Client(f"http://127.0.0.1:{env['port']}", env["key"])
+
+
+def _finished(api: Client, job_id: str, timeout: float = 120) -> dict:
+    return wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed", "cancelled") else None)(
+        api.job(job_id)), timeout, f"job {job_id}")
+
+
+def _z(api: Client, job_id: str) -> np.ndarray:
+    return read_prompt(api.prompt(job_id))["x"]
+
+
+def _check_complete(api: Client, job: dict) -> None:
+    assert job["status"] == "succeeded", job
+    assert job["calls"] == job["budget"] == JOB["budget"]
+    history = api.history(job["id"])
+    generations = [h["generation"] for h in history]
+    assert generations == list(range(len(generations)))  # no gaps, no duplicates
+    assert history[-1]["calls"] == JOB["budget"]
+
+
+def test_submit_over_http_completes_with_two_workers(deployment):
+    deployment["start_api"]()
+    deployment["start_worker"]("a")
+    deployment["start_worker"]("b")
+    with _client(deployment) as api:
+        wait_until(lambda: len(api.workers()) == 2, 30, "two workers")
+        job = api.submit(model="fake:0.3", **JOB)
+        events = [event for event, _ in api.events(job["id"])]
+        job = _finished(api, job["id"])
+        _check_complete(api, job)
+        assert "generation" in events and events[-1] == "end"
+        assert job["test_metric"] is not None and job["best_dev_metric"] >= job["result"]["initial"]["dev_metric"]
+        done = {w["id"]: w["batches_done"] for w in api.workers()}
+        assert all(n > 0 for n in done.values()), done  # both workers took batches
+
+
+def test_killed_worker_mid_batch_job_still_completes_with_exact_budget(deployment):
+    deployment["start_api"]()
+    victim = deployment["start_worker"]("victim")
+    with _client(deployment) as api:
+        wait_until(lambda: len(api.workers()) == 1, 30, "the first worker")
+        job = api.submit(model="fake:0.3", **JOB)
+        # Kill it while it holds a batch (its heartbeat names the batch in progress).
+        wait_until(lambda: api.history(job["id"]) and any(w["current"] for w in api.workers()), 60,
+                   "a batch in progress")
+        victim.kill()
+        rescuer = deployment["start_worker"]("rescuer", "--claim-idle", "1.5")
+        job = _finished(api, job["id"])
+        _check_complete(api, job)
+        wait_until(lambda: "redelivered" in rescuer.output(), 10, "the rescuer's redelivery log line")
+
+
+def test_api_restart_mid_job_resumes_to_the_identical_prompt(deployment):
+    deployment["start_api"]()
+    deployment["start_worker"]("a")
+    with _client(deployment) as api:
+        reference = api.submit(model="fake:0.3", **JOB)
+        reference = _finished(api, reference["id"])
+        _check_complete(api, reference)
+        job = api.submit(model="fake:0.3", **JOB)
+        wait_until(lambda: len(api.history(job["id"])) >= 3, 60, "three generations")
+        deployment["procs"]["api"].kill()
+    deployment["start_api"]()
+    with _client(deployment) as api:
+        job = _finished(api, job["id"])
+        _check_complete(api, job)
+        assert any("resumes" in line for line in deployment["procs"]["api"].output().splitlines())
+        np.testing.assert_array_equal(_z(api, job["id"]), _z(api, reference["id"]))
+        assert job["best_dev_metric"] == reference["best_dev_metric"]
+        assert job["test_metric"] == reference["test_metric"]
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["aof", "data-lost"])
+def test_redis_restart_mid_job_the_job_continues(deployment, persistent):
+    """With AOF the queue survives the restart. Without persistence it comes back empty; the worker is also
+    killed, so the batch in progress is gone too and only the runner's resubmission can finish the job."""
+    redis = deployment["redis"]
+    redis.persistent = persistent
+    redis.stop()
+    redis.start()
+    deployment["start_api"]()
+    first = deployment["start_worker"]("a")
+    with _client(deployment) as api:
+        job = api.submit(model="fake:0.3", **JOB)
+        wait_until(lambda: len(api.history(job["id"])) >= 2, 60, "two generations")
+        redis.stop()
+        if not persistent:
+            first.kill()
+        assert api.job(job["id"])["status"] == "running"  # the API answers from its store without Redis
+        redis.start()
+        if not persistent:
+            deployment["start_worker"]("b")
+        job = _finished(api, job["id"])
+        _check_complete(api, job)
+    if not persistent:
+        assert "resubmitting" in deployment["procs"]["api"].output()
