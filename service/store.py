@@ -348,7 +348,7 @@ def _job(row, with_checkpoint: bool = False) -> dict:
     return job
 
 
-def _dataset(row, with_content: bool) -> dict:
+def _dataset(row, with_content: bool = False) -> dict:
     data = dict(row)
     data["options"] = json.loads(data["options"])
     data["summary"] = json.loads(data["summary"])

@@ -29,8 +29,8 @@ def _validate(content: bytes, filename: str, options: dict) -> dict:
             task = load_user_dataset(path, name=Path(filename).stem, **options)
         except ValueError as exc:
             message = str(exc).replace(str(path), filename)
-            field = next((f for f in ("template", "verbalizer", "text_field", "text2_field", "label_field",
-                                      "metric") if f in message.split(":")[0]), "file")
+            lowered = message.lower()
+            field = next((f for f in ("template", "verbalizer", "metric") if f in lowered), "file")
             raise Invalid(field, message) from None
     counts = {label: sum(e.label == label for e in task.pool) for label in task.labels}
     return {"rows": len(task.pool) + len(task.test), "pool": len(task.pool), "test": len(task.test),
