@@ -27,3 +27,38 @@ def causal_handle(causal_tokenizer):
 def masked_handle(masked_tokenizer):
     from service.engine.models import handle_from_model
     return handle_from_model(make_masked(), masked_tokenizer, name="tiny-roberta", kind="masked")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private, non-persistent redis-server on a free port for the whole session (never the shared one)."""
+    from procs import RedisServer
+
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), persistent=False).start()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database (dropped afterwards); skipped where no server answers on 127.0.0.1:5432.
+    Override the server with NOGRAD_TEST_POSTGRES (a libpq conninfo string without dbname)."""
+    import os
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    conninfo = os.environ.get("NOGRAD_TEST_POSTGRES", "host=127.0.0.1 user=postgres")
+    name = f"nograd_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(f"{conninfo} dbname=postgres connect_timeout=3", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    params = dict(part.split("=", 1) for part in conninfo.split())
+    user, host = params.get("user", "postgres"), params.get("host", "127.0.0.1")
+    yield f"postgresql+psycopg://{user}@{host}/{name}"
+    with psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

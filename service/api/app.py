@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                     loaded[name] = await asyncio.to_thread(load_engine, name, dtype=settings.dtype,
                                                            device=settings.device,
                                                            memory_cap_mb=settings.memory_cap_mb)
-            worker = Worker(app.state.queue, loaded)
+            # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
+            worker = Worker(app.state.queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
             background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
         if settings.run_jobs:
             runner = JobRunner(app.state.store, app.state.queue, data_dir=settings.data_dir,

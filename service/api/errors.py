@@ -48,7 +48,15 @@ class Invalid(ApiError):
 
 
 def install(app: FastAPI) -> None:
+    from sqlalchemy.exc import DataError
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(DataError)
+    async def _data_error(_request: Request, _exc: DataError) -> JSONResponse:
+        # The database refused a value the schema allows (e.g. a NUL character in a text field on PostgreSQL).
+        return JSONResponse({"detail": "a text field contains characters the store cannot hold (e.g. NUL); "
+                                       "remove them"}, status_code=422)

@@ -76,12 +76,12 @@ class MemoryQueue(BatchQueue):
 
     async def retry(self, delivery: Delivery, error: str) -> bool:
         batch = delivery.batch
-        batch.attempts += 1
-        if batch.attempts >= self.max_deliveries:
+        if batch.attempts + delivery.deliveries >= self.max_deliveries:
             self._dead.append({"batch_id": batch.id, "job_id": batch.job_id, "generation": batch.generation,
                                "model": batch.model, "error": error, "at": time.time()})
             await self.finish(delivery, dead_letter_result(delivery, error, worker=""))
             return False
+        batch.attempts += 1
         self._inflight[delivery.handle] -= 1
         await self._queues[batch.model].put(batch)
         return True

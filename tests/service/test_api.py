@@ -286,3 +286,44 @@ def test_many_jobs_at_once_all_complete_with_exact_budgets(api):
     assert all(j["status"] == "succeeded" and j["calls"] == 35 for j in jobs)
     # a partial last generation: 35 = 3 full populations of 10 + 5
     assert json.loads(json.dumps(api("GET", f"/v1/jobs/{ids[0]}/history").json()))["data"][-1]["calls"] == 35
+
+
+def test_fuzzed_job_options_never_crash_the_runner(tmp_path):
+    """Submissions with arbitrary (schema-valid) options: each is rejected with 422 or runs to a terminal state
+    with a message; the runner keeps serving afterwards."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    options = st.fixed_dictionaries({}, optional={
+        "popsize": st.integers(2, 30), "optimizer": st.sampled_from(["cma", "ng:OnePlusOne", "ng:Nope", "x"]),
+        "sigma0": st.floats(1e-6, 1e3), "alpha": st.floats(1e-6, 1e3), "bounds": st.floats(1e-3, 10),
+        "loss": st.sampled_from(["ce", "hinge", "perf"]), "mode": st.sampled_from(["cat", "add"]),
+        "n_tokens": st.integers(1, 256), "dim": st.integers(1, 64), "distribution": st.sampled_from(
+            ["normal", "uniform"]), "init": st.text(max_size=20), "icl_shots": st.integers(1, 32)})
+    jobs = st.fixed_dictionaries({
+        "method": st.sampled_from(["manual", "icl", "bbt", "bbtv2"]), "task": st.sampled_from(["trec", "sms"]),
+        "model": st.just("fake"), "budget": st.integers(1, 40), "seed": st.integers(0, 2**31 - 1),
+        "k_shot": st.integers(1, 100), "dev_every": st.integers(1, 100), "options": options})
+    client, _ = make_api(tmp_path, auth=False)
+    created = []
+    with client:
+        @given(job=jobs)
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def submit(job):
+            response = client.post("/v1/jobs", json=job)
+            assert response.status_code in (201, 422), response.text
+            if response.status_code == 201:
+                created.append(response.json()["id"])
+
+        submit()
+        assert created, "no generated job was valid"
+        deadline = time.monotonic() + 300
+        for job_id in created:
+            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.05)
+            assert job["status"] == "succeeded" or job["error"], job
+        ok = client.post("/v1/jobs", json=FAST).json()["id"]
+        while client.get(f"/v1/jobs/{ok}").json()["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

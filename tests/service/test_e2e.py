@@ -147,3 +147,38 @@ def test_redis_restart_mid_job_the_job_continues(deployment, persistent):
         _check_complete(api, job)
     if not persistent:
         assert "resubmitting" in deployment["procs"]["api"].output()
+
+
+def test_two_replicas_on_postgres_one_dies_the_other_finishes_its_jobs(tmp_path, postgres_url):
+    """The multi-replica deployment: two API/runner processes share PostgreSQL and Redis. Both see every job;
+    when one is killed, the other takes over its running jobs once their leases expire and finishes them."""
+    redis = RedisServer(tmp_path / "redis").start()
+    procs = []
+    try:
+        key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "alice",
+                              "--database-url", postgres_url, "--data-dir", str(tmp_path / "keys")], cwd=ROOT,
+                             check=True, capture_output=True, text=True).stdout.strip()
+        ports = [free_port(), free_port()]
+
+        def replica(i):
+            procs.append(serve(tmp_path / f"data{i}", redis.url, ports[i], "--database-url", postgres_url,
+                               "--lease-seconds", "2", models="fake:0.3"))
+            return procs[-1]
+
+        first_replica = replica(0)
+        procs.append(worker(redis.url, "fake:0.3", tmp_path / "worker-a.log"))
+        procs.append(worker(redis.url, "fake:0.3", tmp_path / "worker-b.log"))
+        with Client(f"http://127.0.0.1:{ports[0]}", key) as first:
+            ids = [first.submit(model="fake:0.3", **{**JOB, "seed": s})["id"] for s in range(4)]
+            wait_until(lambda: all(len(first.history(i)) >= 2 for i in ids), 60, "every job under way")
+        second_replica = replica(1)
+        with Client(f"http://127.0.0.1:{ports[1]}", key) as second:
+            assert {j["id"] for j in second.jobs()["data"]} == set(ids)  # one shared state
+            first_replica.kill()  # it was running all four jobs
+            for job_id in ids:
+                _check_complete(second, _finished(second, job_id))
+        assert second_replica.output().count("resumes at generation") == len(ids)
+    finally:
+        for proc in procs:
+            proc.kill()
+        redis.stop()

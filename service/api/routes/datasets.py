@@ -66,7 +66,7 @@ async def upload_dataset(request: Request, tenant: CurrentTenant, store: StoreDe
 
 @router.get("", response_model=DatasetsPublic)
 def list_datasets(tenant: CurrentTenant, store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                  offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict:
     """This tenant's datasets."""
     rows, count = store.list_datasets(tenant, limit=limit, offset=offset)
     return {"data": rows, "count": count}

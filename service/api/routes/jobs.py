@@ -99,7 +99,7 @@ async def create_job(body: JobCreate, tenant: CurrentTenant, store: StoreDep, qu
 def list_jobs(tenant: CurrentTenant, store: StoreDep,
               status: Annotated[Status | None, Query()] = None, task: Annotated[str | None, Query()] = None,
               method: Annotated[str | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict:
     """List this tenant's jobs, newest first."""
     rows, count = store.list_jobs(tenant, status=None if status is None else status.value, task=task,
                                   method=method, limit=limit, offset=offset)
@@ -121,7 +121,7 @@ def get_job(job_id: str, tenant: CurrentTenant, store: StoreDep) -> dict:
 
 @router.get("/{job_id}/history", response_model=HistoryPublic)
 def get_history(job_id: str, tenant: CurrentTenant, store: StoreDep,
-                after: Annotated[int, Query(ge=-1)] = -1) -> dict:
+                after: Annotated[int, Query(ge=-1, le=10**9)] = -1) -> dict:
     """Per-generation records (losses of the population, best loss, dev metric, step size)."""
     _job_or_404(store, job_id, tenant)
     rows = store.history(job_id, after)
