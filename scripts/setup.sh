@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install nograd into .venv (idempotent) and run the main job or the test suite.
-#   bash scripts/setup.sh run    -> install, then the quick-start optimization run (bundled model and task)
+#   bash scripts/setup.sh run    -> install, then the service on embedded defaults (no Redis; SQLite and an
+#                                   in-process worker with the built-in model; auth off, so it binds 127.0.0.1)
 #   bash scripts/setup.sh test   -> install, then the whole test suite
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0: on these machines a CPU wheel on local disk;
 # it is installed before anything else so no dependency can pull a multi-GB CUDA build).
@@ -21,7 +22,7 @@ fi
 case "${1:-run}" in
   run)
     shift || true
-    exec .venv/bin/nograd run --task mr --method bbt --budget 200 --seed 0 --out runs/quickstart "$@"
+    exec .venv/bin/nograd serve --auth off "$@"
     ;;
   test)
     shift || true

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import time
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from nograd.config import METHODS
 
@@ -66,6 +68,23 @@ class JobPublic(BaseModel):
     started_at: float | None
     finished_at: float | None
     updated_at: float
+
+    @computed_field
+    @property
+    def elapsed_seconds(self) -> float | None:
+        """Wall time since the job started (until it finished)."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    @computed_field
+    @property
+    def eta_seconds(self) -> float | None:
+        """Remaining search time at the rate so far (the final test scoring comes on top)."""
+        elapsed = self.elapsed_seconds
+        if self.status != "running" or not self.calls or elapsed is None:
+            return None
+        return elapsed / self.calls * max(0, self.budget - self.calls)
 
 
 class JobsPublic(BaseModel):

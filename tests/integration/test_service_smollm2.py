@@ -1,0 +1,55 @@
+"""The service with the real built-in model: `nograd serve` with Redis and a separate `nograd worker` holding
+SmolLM2-135M; a BBT job submitted over HTTP completes, and its result matches the same run done in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clients.local import LocalClient
+from nograd.artifacts import read_prompt
+from nograd.client import Client
+from nograd.config import RunConfig
+from nograd.runner import run
+from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+JOB = {"method": "bbt", "task": "trec", "model": "smollm2-135m", "budget": 20, "seed": 0, "k_shot": 4,
+       "dev_every": 10, "options": {"popsize": 10, "dim": 50}}
+
+
+def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_path):
+    redis = RedisServer(tmp_path / "redis", persistent=False).start()
+    procs = []
+    try:
+        data = tmp_path / "data"
+        key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "t", "--data-dir",
+                              str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+        port = free_port()
+        procs.append(serve(data, redis.url, port, models="smollm2-135m"))
+        procs.append(worker(redis.url, "smollm2-135m", tmp_path / "worker.log", "--memory-cap-mb", "64"))
+        with Client(f"http://127.0.0.1:{port}", key) as api:
+            job_id = api.submit(**JOB)["id"]
+            job = wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(
+                api.job(job_id)), 600, "the job", interval=1.0)
+            assert job["status"] == "succeeded", job
+            assert job["calls"] == 20 and job["test_metric"] is not None
+            z = read_prompt(api.prompt(job_id))["x"]
+    finally:
+        for proc in procs:
+            proc.kill()
+        redis.stop()
+    config = RunConfig(method="bbt", task="trec", budget=20, seed=0, k_shot=4, dev_every=10, popsize=10, dim=50,
+                       memory_cap_mb=64).validate()
+    direct = asyncio.run(run(config, LocalClient.from_model("smollm2-135m", memory_cap_mb=64)))
+    assert job["result"]["calls"] == direct["calls"] == 20
+    # Same search and model; the queue carries whole populations, so the scores, and with them the selected
+    # prompt and its metrics, are the ones the in-process run computes.
+    assert job["best_dev_metric"] == pytest.approx(direct["dev_metric"])
+    assert job["test_metric"] == pytest.approx(direct["test_metric"])
+    assert z.shape == (50,) and np.all(np.isfinite(z))
