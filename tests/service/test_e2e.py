@@ -182,3 +182,18 @@ def test_two_replicas_on_postgres_one_dies_the_other_finishes_its_jobs(tmp_path,
         for proc in procs:
             proc.kill()
         redis.stop()
+
+
+def test_worker_sigterm_finishes_its_batch_and_exits_cleanly(deployment):
+    deployment["start_api"]()
+    first = deployment["start_worker"]("first")
+    with _client(deployment) as api:
+        wait_until(lambda: len(api.workers()) == 1, 30, "the worker")
+        job = api.submit(model="fake:0.3", **JOB)
+        wait_until(lambda: api.history(job["id"]) and any(w["current"] for w in api.workers()), 60,
+                   "a batch in progress")
+        assert first.terminate() == 0
+        assert "stopped after" in first.output()
+        second = deployment["start_worker"]("second")
+        _check_complete(api, _finished(api, job["id"]))
+        assert "redelivered" not in second.output()  # nothing was left unacknowledged
