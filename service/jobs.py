@@ -59,12 +59,15 @@ class JobRunner:
     # ---------------------------------------------------------------- main loop
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop`; then hand running jobs back (their checkpoints stay)."""
-        last_renew = 0.0
+        last_renew = last_cancel_check = 0.0
         try:
             while not stop.is_set():
                 if time.monotonic() - last_renew > self.lease_seconds / 3:
                     await self._renew()
                     last_renew = time.monotonic()
+                if self.tasks and time.monotonic() - last_cancel_check > 1.0:
+                    await self._check_cancellations()
+                    last_cancel_check = time.monotonic()
                 free = self.max_concurrent - len(self.tasks)
                 if free > 0:
                     try:
@@ -102,12 +105,20 @@ class JobRunner:
             return
         for job_id in ids:
             task = self.tasks.get(job_id)
-            if task is None or task.done():
-                continue
-            if job_id not in held:
+            if task is not None and not task.done() and job_id not in held:
                 log.warning("lost the lease of job %s; stopping it here", job_id)
                 task.cancel()
-            elif await asyncio.to_thread(self.store.cancel_requested, job_id):
+
+    async def _check_cancellations(self) -> None:
+        """Stop cancelled jobs within about a second (one query for all of this runner's jobs)."""
+        try:
+            cancelled = await asyncio.to_thread(self.store.cancelling, self.owner)
+        except Exception:
+            log.exception("checking for cancellations failed")
+            return
+        for job_id in cancelled:
+            task = self.tasks.get(job_id)
+            if task is not None and not task.done() and job_id not in self._cancelling:
                 self._cancelling.add(job_id)
                 task.cancel()
 
@@ -119,6 +130,7 @@ class JobRunner:
         except asyncio.CancelledError:
             if job_id in self._cancelling:
                 await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.cancelled)
+                await self._forget(job_id)
         except (EvaluationError, ValueError, FileNotFoundError, LookupError) as exc:
             await self._fail(job_id, str(exc))
         except QueueError as exc:
@@ -133,10 +145,13 @@ class JobRunner:
 
     async def _fail(self, job_id: str, error: str) -> None:
         await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.failed, error=error)
+        await self._forget(job_id)
+
+    async def _forget(self, job_id: str) -> None:
         try:
             await self.queue.forget_job(job_id)
-        except Exception:
-            pass
+        except Exception:  # only cleanup: results and contexts expire anyway
+            log.warning("could not drop job %s's queue data", job_id, exc_info=True)
 
     def _config(self, job: dict) -> RunConfig:
         return job_config(self.store, self.data_dir, job["config"], job.get("dataset_id"))

@@ -184,6 +184,13 @@ class Store:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
         return self.get_job(job_id)
 
+    def cancelling(self, owner: str) -> set[str]:
+        """Ids of the running jobs `owner` holds whose cancellation was requested."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(jobs.c.id).where(jobs.c.lease_owner == owner,
+                                                               jobs.c.status == Status.running.value,
+                                                               jobs.c.cancel_requested.is_(True))).scalars())
+
     def cancel_requested(self, job_id: str) -> bool:
         with self.engine.connect() as conn:
             return bool(conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())

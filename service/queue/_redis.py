@@ -104,6 +104,8 @@ class RedisQueue(BatchQueue):
         while True:
             values = await self._call(lambda: self.redis.hmget(results_key, batch_ids))
             if all(v is not None for v in values):
+                # A job has one evaluation in flight: the notifications left over are all about this one.
+                await self._call(lambda: self.redis.delete(note_key))
                 return {i: BatchResult.from_json(v) for i, v in zip(batch_ids, values)}
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
