@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
 
-from procs import RedisServer, free_port, serve, wait_until, worker  # noqa: E402
+from procs import Proc, RedisServer, free_port, serve, wait_until, worker  # noqa: E402
 
 
 def percentile(values, q: float) -> float:
@@ -42,12 +42,16 @@ class Stack:
         serve_args: extra `nograd serve` flags (e.g. --batch-size 2).
         auth: False -> `--auth off`; True -> auth on and `self.api_key` is a key made with `nograd keys create`.
         redis_persistent: AOF with fsync on every write (the tests' crash-safe setting) instead of no persistence.
+        split_runner: the API process runs no jobs (NOGRAD_RUN_JOBS=false); a second `nograd serve` on the same
+            store and Redis (another port, never queried) runs them.
     """
 
     def __init__(self, model: str, workers: int = 1, serve_args: tuple[str, ...] = (), *, auth: bool = False,
-                 redis_persistent: bool = False, worker_args: tuple[str, ...] = ()):
+                 redis_persistent: bool = False, worker_args: tuple[str, ...] = (), split_runner: bool = False):
         self.model, self.n_workers, self.serve_args = model, workers, tuple(serve_args)
         self.auth, self.redis_persistent, self.worker_args = auth, redis_persistent, tuple(worker_args)
+        self.split_runner = split_runner
+        self.runner = None
         self.tmp = tempfile.TemporaryDirectory(prefix="nograd-bench-")
         self.root = Path(self.tmp.name)
         self.data_dir = self.root / "data"
@@ -70,9 +74,29 @@ class Stack:
             self.api_key = create_key(self.data_dir)
         self.port = free_port()
         extra = list(self.serve_args) + ([] if self.auth else ["--auth", "off"])
-        self.server = serve(self.data_dir, self.redis.url, self.port, *extra, models=self.model)
+        if self.split_runner:
+            self.server = self._serve(self.port, extra, {"NOGRAD_RUN_JOBS": "false"})
+            self.runner = self._serve(free_port(), extra, {"NOGRAD_RUN_JOBS": "true"})
+        else:
+            self.server = serve(self.data_dir, self.redis.url, self.port, *extra, models=self.model)
         self.add_workers(self.n_workers, timeout=worker_timeout)
         return self
+
+    def _serve(self, port: int, extra: list[str], env: dict) -> Proc:
+        args = ["serve", "--data-dir", str(self.data_dir), "--port", str(port), "--models", self.model, *extra,
+                "--redis-url", self.redis.url, "--no-embedded-worker"]
+        proc = Proc(args, self.root / f"serve-{port}.log", env=env).start()
+
+        def healthy() -> bool:
+            if proc.proc.poll() is not None:
+                raise RuntimeError(f"nograd serve exited:\n{proc.output()[-3000:]}")
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, f"nograd serve on port {port}")
+        return proc
 
     def live_workers(self) -> list[dict]:
         response = httpx.get(f"{self.url}/v1/workers", headers=self.headers, timeout=10)
@@ -108,11 +132,12 @@ class Stack:
                     w.kill()
                 except Exception:
                     pass
-        if self.server is not None:
-            try:
-                self.server.terminate(timeout=15)
-            except Exception:
-                pass
+        for server in (self.runner, self.server):
+            if server is not None:
+                try:
+                    server.terminate(timeout=15)
+                except Exception:
+                    pass
         if self.redis is not None:
             try:
                 self.redis.stop()
@@ -121,7 +146,7 @@ class Stack:
                     self.redis.proc.kill()
                 except Exception:
                     pass
-        for proc in [*self.workers, self.server]:
+        for proc in [*self.workers, self.server, self.runner]:
             fh = getattr(proc, "_fh", None)
             if fh is not None:
                 fh.close()
@@ -129,8 +154,9 @@ class Stack:
 
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
-        if self.server is not None:
-            parts.append(f"--- serve\n{self.server.output()[-chars:]}")
+        for name, server in (("serve", self.server), ("runner", self.runner)):
+            if server is not None:
+                parts.append(f"--- {name}\n{server.output()[-chars:]}")
         for i, w in enumerate(self.workers):
             parts.append(f"--- worker {i}\n{w.output()[-chars:]}")
         return "\n".join(parts)

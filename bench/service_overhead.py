@@ -18,6 +18,12 @@ alternate which path goes first; with the fake engine one uncounted warm-up pair
 startup pays one-time costs: lazy imports, connections, first CMA step), with the real model none by default
 (`--real-warmup`): there both paths start cold (fresh model in this process and in the worker).
 
+Time outside model evaluation, per job: wall - time evaluating, where time evaluating is, direct, the summed wall
+time of `LocalClient.evaluate` calls and, service, the worker's `busy_seconds` increase over the job (from its
+heartbeats via GET /v1/workers: per batch from take to result written, incl. decode/encode). The difference is
+what the service adds regardless of how fast the model happened to run (on a shared 2-core box the compute
+itself varies by more than the overhead); "ratio with equal compute" = 1 + that difference / direct wall.
+
 Queue round-trip overhead per generation, two independent measures:
 1. overhead = roundtrip_seconds (history: the runner's wait on the queue for that generation's evaluations:
    encode, submit, delivery, result, decode) - compute, where compute = the engine's own `seconds` of every batch
@@ -90,12 +96,32 @@ class ResultCollector:
         self.client.close()
 
 
+class TimedClient:
+    """LocalClient with the wall time of every evaluate summed (what the worker's busy_seconds is on the service
+    path: the time spent evaluating, as seen by whoever runs the engine)."""
+
+    def __init__(self, inner: LocalClient):
+        self.inner, self.evaluating, self.evaluations = inner, 0.0, 0
+
+    async def evaluate(self, request):
+        started = time.perf_counter()
+        try:
+            return await self.inner.evaluate(request)
+        finally:
+            self.evaluating += time.perf_counter() - started
+            self.evaluations += 1
+
+    async def describe(self):
+        return await self.inner.describe()
+
+
 def job_body(args, model: str, budget: int) -> dict:
     return {"method": "bbt", "task": args.task, "model": model, "budget": budget, "seed": args.seed,
             "dev_every": args.dev_every, "options": {"dim": args.dim, "popsize": args.popsize}}
 
 
-def run_direct(client: LocalClient, model: str, budget: int, args) -> dict:
+def run_direct(local: LocalClient, model: str, budget: int, args) -> dict:
+    client = TimedClient(local)
     config = RunConfig(method="bbt", task=args.task, model=model, budget=budget, seed=args.seed,
                        dev_every=args.dev_every, dim=args.dim, popsize=args.popsize)
     entries: list[dict] = []
@@ -104,11 +130,12 @@ def run_direct(client: LocalClient, model: str, budget: int, args) -> dict:
     result = asyncio.run(run(config, client, on_generation=entries.append))
     wall = time.perf_counter() - started
     return {"wall": wall, "result": result, "history": [e for e in entries if e["generation"] >= 1],
-            "load": load}
+            "load": load, "evaluating": client.evaluating, "evaluations": client.evaluations}
 
 
 def run_service(stack: Stack, model: str, budget: int, args, poll: float) -> dict:
     load = os.getloadavg()[0]
+    before = {w["id"]: (w["busy_seconds"], w["batches_done"]) for w in stack.live_workers()}
     with Client(stack.url, stack.api_key) as api:
         job = api.submit(**job_body(args, model, budget))
         collector = ResultCollector(stack.redis.url, job["id"], interval=poll).start()
@@ -121,6 +148,10 @@ def run_service(stack: Stack, model: str, budget: int, args, poll: float) -> dic
         if job["status"] != "succeeded":
             raise RuntimeError(f"service job {job['id']} {job['status']}: {job.get('error')}\n{stack.log_tail()}")
         history = api.history(job["id"])
+    time.sleep(1.5)  # > 2 heartbeats: the workers' busy_seconds include this job's last batch
+    after = {w["id"]: (w["busy_seconds"], w["batches_done"]) for w in stack.live_workers()}
+    evaluating = sum(a[0] - before.get(i, (0.0, 0))[0] for i, a in after.items())
+    evaluations = sum(a[1] - before.get(i, (0.0, 0))[1] for i, a in after.items())
     gens = [e for e in history if e["generation"] >= 1]
     windows = [(prev["time"], e["time"]) for prev, e in zip(history, history[1:])]
     per_gen = []
@@ -132,7 +163,8 @@ def run_service(stack: Stack, model: str, budget: int, args, poll: float) -> dic
         per_gen.append({"generation": entry["generation"], "batches": len(mine), "compute": compute,
                         "worker": worker, "roundtrip": entry["roundtrip_seconds"]})
     return {"wall": job["finished_at"] - job["created_at"], "runner_wall": job["result"]["wall_seconds"],
-            "result": job["result"], "history": gens, "per_gen": per_gen, "load": load, "job": job}
+            "result": job["result"], "history": gens, "per_gen": per_gen, "load": load, "job": job,
+            "evaluating": evaluating, "evaluations": evaluations}
 
 
 def compare(direct: dict, service: dict, budget: int) -> dict:
@@ -216,6 +248,13 @@ def report(summary: dict, out: Tee) -> bool:
     out(f"  per job: submit -> claimed by the runner {1000 * np.median(claim):.0f} ms (median); service - direct "
         f"outside the generations {1000 * np.median(fixed):.0f} ms (median; claim, prepare, checkpoints of "
         f"generation 0, finalize)")
+    d_out = [d["wall"] - d["evaluating"] for d, _ in pairs]
+    s_out = [s["wall"] - s["evaluating"] for _, s in pairs]
+    added = float(np.median([b - a for a, b in zip(d_out, s_out)]))
+    evals = ", ".join(f"{d['evaluations']}/{s['evaluations']}" for d, s in pairs)
+    out(f"  time outside model evaluation per job (wall - time evaluating; evaluations direct/service {evals}): "
+        f"direct {np.median(d_out):.2f} s, service {np.median(s_out):.2f} s -> the service adds {added:.2f} s = "
+        f"{100 * added / med[0]:.1f}% of the direct wall (ratio with equal compute: {1 + added / med[0]:.3f})")
     out(f"  per generation (n = {n_gens} generations, {matched} matched to worker results):")
     out(f"    {'measure':52s} {'p50 ms':>8s} {'p99 ms':>8s}")
     out(f"    {'engine compute (worker results)':52s} {1000 * percentile(compute, 50):8.1f} "

@@ -6,6 +6,7 @@ The loop owns no I/O: callers persist `state_dict()` after each generation and g
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import replace
@@ -104,6 +105,13 @@ class PromptSearch:
         return {"metric": metric, "ce": ce, "improved": improved, "best_metric": self.best_dev["metric"]}
 
     # ---------------------------------------------------------------- loop
+    #: Executor for the optimizer's CPU work (None: asyncio's default). A service running many searches sets one
+    #: shared single-thread executor, so that optimizer threads do not crowd the event loop out of the GIL.
+    executor = None
+
+    async def _off_loop(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     @property
     def done(self) -> bool:
         return self.started and self.calls >= self.config.budget
@@ -129,7 +137,9 @@ class PromptSearch:
         started = time.perf_counter()
         layer = self.optimizer.layer if self.deep else None
         base = self.optimizer.base() if self.deep else None
-        population = self.optimizer.ask()
+        # ask/tell run off the event loop: CMA-ES at d = 500 takes milliseconds per call, which would stall
+        # everything else a service runs on the loop (API requests, other jobs).
+        population = await self._off_loop(self.optimizer.ask)
         remaining = self.config.budget - self.calls
         partial = remaining < len(population)
         scored = population[:remaining] if partial else population
@@ -137,7 +147,7 @@ class PromptSearch:
         losses = np.asarray(result.loss, dtype=np.float64)
         self.calls += len(scored)
         if not partial:
-            self.optimizer.tell(population, losses)
+            await self._off_loop(self.optimizer.tell, population, losses)
         i = int(np.argmin(losses))
         x = scored[i].copy()
         if self.deep:

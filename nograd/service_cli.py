@@ -18,10 +18,12 @@ def _settings(args: argparse.Namespace):
                                                         "batch_size", "claim_idle", "memory_cap_mb", "dtype",
                                                         "device", "namespace")
                  if getattr(args, name, None) is not None}
-    if args.auth is not None:
+    if getattr(args, "auth", None) is not None:
         overrides["auth"] = args.auth == "on"
-    if args.no_embedded_worker:
+    if getattr(args, "no_embedded_worker", False):
         overrides["embedded_worker"] = False
+    if getattr(args, "no_run_jobs", False):
+        overrides["run_jobs"] = False
     return Settings(**overrides)
 
 
@@ -40,6 +42,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"nograd: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, {queue}, "
           f"auth {'on' if settings.auth else 'off'}, models {', '.join(settings.models)})", file=sys.stderr)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    """The job runner alone (no HTTP): for deployments that keep API latency independent of the optimizer work."""
+    from service.jobs import JobRunner
+    from service.queue import make_queue
+    from service.store import Store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args)
+    if not settings.redis_url:
+        raise ValueError("nograd runner needs --redis-url (the workers are reached through Redis)")
+
+    async def main() -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_url)
+        queue = make_queue(settings.redis_url, namespace=settings.namespace, claim_idle=settings.claim_idle,
+                           max_deliveries=settings.max_deliveries)
+        runner = JobRunner(store, queue, data_dir=settings.data_dir, max_concurrent=settings.max_concurrent_jobs,
+                           lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
+                           worker_wait=settings.worker_wait)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # hand running jobs back; another runner resumes them
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await runner.run(stop)
+        finally:
+            await queue.close()
+            store.close()
+
+    asyncio.run(main())
     return 0
 
 
@@ -174,6 +209,8 @@ def add_commands(sub) -> None:
     serve.add_argument("--auth", choices=["on", "off"], help="off: local single-user use; binds 127.0.0.1 only")
     serve.add_argument("--models", help="comma-separated models jobs may use (the embedded worker loads them)")
     serve.add_argument("--no-embedded-worker", action="store_true", help="with --redis-url: no worker in here")
+    serve.add_argument("--no-run-jobs", action="store_true",
+                       help="API only; jobs run in `nograd runner` processes (keeps API latency flat under load)")
     serve.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int)
     serve.add_argument("--lease-seconds", dest="lease_seconds", type=float)
     serve.add_argument("--batch-size", dest="batch_size", type=int, help="most candidates per queue batch")
@@ -183,6 +220,16 @@ def add_commands(sub) -> None:
     serve.add_argument("--device")
     serve.add_argument("--namespace")
     serve.set_defaults(func=cmd_serve)
+
+    runner = sub.add_parser("runner", help="run jobs (no HTTP) for a Redis-backed service; any number of them")
+    runner.add_argument("--redis-url", dest="redis_url", required=True)
+    runner.add_argument("--database-url", dest="database_url")
+    runner.add_argument("--data-dir", dest="data_dir")
+    runner.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int)
+    runner.add_argument("--lease-seconds", dest="lease_seconds", type=float)
+    runner.add_argument("--batch-size", dest="batch_size", type=int)
+    runner.add_argument("--namespace")
+    runner.set_defaults(func=cmd_runner)
 
     worker = sub.add_parser("worker", help="serve models to a Redis-backed nograd service")
     worker.add_argument("--redis-url", required=True)

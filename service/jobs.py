@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,6 +56,14 @@ class JobRunner:
         self.owner = owner or f"runner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
+        self._wake = asyncio.Event()
+        # One thread for all jobs' optimizer work and checkpoint serialization: the work holds the GIL, and a
+        # single thread leaves the event loop (API requests, queue I/O) its fair share of it.
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="nograd-search")
+
+    def wake(self) -> None:
+        """Look for new jobs now instead of at the next poll (the API calls this after a submission)."""
+        self._wake.set()
 
     # ---------------------------------------------------------------- main loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -77,10 +86,11 @@ class JobRunner:
                         claimed = []
                     for job in claimed:
                         self.tasks[job["id"]] = asyncio.create_task(self._run_job(job), name=job["id"])
-                try:
-                    await asyncio.wait_for(stop.wait(), self.poll)
-                except TimeoutError:
-                    pass
+                self._wake.clear()
+                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+                await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
         finally:
             await self.shutdown()
 
@@ -201,6 +211,7 @@ class JobRunner:
             init_x, init_spec = await asyncio.to_thread(self._init_from, job)
             search = PromptSearch(config, data.spec, data.train, data.dev, info.n_layers, init_x=init_x,
                                   init_spec=init_spec)
+            search.executor = self._cpu
             if job.get("checkpoint"):
                 search.load_state(state_from_json(job["checkpoint"]))
                 log.info("job %s resumes at generation %d (%d calls)", job_id, search.generation, search.calls)
@@ -228,9 +239,11 @@ class JobRunner:
     async def _save(self, job_id: str, search: PromptSearch, entry: dict) -> bool:
         best_dev = search.best_dev["metric"] if search.best_dev else None
         best_train = search.best_train["loss"] if search.best_train["loss"] != float("inf") else None
-        return await asyncio.to_thread(self.store.save_progress, job_id, self.owner,
-                                       checkpoint=state_to_json(search.state_dict()), entry=entry,
-                                       calls=search.calls, generation=search.generation,
+        state = search.state_dict()  # a snapshot now; serialized off the event loop
+
+        checkpoint = await asyncio.get_running_loop().run_in_executor(self._cpu, state_to_json, state)
+        return await asyncio.to_thread(self.store.save_progress, job_id, self.owner, checkpoint=checkpoint,
+                                       entry=entry, calls=search.calls, generation=search.generation,
                                        best_train_loss=best_train, best_dev_metric=best_dev)
 
 

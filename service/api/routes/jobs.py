@@ -83,16 +83,19 @@ async def _known_models(settings, queue) -> set[str]:
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-async def create_job(body: JobCreate, tenant: CurrentTenant, store: StoreDep, queue: QueueDep,
+async def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep,
                      settings: SettingsDep) -> dict:
     """Submit an optimization (or baseline) job."""
     if body.model not in await _known_models(settings, queue):
         raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
     config, values, name = await asyncio.to_thread(_run_config, body, store, tenant, settings)
-    return await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
-                                   dataset_id=body.dataset_id, model=body.model, config=values,
-                                   budget=body.budget if body.method in SEARCH_METHODS else 0,
-                                   init_from=body.init_from)
+    job = await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
+                                  dataset_id=body.dataset_id, model=body.model, config=values,
+                                  budget=body.budget if body.method in SEARCH_METHODS else 0,
+                                  init_from=body.init_from)
+    if request.app.state.runner is not None:
+        request.app.state.runner.wake()
+    return job
 
 
 @router.get("", response_model=JobsPublic)
