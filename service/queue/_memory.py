@@ -18,7 +18,7 @@ class MemoryQueue(BatchQueue):
         self._queues: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
         self._contexts: dict[tuple[str, str], bytes] = {}
         self._results: dict[str, dict[str, BatchResult]] = defaultdict(dict)
-        self._queued: set[str] = set()
+        self._queued: set[tuple[str, str]] = set()  # (job, batch): identical batches of two jobs are two batches
         self._changed = asyncio.Condition()
         self._workers: dict[str, tuple[float, dict]] = {}
         self._dead: deque = deque(maxlen=1000)
@@ -32,9 +32,9 @@ class MemoryQueue(BatchQueue):
 
     async def submit(self, batches: list[Batch]) -> None:
         for batch in batches:
-            if batch.id in self._results[batch.job_id] or batch.id in self._queued:
+            if batch.id in self._results[batch.job_id] or (batch.job_id, batch.id) in self._queued:
                 continue
-            self._queued.add(batch.id)
+            self._queued.add((batch.job_id, batch.id))
             await self._queues[batch.model].put(batch)
 
     async def wait(self, job_id: str, batch_ids: list[str], timeout: float | None = None) -> dict[str, BatchResult]:
@@ -68,7 +68,7 @@ class MemoryQueue(BatchQueue):
 
     async def finish(self, delivery: Delivery, result: BatchResult) -> None:
         batch = delivery.batch
-        self._queued.discard(batch.id)
+        self._queued.discard((batch.job_id, batch.id))
         self._inflight[delivery.handle] -= 1
         self._results[batch.job_id].setdefault(batch.id, result)
         async with self._changed:

@@ -317,10 +317,10 @@ def test_fuzzed_job_options_never_crash_the_runner(tmp_path):
 
         submit()
         assert created, "no generated job was valid"
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 120
         for job_id in created:
             while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
-                assert time.monotonic() < deadline, job
+                assert time.monotonic() < deadline, (job["config"], job["calls"])
                 time.sleep(0.05)
             assert job["status"] == "succeeded" or job["error"], job
         ok = client.post("/v1/jobs", json=FAST).json()["id"]

@@ -152,3 +152,21 @@ def test_redis_dead_worker_batch_is_reclaimed_then_dead_lettered(redis_server):
         assert (await queue.depth())["m"] == 0
         await queue.close()
     run(scenario())
+
+
+def test_identical_batches_of_two_jobs_each_get_a_result(make_queue):
+    """Two jobs scoring the same examples with the same prompt (e.g. two manual baselines) submit batches with the
+    same content id; each job must get its own result."""
+    async def scenario():
+        queue = make_queue()
+        first = Batch(id="same", job_id="job_a", generation=0, model="m", context="ctx", work={})
+        second = Batch(id="same", job_id="job_b", generation=0, model="m", context="ctx", work={})
+        await queue.submit([first])
+        await queue.submit([second])
+        for _ in range(2):
+            delivery = await queue.take("w1", ["m"], timeout=1)
+            await queue.finish(delivery, BatchResult(batch_id="same", ok=True, data={"job": delivery.batch.job_id}))
+        assert (await queue.wait("job_a", ["same"], timeout=1))["same"].data == {"job": "job_a"}
+        assert (await queue.wait("job_b", ["same"], timeout=1))["same"].data == {"job": "job_b"}
+        await queue.close()
+    run(scenario())
