@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -25,7 +26,7 @@ class Settings(BaseSettings):
                        "127.0.0.1)")
     host: str = "127.0.0.1"
     port: int = 8000
-    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"],
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["smollm2-135m"],
                               description="models jobs may use; the embedded worker loads them")
     embedded_worker: bool = Field(True, description="with Redis: also run a worker in the API process")
     run_jobs: bool = Field(True, description="run the job runner in the API process")

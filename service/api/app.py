@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.jobs import JobRunner
@@ -88,6 +89,18 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
+
+    @app.middleware("http")
+    async def _upload_limit(request, call_next):
+        # Refuse an oversized upload before its body is parsed (the route also caps what it reads, for uploads
+        # sent without a Content-Length).
+        if request.method == "POST" and request.url.path == "/v1/datasets":
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > settings.max_upload_mb * 1024 * 1024 + 64 * 1024:
+                return JSONResponse({"detail": f"upload larger than {settings.max_upload_mb:g} MB; split the file "
+                                               "or ask the operator to raise NOGRAD_MAX_UPLOAD_MB"}, status_code=413)
+        return await call_next(request)
+
     for module in (jobs, datasets, catalog):
         app.include_router(module.router)
     return app

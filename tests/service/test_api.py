@@ -263,6 +263,12 @@ def test_bad_uploads_are_rejected_with_the_reason(api, filename, content, form, 
     assert api("GET", "/v1/datasets").json()["count"] == 0
 
 
+def test_huge_upload_is_refused_before_parsing(api):
+    response = api("POST", "/v1/datasets", files={"file": ("big.csv", "x" * 200_000)},
+                   data={"template": "{text} {mask}", "verbalizer": "a:b"})
+    assert response.status_code == 413 and "NOGRAD_MAX_UPLOAD_MB" in response.json()["detail"]
+
+
 def test_upload_without_template_is_422(api):
     response = api("POST", "/v1/datasets", files={"file": ("d.csv", CSV)}, data={"verbalizer": "neg:bad"})
     assert response.status_code == 422 and _field(response) == "template"
@@ -327,3 +333,16 @@ def test_fuzzed_job_options_never_crash_the_runner(tmp_path):
         while client.get(f"/v1/jobs/{ok}").json()["status"] != "succeeded":
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_settings_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("NOGRAD_MODELS", "fake,fake:0.1")
+    monkeypatch.setenv("NOGRAD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("NOGRAD_BATCH_SIZE", "4")
+    settings = Settings()
+    assert settings.models == ["fake", "fake:0.1"] and settings.batch_size == 4
+    assert settings.db_url == f"sqlite:///{tmp_path / 'nograd.db'}"
+    monkeypatch.setenv("NOGRAD_AUTH", "false")
+    monkeypatch.setenv("NOGRAD_HOST", "0.0.0.0")
+    with pytest.raises(ValidationError, match="only bind to 127.0.0.1"):
+        Settings()
