@@ -14,15 +14,16 @@ Load, all from this process with httpx.AsyncClient (keep-alive connections):
 Every response must be 2xx. Latency percentiles are over all requests of that kind. For comparison the same GET
 load runs for --idle seconds after the jobs have finished (same service, nothing running).
 
-By default one job runs to completion before the load starts (not counted): the server's first finishing job
-imports torch on its event loop (runner.score -> service.engine.losses -> service/engine/__init__ -> torch,
-several seconds during which every request waits), a one-time cost per server process that would otherwise
-dominate the p99. `--no-warmup` measures the cold server instead.
+By default one job runs to completion before the load starts (not counted), so the numbers are for a warm
+server; `--no-warmup` measures a cold one. (Before service.engine's imports were made lazy, the first finishing
+job imported torch on the API's event loop and stalled every request for seconds; the cold run checks that this
+stays fixed.)
 
 Two setups side by side (--runners): `api`, the default deployment (the job runner lives in the API process and
-shares its event loop), and `split`, where a second `nograd serve` process on the same store and Redis runs the
-jobs and the API process has NOGRAD_RUN_JOBS=false; the difference is the latency the runner's CPU work (optimizer
-ask/tell, checkpoint serialization, wire encoding, all on the event loop) adds to API requests.
+shares its event loop; the optimizer's CPU work runs on one dedicated thread), and `split`, where a second
+`nograd serve` process on the same store and Redis runs the jobs and the API process has NOGRAD_RUN_JOBS=false
+(what `nograd serve --no-run-jobs` plus `nograd runner` gives); the difference is the latency the runner's CPU
+work (optimizer ask/tell, checkpoint serialization, wire encoding) adds to API requests in the same process.
 
 Usage: .venv/bin/python bench/load.py [--jobs 50] [--workers 4] [--rate 20] [--runners api split] [--no-warmup]
 """
