@@ -53,3 +53,20 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
     assert job["best_dev_metric"] == pytest.approx(direct["dev_metric"])
     assert job["test_metric"] == pytest.approx(direct["test_metric"])
     assert z.shape == (50,) and np.all(np.isfinite(z))
+
+
+def test_the_main_job_embedded_service_with_the_built_in_model(tmp_path):
+    """What `bash scripts/setup.sh run` starts: `nograd serve --auth off` with no Redis, the built-in model in the
+    in-process worker. A baseline job over HTTP completes with the manual prompt's known metric range."""
+    port = free_port()
+    proc = serve(tmp_path / "data", None, port, "--auth", "off", models="smollm2-135m")
+    try:
+        with Client(f"http://127.0.0.1:{port}", api_key="") as api:
+            assert [m["name"] for m in api.models()] == ["smollm2-135m"]
+            job_id = api.submit(method="manual", task="trec", k_shot=4)["id"]
+            job = wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(
+                api.job(job_id)), 600, "the job", interval=1.0)
+        assert job["status"] == "succeeded", job
+        assert 0.2 < job["test_metric"] < 0.6  # trec manual prompt: 0.344 in the quality bench
+    finally:
+        proc.terminate()
