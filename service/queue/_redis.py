@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._base import Batch, BatchQueue, BatchResult, Delivery, QueueError, dead_letter_result
 
 GROUP = "workers"
+_SKIPPED = object()  # _take dropped a malformed entry: read again
 RESULT_TTL = 7 * 24 * 3600
 DEAD_MAXLEN = 10_000
 
@@ -123,7 +124,13 @@ class RedisQueue(BatchQueue):
 
     # ---------------------------------------------------------------- worker side
     async def take(self, consumer: str, models: list[str], timeout: float) -> Delivery | None:
-        return await self._call(lambda: self._take(consumer, models, timeout))
+        deadline = time.monotonic() + timeout
+        while True:
+            delivery = await self._call(lambda: self._take(consumer, models, max(0.001, deadline - time.monotonic())))
+            if delivery is not _SKIPPED:
+                return delivery
+            if time.monotonic() >= deadline:
+                return None
 
     async def _take(self, consumer: str, models: list[str], timeout: float) -> Delivery | None:
         streams = [self._key("q", m) for m in models]
@@ -144,8 +151,23 @@ class RedisQueue(BatchQueue):
         for stream, entries in response or []:
             for entry_id, fields in entries:
                 stream = stream.decode() if isinstance(stream, bytes) else stream
-                return Delivery(batch=Batch.from_json(fields[b"batch"]), handle=_handle(stream, entry_id))
+                batch = await self._decode(stream, entry_id, fields)
+                return _SKIPPED if batch is None else Delivery(batch=batch, handle=_handle(stream, entry_id))
         return None
+
+    async def _decode(self, stream: str, entry_id, fields) -> Batch | None:
+        """The entry's batch; a malformed entry (not written by a runner) is dead-lettered, never retried."""
+        try:
+            return Batch.from_json(fields[b"batch"])
+        except Exception as exc:
+            record = {"entry": str(entry_id), "stream": stream, "error": f"malformed entry: {exc!r}"[:500],
+                      "at": time.time()}
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._key("dead"), {"record": json.dumps(record)}, maxlen=DEAD_MAXLEN, approximate=True)
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                await pipe.execute()
+            return None
 
     async def _reclaim(self, stream: str, consumer: str) -> Delivery | None:
         """Take over one entry another consumer left unacknowledged for longer than `claim_idle`."""
@@ -159,10 +181,12 @@ class RedisQueue(BatchQueue):
             if not fields:  # deleted while pending
                 await self.redis.xack(stream, GROUP, entry_id)
                 continue
+            batch = await self._decode(stream, entry_id, fields)
+            if batch is None:
+                continue
             info = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
             deliveries = int(info[0]["times_delivered"]) if info else 2
-            delivery = Delivery(batch=Batch.from_json(fields[b"batch"]), handle=_handle(stream, entry_id),
-                                deliveries=deliveries)
+            delivery = Delivery(batch=batch, handle=_handle(stream, entry_id), deliveries=deliveries)
             if delivery.batch.attempts + deliveries > self.max_deliveries:
                 await self._dead_letter(delivery, f"the worker died or stalled while processing it "
                                                   f"({deliveries - 1} times)", consumer)

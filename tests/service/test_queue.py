@@ -170,3 +170,22 @@ def test_identical_batches_of_two_jobs_each_get_a_result(make_queue):
         assert (await queue.wait("job_b", ["same"], timeout=1))["same"].data == {"job": "job_b"}
         await queue.close()
     run(scenario())
+
+
+def test_redis_malformed_entry_is_dead_lettered_not_retried(redis_server):
+    from service.queue import RedisQueue
+
+    async def scenario():
+        queue = RedisQueue(redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}")
+        good = _batch()
+        await queue.submit([good])  # creates the stream and group
+        first = await queue.take("w1", ["m"], timeout=1)
+        await queue.redis.xadd(queue._key("q", "m"), {"batch": b"{not json"})
+        await queue.redis.xadd(queue._key("q", "m"), {"other": b"x"})
+        await queue.submit([later := _batch(n=1)])
+        assert (await queue.take("w1", ["m"], timeout=1)).batch.id == later.id  # poison skipped
+        await queue.finish(first, BatchResult(batch_id=good.id, ok=True))
+        dead = await queue.dead_letters()
+        assert len(dead) == 2 and all("malformed" in d["error"] for d in dead)
+        await queue.close()
+    run(scenario())
