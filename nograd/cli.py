@@ -127,8 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) == "worker" and not args.model:
-        args.model = ["smollm2-135m"]
     from .client import ApiError
 
     try:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -79,6 +80,10 @@ def cmd_runner(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if not args.redis_url:
+        raise ValueError("nograd worker needs --redis-url (or NOGRAD_REDIS_URL)")
+    if not args.model:
+        args.model = [m.strip() for m in os.environ.get("NOGRAD_MODELS", "smollm2-135m").split(",") if m.strip()]
     from service.queue import make_queue
     from service.worker import Worker, load_engine
 
@@ -89,7 +94,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                    for m in args.model}
         queue = make_queue(args.redis_url, namespace=args.namespace, claim_idle=args.claim_idle,
                            max_deliveries=args.max_deliveries)
-        worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat)
+        worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat,
+                        heartbeat_file=args.heartbeat_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: finish the batch in progress, then exit
@@ -232,17 +238,21 @@ def add_commands(sub) -> None:
     runner.set_defaults(func=cmd_runner)
 
     worker = sub.add_parser("worker", help="serve models to a Redis-backed nograd service")
-    worker.add_argument("--redis-url", required=True)
-    worker.add_argument("--model", action="append", default=None, help="model to serve (repeatable)")
-    worker.add_argument("--device", default="auto")
-    worker.add_argument("--dtype", default="bf16")
-    worker.add_argument("--memory-cap-mb", type=float, default=256.0)
-    worker.add_argument("--namespace", default="nograd")
-    worker.add_argument("--claim-idle", type=float, default=60.0,
+    env = os.environ.get
+    worker.add_argument("--redis-url", default=env("NOGRAD_REDIS_URL"), help="default $NOGRAD_REDIS_URL")
+    worker.add_argument("--model", action="append", default=None,
+                        help="model to serve (repeatable; default $NOGRAD_MODELS, comma-separated, or smollm2-135m)")
+    worker.add_argument("--device", default=env("NOGRAD_DEVICE", "auto"))
+    worker.add_argument("--dtype", default=env("NOGRAD_DTYPE", "bf16"))
+    worker.add_argument("--memory-cap-mb", type=float, default=float(env("NOGRAD_MEMORY_CAP_MB", "256")))
+    worker.add_argument("--namespace", default=env("NOGRAD_NAMESPACE", "nograd"))
+    worker.add_argument("--claim-idle", type=float, default=float(env("NOGRAD_CLAIM_IDLE", "60")),
                         help="take over batches unacknowledged this long (a few batch times)")
     worker.add_argument("--max-deliveries", type=int, default=3)
     worker.add_argument("--heartbeat", type=float, default=2.0)
     worker.add_argument("--id", default=None)
+    worker.add_argument("--heartbeat-file", default=env("NOGRAD_HEARTBEAT_FILE"),
+                        help="touched after every heartbeat (for a container healthcheck)")
     worker.set_defaults(func=cmd_worker)
 
     def client_options(p):

@@ -51,10 +51,11 @@ class Worker:
     """
 
     def __init__(self, queue: BatchQueue, engines: dict, *, worker_id: str | None = None, heartbeat: float = 2.0,
-                 poll: float = 1.0, context_cache: int = 64):
+                 poll: float = 1.0, context_cache: int = 64, heartbeat_file: str | None = None):
         self.queue, self.engines = queue, dict(engines)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.heartbeat_every, self.poll = heartbeat, poll
+        self.heartbeat_file = heartbeat_file  # touched after each heartbeat the broker took (container healthcheck)
         self._contexts: OrderedDict = OrderedDict()
         self._context_cache = context_cache
         self.batches_done = 0
@@ -75,6 +76,9 @@ class Worker:
         while not stop.is_set():
             try:
                 await self.queue.heartbeat(self.status(), ttl=3 * self.heartbeat_every)
+                if self.heartbeat_file:
+                    with open(self.heartbeat_file, "a"):
+                        os.utime(self.heartbeat_file)
             except Exception:  # a broker outage must not kill the worker; the next beat retries
                 log.warning("heartbeat failed", exc_info=True)
             try:

