@@ -26,6 +26,11 @@ case "${1:-run}" in
     ;;
   test)
     shift || true
+    # The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+      { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \
+          && apt-get install -y -q chromium >/dev/null 2>&1; }; } || echo "setup.sh: could not install chromium" >&2
+    fi
     exec .venv/bin/python -m pytest -q "$@"
     ;;
   *)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.jobs import JobRunner
@@ -20,6 +22,7 @@ from . import errors
 from .routes import catalog, datasets, jobs
 
 log = logging.getLogger("nograd.api")
+STATIC = Path(__file__).parent / "static"
 
 
 class Metrics:
@@ -103,4 +106,11 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     for module in (jobs, datasets, catalog):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        """The dashboard (static; it calls the API with the key the user enters)."""
+        return FileResponse(STATIC / "index.html")
+
     return app

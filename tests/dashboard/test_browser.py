@@ -1,0 +1,102 @@
+"""The dashboard in real headless Chromium (Debian's chromium driven by Playwright): enter the key, submit a job
+from the form, watch its charts update live, see a field error, open the compare and workers views. Any console
+error fails the test; screenshots go to the test's tmp dir."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from procs import ROOT, free_port, serve
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    data = tmp_path_factory.mktemp("dash") / "data"
+    key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "web", "--data-dir",
+                          str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    proc = serve(data, None, port, models="fake:0.1")
+    yield f"http://127.0.0.1:{port}", key
+    proc.terminate()
+
+
+@pytest.fixture
+def page(service, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("Debian's chromium is not installed (scripts/setup.sh test installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.set_default_timeout(30_000)
+        page.expected_statuses = set()  # HTTP errors a test provokes on purpose; Chromium logs each one
+        yield page
+        browser.close()
+    provoked = [f"status of {code} " for code in page.expected_statuses]
+    unexpected = [e for e in errors if not (e.startswith("Failed to load resource") and any(p in e for p in provoked))]
+    assert unexpected == [], unexpected
+
+
+def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
+    url, key = service
+    page.expected_statuses |= {401, 422}  # the first call without a key; the invalid submission
+    page.goto(url + "/")
+    page.fill("#key-input", key)  # no key yet: the dashboard asks for one
+    page.click("#key button")
+    page.wait_for_selector("#jobs")
+    page.screenshot(path=str(tmp_path / "jobs-empty.png"))
+
+    page.click("text=Submit")
+    page.wait_for_selector("#submit")
+    page.select_option("#f-model", "fake:0.1")
+    page.select_option("#f-task", "trec")
+    page.fill("#f-budget", "1")  # less than a population: the API's field error shows next to the field
+    page.click("#submit button")
+    page.wait_for_selector('.error[data-field="budget"]:not(:empty)')
+    assert "popsize" in page.inner_text('.error[data-field="budget"]')
+
+    page.fill("#f-budget", "200")
+    page.fill("#f-dev_every", "50")
+    page.fill("#f-options\\.popsize", "10")
+    page.click("#submit button")
+    page.wait_for_url("**/#/job/*")
+    page.wait_for_function("Number(document.getElementById('view').dataset.generations || 0) >= 3")
+    early = int(page.get_attribute("#view", "data-generations"))
+    page.screenshot(path=str(tmp_path / "job-running.png"))
+    page.wait_for_function("document.getElementById('view').dataset.ended === '1'", timeout=120_000)
+    assert int(page.get_attribute("#view", "data-generations")) == 20 > early  # the charts kept updating
+    assert page.locator(".uplot").count() == 4
+    page.wait_for_selector("#stats .status-succeeded")
+    page.screenshot(path=str(tmp_path / "job-done.png"), full_page=True)
+
+    page.click("text=Jobs")
+    page.wait_for_selector("#jobs tbody tr")
+    page.check("#jobs input[type=checkbox]")
+    page.click("#compare-selected")
+    page.wait_for_selector("#summary td")
+    assert "trec / bbt" in page.inner_text("#summary")
+    page.screenshot(path=str(tmp_path / "compare.png"))
+
+    page.click("text=Workers")
+    page.wait_for_selector("#workers td")
+    assert "fake:0.1" in page.inner_text("#workers")
+    page.screenshot(path=str(tmp_path / "workers.png"))
+
+
+def test_a_wrong_key_shows_the_key_form_again(page, service):
+    url, _ = service
+    page.expected_statuses.add(401)
+    page.goto(url + "/")
+    page.fill("#key-input", "ng_wrong_key")
+    page.click("#key button")
+    page.wait_for_selector("#key-input")
