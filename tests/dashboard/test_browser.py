@@ -59,6 +59,22 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
     page.click("text=Submit")
     page.wait_for_selector("#submit")
     page.select_option("#f-model", "fake:0.1")
+    # a dataset upload: the bad one's error shows next to its field, the good one lands in the picker
+    bad, good = tmp_path / "bad.csv", tmp_path / "reviews.csv"
+    rows = "".join(f"great film {i},pos\nawful film {i},neg\n" for i in range(40))
+    bad.write_text("text,label\n" + rows)
+    good.write_text("text,label\n" + rows)
+    page.set_input_files("#u-file", str(bad))
+    page.fill("#u-template", "{text} It was {mask}.")
+    page.fill("#u-verbalizer", "neg:bad")
+    page.click("#upload button")
+    page.wait_for_selector('.error[data-field="verbalizer"]:not(:empty)')
+    page.set_input_files("#u-file", str(good))
+    page.fill("#u-verbalizer", "neg:bad,pos:great")
+    page.click("#upload button")
+    page.wait_for_function("document.getElementById('f-dataset_id').selectedOptions[0].text === 'reviews'")
+
+    page.select_option("#f-dataset_id", "")
     page.select_option("#f-task", "trec")
     page.fill("#f-budget", "1")  # less than a population: the API's field error shows next to the field
     page.click("#submit button")

@@ -94,7 +94,28 @@ async function submitPage() {
     ${row("options.alpha", `<input id="f-options.alpha" name="options.alpha" type="number" step="any" placeholder="method default">`)}
     ${row("options.optimizer", `<input id="f-options.optimizer" name="options.optimizer" placeholder="cma or ng:NGOpt">`)}
     ${row("options.icl_shots", `<input id="f-options.icl_shots" name="options.icl_shots" type="number" placeholder="2 (icl)">`)}
-    <span></span><button>Submit</button><span class="error" data-field="_"></span></form>`;
+    <span></span><button>Submit</button><span class="error" data-field="_"></span></form>
+    <h3>Upload a dataset</h3><form id="upload" class="grid">
+    ${["file", "name", "template", "verbalizer", "text_field", "label_field"].map(name => `<label for="u-${name}">${name}</label>
+      <input id="u-${name}" name="${name}" ${name === "file" ? 'type="file" accept=".jsonl,.json,.csv"' : ""}
+        placeholder="${{template: "{text} It was {mask}.", verbalizer: "neg:bad,pos:great", text_field: "text", label_field: "label"}[name] || ""}">
+      <span class="error" data-field="${name}"></span>`).join("")}
+    <span></span><button>Upload</button><span class="error" data-field="_"></span></form>`;
+  const upload = document.getElementById("upload");
+  upload.onsubmit = async event => {
+    event.preventDefault();
+    upload.querySelectorAll(".error").forEach(e => e.textContent = "");
+    const body = new FormData();
+    for (const [name, value] of new FormData(upload)) if (value !== "" && !(value instanceof File && !value.name)) body.append(name, value);
+    try {
+      const dataset = await api("/v1/datasets", {method: "POST", body});
+      const picker = document.getElementById("f-dataset_id");
+      picker.insertAdjacentHTML("beforeend", `<option value="${esc(dataset.id)}">${esc(dataset.name)}</option>`);
+      picker.value = dataset.id;
+      document.getElementById("f-task").value = "";
+      upload.querySelector('.error[data-field="_"]').textContent = `uploaded ${dataset.summary.rows} rows`;
+    } catch (error) { showErrors(upload, error); }
+  };
   const form = document.getElementById("submit");
   form.onsubmit = async event => {
     event.preventDefault();
@@ -109,15 +130,18 @@ async function submitPage() {
     try {
       const created = await api("/v1/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(job)});
       location.hash = "#/job/" + created.id;
-    } catch (error) {
-      const detail = error.body?.detail;
-      for (const item of Array.isArray(detail) ? detail : [{loc: ["body", "_"], msg: detail || error.message}]) {
-        const field = item.loc.slice(1).join(".");
-        const slot = form.querySelector(`.error[data-field="${CSS.escape(field)}"]`) || form.querySelector('.error[data-field="_"]');
-        slot.textContent = item.msg;
-      }
-    }
+    } catch (error) { showErrors(form, error); }
   };
+}
+
+function showErrors(form, error) {
+  // The API's 422 names the field: the message goes next to it (anything else next to the button).
+  const detail = error.body?.detail;
+  for (const item of Array.isArray(detail) ? detail : [{loc: ["body", "_"], msg: detail || error.message}]) {
+    const field = item.loc.slice(1).join(".");
+    const slot = form.querySelector(`.error[data-field="${CSS.escape(field)}"]`) || form.querySelector('.error[data-field="_"]');
+    slot.textContent = item.msg;
+  }
 }
 
 // ---------------------------------------------------------------- one job, live
