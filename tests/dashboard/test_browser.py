@@ -58,6 +58,10 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
 
     page.click("text=Submit")
     page.wait_for_selector("#submit")
+    assert page.is_hidden("#f-options\\.icl_shots") and page.is_visible("#f-options\\.mode")  # bbt's options
+    page.select_option("#f-method", "icl")
+    assert page.is_visible("#f-options\\.icl_shots") and page.is_hidden("#f-options\\.mode")
+    page.select_option("#f-method", "bbt")
     page.select_option("#f-model", "fake:0.1")
     # a dataset upload: the bad one's error shows next to its field, the good one lands in the picker
     bad, good = tmp_path / "bad.csv", tmp_path / "reviews.csv"
@@ -84,6 +88,7 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
     page.fill("#f-budget", "200")
     page.fill("#f-dev_every", "50")
     page.fill("#f-options\\.popsize", "10")
+    page.fill("#f-options\\.dim", "20")
     page.click("#submit button")
     page.wait_for_url("**/#/job/*")
     page.wait_for_function("Number(document.getElementById('view').dataset.generations || 0) >= 3")

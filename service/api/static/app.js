@@ -78,6 +78,17 @@ async function jobsPage() {
 }
 
 // ---------------------------------------------------------------- submit
+// [option, input kind, methods it applies to, placeholder or choices]; empty fields take the method's default.
+const OPTIONS = [
+  ["popsize", "number", "bbt bbtv2", "bbt 20, bbtv2 10"], ["optimizer", "text", "bbt bbtv2", "cma or ng:NGOpt"],
+  ["sigma0", "number", "bbt bbtv2", "1.0"], ["alpha", "number", "bbt bbtv2", "bbt 0.5, bbtv2 0.2"],
+  ["bounds", "number", "bbt bbtv2", "none"], ["loss", "select", "bbt bbtv2", "ce,hinge,perf"],
+  ["mode", "select", "bbt", "add,cat"], ["n_tokens", "number", "bbt bbtv2", "50"], ["dim", "number", "bbt bbtv2", "500"],
+  ["distribution", "select", "bbt bbtv2", "normal,uniform"], ["init", "text", "bbt bbtv2", "text whose tokens seed the prompt"],
+  ["icl_shots", "number", "icl", "2 per class"],
+];
+const NUMBERS = new Set(["budget", "seed", "k_shot", "dev_every", ...OPTIONS.filter(o => o[1] === "number").map(o => "options." + o[0])]);
+
 async function submitPage() {
   const [tasks, models, datasets] = await Promise.all([api("/v1/tasks"), api("/v1/models"), api("/v1/datasets")]);
   const row = (name, input) => `<label for="f-${name}">${name}</label>${input}<span class="error" data-field="${name}"></span>`;
@@ -90,10 +101,10 @@ async function submitPage() {
     ${row("seed", `<input id="f-seed" name="seed" type="number" value="0">`)}
     ${row("k_shot", `<input id="f-k_shot" name="k_shot" type="number" value="16">`)}
     ${row("dev_every", `<input id="f-dev_every" name="dev_every" type="number" value="100">`)}
-    ${row("options.popsize", `<input id="f-options.popsize" name="options.popsize" type="number" placeholder="method default">`)}
-    ${row("options.alpha", `<input id="f-options.alpha" name="options.alpha" type="number" step="any" placeholder="method default">`)}
-    ${row("options.optimizer", `<input id="f-options.optimizer" name="options.optimizer" placeholder="cma or ng:NGOpt">`)}
-    ${row("options.icl_shots", `<input id="f-options.icl_shots" name="options.icl_shots" type="number" placeholder="2 (icl)">`)}
+    ${OPTIONS.map(([name, kind, methods, hint]) => `<div class="option" data-methods="${methods}" style="display: contents">
+      ${row("options." + name, kind === "select"
+        ? `<select id="f-options.${name}" name="options.${name}"><option value="">method default</option>${hint.split(",").map(v => `<option>${v}</option>`).join("")}</select>`
+        : `<input id="f-options.${name}" name="options.${name}" ${kind === "number" ? 'type="number" step="any"' : ""} placeholder="${esc(hint)}">`)}</div>`).join("")}
     <span></span><button>Submit</button><span class="error" data-field="_"></span></form>
     <h3>Upload a dataset</h3><form id="upload" class="grid">
     ${["file", "name", "template", "verbalizer", "text_field", "label_field"].map(name => `<label for="u-${name}">${name}</label>
@@ -117,14 +128,21 @@ async function submitPage() {
     } catch (error) { showErrors(upload, error); }
   };
   const form = document.getElementById("submit");
+  const method = document.getElementById("f-method");
+  const showOptions = () => form.querySelectorAll(".option").forEach(option => {
+    const applies = option.dataset.methods.split(" ").includes(method.value);
+    option.style.display = applies ? "contents" : "none";
+    option.querySelectorAll("input, select").forEach(input => { input.disabled = !applies; });
+  });
+  method.onchange = showOptions;
+  showOptions();
   form.onsubmit = async event => {
     event.preventDefault();
     form.querySelectorAll(".error").forEach(e => e.textContent = "");
     const job = {options: {}};
     for (const [name, raw] of new FormData(form)) {
       if (raw === "") continue;
-      const number = ["budget", "seed", "k_shot", "dev_every", "options.popsize", "options.alpha", "options.icl_shots"].includes(name);
-      const value = number ? Number(raw) : raw;
+      const value = NUMBERS.has(name) ? Number(raw) : raw;
       if (name.startsWith("options.")) job.options[name.slice(8)] = value; else job[name] = value;
     }
     try {
