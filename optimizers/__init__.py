@@ -15,6 +15,7 @@ layer-wise divide and conquer, :func:`make_deep_optimizer`).
 """
 
 from ._base import STATE_VERSION, Optimizer, OptimizerError
+from ._categorical import PolicyGradient, project_simplex
 from ._cma import CMA
 from ._deep import DivideAndConquer
 from ._nevergrad import NG_PREFIX, Nevergrad, nevergrad_names
@@ -28,6 +29,8 @@ from ._registry import (
 from ._state import state_from_json, state_to_json
 
 __all__ = [
+    "PolicyGradient",
+    "project_simplex",
     "CMA",
     "NG_PREFIX",
     "OPTIMIZERS",

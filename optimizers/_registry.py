@@ -98,4 +98,8 @@ def optimizer_from_state(state: Mapping[str, Any]) -> Optimizer:
         from ._deep import DivideAndConquer
 
         return DivideAndConquer.from_state(state)
-    raise OptimizerError(f"unknown optimizer state type {kind!r}; expected 'cma', 'deep' or 'ng:<Name>'")
+    if kind == "bbpl":
+        from ._categorical import PolicyGradient
+
+        return PolicyGradient.from_state(state)
+    raise OptimizerError(f"unknown optimizer state type {kind!r}; expected 'cma', 'deep', 'bbpl' or 'ng:<Name>'")
