@@ -72,16 +72,15 @@ class QueueClient:
             batches.append(Batch(id=batch_id(key, work), job_id=self.job_id, generation=self.generation,
                                  model=self.model, context=key, work=work))
         ids = [b.id for b in batches]
-        epoch = getattr(self.queue, "epoch", 0)
+        epoch = self.queue.epoch
         await self.queue.submit(batches)
         while True:
             try:
                 results = await self.queue.wait(self.job_id, ids, timeout=self.check_every)
                 break
             except TimeoutError:
-                now = getattr(self.queue, "epoch", 0)
-                if now != epoch:  # the broker dropped connections: it may have lost our data; resubmit
-                    epoch = now
+                if self.queue.epoch != epoch:  # the broker dropped connections: it may have lost our data; resubmit
+                    epoch = self.queue.epoch
                     log.warning("job %s: the broker connection dropped; resubmitting %d batches (results are "
                                 "idempotent)", self.job_id, len(batches))
                     await self._put_contexts()

@@ -94,11 +94,12 @@ class RunConfig:
         if not (self.optimizer == "cma" or self.optimizer.startswith("ng:")):
             fail("optimizer", f"{self.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt")
         if self.optimizer.startswith("ng:") and self.method in SEARCH_METHODS:
-            from optimizers import nevergrad_names
+            from optimizers import check_nevergrad_name
 
-            if self.optimizer[3:] not in nevergrad_names():
-                fail("optimizer", f"{self.optimizer[3:]!r} is not a nevergrad optimizer; e.g. ng:NGOpt, ng:TBPSA, "
-                                  "ng:CMA (optimizers.available_optimizers() lists them)")
+            try:
+                check_nevergrad_name(self.optimizer)
+            except ValueError as exc:
+                fail("optimizer", str(exc))
         return self
 
     def to_dict(self) -> dict[str, Any]:

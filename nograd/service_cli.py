@@ -16,8 +16,8 @@ def _settings(args: argparse.Namespace):
 
     overrides = {name: getattr(args, name) for name in ("host", "port", "data_dir", "redis_url", "database_url",
                                                         "models", "max_concurrent_jobs", "lease_seconds",
-                                                        "batch_size", "claim_idle", "memory_cap_mb", "dtype",
-                                                        "device", "namespace")
+                                                        "batch_size", "claim_idle", "max_deliveries",
+                                                        "memory_cap_mb", "dtype", "device", "namespace")
                  if getattr(args, name, None) is not None}
     if getattr(args, "auth", None) is not None:
         overrides["auth"] = args.auth == "on"
@@ -28,13 +28,30 @@ def _settings(args: argparse.Namespace):
     return Settings(**overrides)
 
 
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _until_signal(run, *, cleanup) -> None:
+    """`await run(stop)` until SIGTERM/SIGINT sets `stop` (graceful: the callee finishes or hands back its
+    work), then `await cleanup()`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run(stop)
+    finally:
+        await cleanup()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
     from service.api import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     try:
         settings = _settings(args)
     except ValidationError as exc:
@@ -49,10 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_runner(args: argparse.Namespace) -> int:
     """The job runner alone (no HTTP): for deployments that keep API latency independent of the optimizer work."""
     from service.jobs import JobRunner
-    from service.queue import make_queue
+    from service.queue import queue_from_settings
     from service.store import Store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     settings = _settings(args)
     if not settings.redis_url:
         raise ValueError("nograd runner needs --redis-url (the workers are reached through Redis)")
@@ -60,50 +77,35 @@ def cmd_runner(args: argparse.Namespace) -> int:
     async def main() -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_url)
-        queue = make_queue(settings.redis_url, namespace=settings.namespace, claim_idle=settings.claim_idle,
-                           max_deliveries=settings.max_deliveries)
-        runner = JobRunner(store, queue, data_dir=settings.data_dir, max_concurrent=settings.max_concurrent_jobs,
-                           lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
-                           worker_wait=settings.worker_wait)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # hand running jobs back; another runner resumes them
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await runner.run(stop)
-        finally:
+        queue = queue_from_settings(settings)
+
+        async def cleanup() -> None:
             await queue.close()
             store.close()
+        # On a signal the runner hands its jobs back; another runner resumes them from their checkpoints.
+        await _until_signal(JobRunner.from_settings(store, queue, settings).run, cleanup=cleanup)
 
     asyncio.run(main())
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if not args.redis_url:
-        raise ValueError("nograd worker needs --redis-url (or NOGRAD_REDIS_URL)")
-    if not args.model:
-        args.model = [m.strip() for m in os.environ.get("NOGRAD_MODELS", "smollm2-135m").split(",") if m.strip()]
-    from service.queue import make_queue
+    from service.queue import queue_from_settings
     from service.worker import Worker, load_engine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.models = args.model  # --model is repeatable; Settings reads NOGRAD_MODELS when it is not given
+    settings = _settings(args)
+    if not settings.redis_url:
+        raise ValueError("nograd worker needs --redis-url (or NOGRAD_REDIS_URL)")
+    _log_to_stderr()
 
     async def main() -> None:
-        engines = {m: load_engine(m, dtype=args.dtype, device=args.device, memory_cap_mb=args.memory_cap_mb)
-                   for m in args.model}
-        queue = make_queue(args.redis_url, namespace=args.namespace, claim_idle=args.claim_idle,
-                           max_deliveries=args.max_deliveries)
+        engines = {m: load_engine(m, dtype=settings.dtype, device=settings.device,
+                                  memory_cap_mb=settings.memory_cap_mb) for m in settings.models}
+        queue = queue_from_settings(settings)
         worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat,
                         heartbeat_file=args.heartbeat_file)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # graceful: finish the batch in progress, then exit
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await worker.run(stop)
-        finally:
-            await queue.close()
+        await _until_signal(worker.run, cleanup=queue.close)  # a signal: finish the batch in progress, then exit
 
     asyncio.run(main())
     return 0
@@ -238,20 +240,20 @@ def add_commands(sub) -> None:
     runner.set_defaults(func=cmd_runner)
 
     worker = sub.add_parser("worker", help="serve models to a Redis-backed nograd service")
-    env = os.environ.get
-    worker.add_argument("--redis-url", default=env("NOGRAD_REDIS_URL"), help="default $NOGRAD_REDIS_URL")
+    # Unset options come from the NOGRAD_* environment, then Settings' defaults (service/settings.py).
+    worker.add_argument("--redis-url", dest="redis_url", help="default $NOGRAD_REDIS_URL")
     worker.add_argument("--model", action="append", default=None,
                         help="model to serve (repeatable; default $NOGRAD_MODELS, comma-separated, or smollm2-135m)")
-    worker.add_argument("--device", default=env("NOGRAD_DEVICE", "auto"))
-    worker.add_argument("--dtype", default=env("NOGRAD_DTYPE", "bf16"))
-    worker.add_argument("--memory-cap-mb", type=float, default=float(env("NOGRAD_MEMORY_CAP_MB", "256")))
-    worker.add_argument("--namespace", default=env("NOGRAD_NAMESPACE", "nograd"))
-    worker.add_argument("--claim-idle", type=float, default=float(env("NOGRAD_CLAIM_IDLE", "60")),
-                        help="take over batches unacknowledged this long (a few batch times)")
-    worker.add_argument("--max-deliveries", type=int, default=3)
+    worker.add_argument("--device", help="default $NOGRAD_DEVICE or auto")
+    worker.add_argument("--dtype", help="default $NOGRAD_DTYPE or bf16")
+    worker.add_argument("--memory-cap-mb", dest="memory_cap_mb", type=float, help="default 256")
+    worker.add_argument("--namespace")
+    worker.add_argument("--claim-idle", dest="claim_idle", type=float,
+                        help="take over batches unacknowledged this long (a few batch times; default 60)")
+    worker.add_argument("--max-deliveries", dest="max_deliveries", type=int, help="default 3")
     worker.add_argument("--heartbeat", type=float, default=2.0)
     worker.add_argument("--id", default=None)
-    worker.add_argument("--heartbeat-file", default=env("NOGRAD_HEARTBEAT_FILE"),
+    worker.add_argument("--heartbeat-file", default=os.environ.get("NOGRAD_HEARTBEAT_FILE"),
                         help="touched after every heartbeat (for a container healthcheck)")
     worker.set_defaults(func=cmd_worker)
 

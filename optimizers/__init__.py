@@ -18,7 +18,7 @@ from ._base import STATE_VERSION, Optimizer, OptimizerError
 from ._categorical import PolicyGradient, project_simplex
 from ._cma import CMA
 from ._deep import DivideAndConquer
-from ._nevergrad import NG_PREFIX, Nevergrad, nevergrad_names
+from ._nevergrad import NG_PREFIX, Nevergrad, check_nevergrad_name, nevergrad_names
 from ._registry import (
     OPTIMIZERS,
     available_optimizers,
@@ -29,6 +29,7 @@ from ._registry import (
 from ._state import state_from_json, state_to_json
 
 __all__ = [
+    "check_nevergrad_name",
     "PolicyGradient",
     "project_simplex",
     "CMA",

@@ -29,7 +29,7 @@ import numpy as np
 from ._base import OptimizerError, check_search_space
 from ._replay import ReplayOptimizer
 
-__all__ = ["NG_PREFIX", "Nevergrad", "nevergrad_names"]
+__all__ = ["NG_PREFIX", "Nevergrad", "check_nevergrad_name", "nevergrad_names"]
 
 NG_PREFIX = "ng:"
 _SANDBOX_LOCK = threading.RLock()
@@ -56,6 +56,19 @@ def _strip(name: str) -> str:
     return name[len(NG_PREFIX):] if name.startswith(NG_PREFIX) else name
 
 
+def check_nevergrad_name(name: str) -> str:
+    """The registry key of ``name`` (with or without ``"ng:"``); ValueError with close matches if unknown."""
+    short = _strip(str(name))
+    registry = _ng().optimizers.registry
+    if short not in registry:
+        close = difflib.get_close_matches(short, list(registry), n=5)
+        common = ["NGOpt", "TBPSA", "CMA", "DE", "OnePlusOne", "PSO"]
+        raise ValueError(f"unknown nevergrad optimizer {name!r}; did you mean one of "
+                         f"{[NG_PREFIX + n for n in close or common]}? "
+                         "(all names: optimizers.nevergrad_names())")
+    return short
+
+
 class Nevergrad(ReplayOptimizer):
     """A nevergrad optimizer on ``ng.p.Array(shape=(dim,))``, asked ``popsize`` candidates at a time.
 
@@ -79,14 +92,7 @@ class Nevergrad(ReplayOptimizer):
                  budget: int | None = None, max_generations: int | None = None) -> None:
         super().__init__(dim, popsize, budget=budget, max_generations=max_generations)
         ng = _ng()
-        short = _strip(str(name))
-        registry = ng.optimizers.registry
-        if short not in registry:
-            close = difflib.get_close_matches(short, list(registry), n=5)
-            common = ["NGOpt", "TBPSA", "CMA", "DE", "OnePlusOne", "PSO"]
-            raise ValueError(f"unknown nevergrad optimizer {name!r}; did you mean one of "
-                             f"{[NG_PREFIX + n for n in close or common]}? "
-                             "(all names: optimizers.nevergrad_names())")
+        short = check_nevergrad_name(name)
         x0_arr = check_search_space(self.dim, sigma0, seed, bounds, x0)
         self._ng_name = short
         self._sigma0 = float(sigma0)
@@ -100,7 +106,7 @@ class Nevergrad(ReplayOptimizer):
             if self._bounds is not None:
                 param.set_bounds(-self._bounds, self._bounds)
             param.random_state = np.random.RandomState(self._seed)
-            self._opt = registry[short](parametrization=param, budget=budget, num_workers=self.popsize)
+            self._opt = ng.optimizers.registry[short](parametrization=param, budget=budget, num_workers=self.popsize)
         ngopt_base = getattr(ng.optimizers, "NGOptBase", None)
         if budget is None and ngopt_base is not None and isinstance(self._opt, ngopt_base):
             raise ValueError(f"nevergrad optimizer {short!r} chooses its algorithm from the budget; pass "

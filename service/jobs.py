@@ -17,7 +17,6 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 from clients.queued import EvaluationError, QueueClient
@@ -60,6 +59,13 @@ class JobRunner:
         # One thread for all jobs' optimizer work and checkpoint serialization: the work holds the GIL, and a
         # single thread leaves the event loop (API requests, queue I/O) its fair share of it.
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="nograd-search")
+
+    @classmethod
+    def from_settings(cls, store: Store, queue: BatchQueue, settings, **options) -> "JobRunner":
+        """A runner configured by `service.settings.Settings` (options override, e.g. `on_batch`)."""
+        return cls(store, queue, data_dir=settings.data_dir, max_concurrent=settings.max_concurrent_jobs,
+                   lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
+                   worker_wait=settings.worker_wait, **options)
 
     def wake(self) -> None:
         """Look for new jobs now instead of at the next poll (the API calls this after a submission)."""
@@ -105,6 +111,7 @@ class JobRunner:
                 pass
             await asyncio.to_thread(self.store.release, job_id, self.owner, "runner stopped; resumes from the "
                                                                              "last checkpoint")
+        self._cpu.shutdown(wait=False)
 
     async def _renew(self) -> None:
         ids = list(self.tasks)
@@ -234,13 +241,12 @@ class JobRunner:
         await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.succeeded, result=result,
                                 artifact=artifact, test_metric=result["test_metric"], calls=result["calls"],
                                 best_dev_metric=result["dev_metric"])
-        await self.queue.forget_job(job_id)
+        await self._forget(job_id)
 
     async def _save(self, job_id: str, search: PromptSearch, entry: dict) -> bool:
         best_dev = search.best_dev["metric"] if search.best_dev else None
         best_train = search.best_train["loss"] if search.best_train["loss"] != float("inf") else None
         state = search.state_dict()  # a snapshot now; serialized off the event loop
-
         checkpoint = await asyncio.get_running_loop().run_in_executor(self._cpu, state_to_json, state)
         return await asyncio.to_thread(self.store.save_progress, job_id, self.owner, checkpoint=checkpoint,
                                        entry=entry, calls=search.calls, generation=search.generation,
@@ -252,22 +258,23 @@ def job_config(store: Store, data_dir: Path, values: dict, dataset_id: str | Non
     `data_dir/datasets`) and the dataset's template, verbalizer and fields. Raises ConfigError / LookupError."""
     values = dict(values)
     if dataset_id:
-        dataset = store.get_dataset(dataset_id, with_content=True)
+        dataset = store.get_dataset(dataset_id)
         if dataset is None:
             raise LookupError(f"dataset {dataset_id} no longer exists")
         suffix = Path(dataset["filename"]).suffix
         path = Path(data_dir) / "datasets" / f"{dataset['id']}-{dataset['sha256'][:12]}{suffix}"
-        if not path.exists():
+        if not path.exists():  # the content (up to the upload limit) is read only the first time
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-            tmp.write_bytes(dataset["content"])
+            tmp.write_bytes(store.get_dataset(dataset_id, with_content=True)["content"])
             tmp.replace(path)
         values.update(dataset["options"])
         values.update(task=None, dataset=str(path))
     return RunConfig.from_dict(values)
 
 
-def transfer_spec(spec, config: RunConfig):
-    """The run config a transfer job gets from its source prompt's spec (same projection, dim and tokens)."""
-    return replace(config, dim=spec.projection.dim, n_tokens=spec.n_tokens, alpha=spec.projection.alpha,
-                   sigma0=spec.projection.sigma0, distribution=spec.projection.distribution)
+def transfer_options(spec) -> dict:
+    """The run options a transfer job takes from its source prompt's spec (same projection, dim and tokens)."""
+    projection = spec.projection
+    return {"dim": projection.dim, "n_tokens": spec.n_tokens, "alpha": projection.alpha,
+            "sigma0": projection.sigma0, "distribution": projection.distribution}

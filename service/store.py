@@ -94,7 +94,10 @@ api_keys = sa.Table(
 )
 
 KEY_PREFIX = "ng_"
-_JSON_COLUMNS = ("config", "result", "checkpoint")
+# The large columns are read only where they are used (the runner's claim, the worker-side dataset file): job
+# listings, job pages and the events stream poll these tables often.
+_JOB_SUMMARY = [c for c in jobs.c if c.name != "checkpoint"]
+_DATASET_SUMMARY = [c for c in datasets.c if c.name != "content"]
 
 
 def _new_id(prefix: str) -> str:
@@ -138,12 +141,12 @@ class Store:
         return self.get_job(row["id"])
 
     def get_job(self, job_id: str, tenant: str | None = None, *, with_checkpoint: bool = False) -> dict | None:
-        query = sa.select(jobs).where(jobs.c.id == job_id)
+        query = sa.select(*(jobs.c if with_checkpoint else _JOB_SUMMARY)).where(jobs.c.id == job_id)
         if tenant is not None:
             query = query.where(jobs.c.tenant == tenant)
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
-        return None if row is None else _job(row, with_checkpoint)
+        return None if row is None else _job(row)
 
     def list_jobs(self, tenant: str | None, *, status: str | None = None, task: str | None = None,
                   method: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
@@ -155,7 +158,7 @@ class Store:
                 where.append(column == value)
         with self.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*where)).scalar_one()
-            rows = conn.execute(sa.select(jobs).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id)
+            rows = conn.execute(sa.select(*_JOB_SUMMARY).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id)
                                 .limit(limit).offset(offset)).mappings().all()
         return [_job(r) for r in rows], int(count)
 
@@ -169,7 +172,7 @@ class Store:
         if it does not exist for this tenant. Raises `JobStateError` if it already finished or is cancelling."""
         now = time.time()
         with self.engine.begin() as conn:
-            query = sa.select(jobs).where(jobs.c.id == job_id)
+            query = sa.select(*_JOB_SUMMARY).where(jobs.c.id == job_id)
             if tenant is not None:
                 query = query.where(jobs.c.tenant == tenant)
             row = conn.execute(query.with_for_update()).mappings().first()
@@ -190,10 +193,6 @@ class Store:
             return set(conn.execute(sa.select(jobs.c.id).where(jobs.c.lease_owner == owner,
                                                                jobs.c.status == Status.running.value,
                                                                jobs.c.cancel_requested.is_(True))).scalars())
-
-    def cancel_requested(self, job_id: str) -> bool:
-        with self.engine.connect() as conn:
-            return bool(conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())
 
     # ---------------------------------------------------------------- leases
     def claim_jobs(self, owner: str, lease_seconds: float, limit: int) -> list[dict]:
@@ -297,18 +296,18 @@ class Store:
         return self.get_dataset(row["id"])
 
     def get_dataset(self, dataset_id: str, tenant: str | None = None, *, with_content: bool = False) -> dict | None:
-        query = sa.select(datasets).where(datasets.c.id == dataset_id)
+        query = sa.select(*(datasets.c if with_content else _DATASET_SUMMARY)).where(datasets.c.id == dataset_id)
         if tenant is not None:
             query = query.where(datasets.c.tenant == tenant)
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
-        return None if row is None else _dataset(row, with_content)
+        return None if row is None else _dataset(row)
 
     def list_datasets(self, tenant: str | None, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
         where = [] if tenant is None else [datasets.c.tenant == tenant]
         with self.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(datasets).where(*where)).scalar_one()
-            rows = conn.execute(sa.select(datasets).where(*where).order_by(datasets.c.created_at.desc())
+            rows = conn.execute(sa.select(*_DATASET_SUMMARY).where(*where).order_by(datasets.c.created_at.desc())
                                 .limit(limit).offset(offset)).mappings().all()
         return [_dataset(r) for r in rows], int(count)
 
@@ -344,21 +343,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _job(row, with_checkpoint: bool = False) -> dict:
+def _job(row) -> dict:
+    """A job row as a dict: config and result decoded; the checkpoint (if selected) stays JSON text."""
     job = dict(row)
-    for name in _JSON_COLUMNS:
-        if job.get(name) is not None and (name != "checkpoint" or with_checkpoint):
-            job[name] = json.loads(job[name]) if name != "checkpoint" else job[name]
-    if not with_checkpoint:
-        job.pop("checkpoint", None)
+    for name in ("config", "result"):
+        if job[name] is not None:
+            job[name] = json.loads(job[name])
     job["cancel_requested"] = bool(job["cancel_requested"])
     return job
 
 
-def _dataset(row, with_content: bool = False) -> dict:
+def _dataset(row) -> dict:
     data = dict(row)
     data["options"] = json.loads(data["options"])
     data["summary"] = json.loads(data["summary"])
-    if not with_content:
-        data.pop("content")
     return data

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.jobs import JobRunner
-from service.queue import BatchQueue, make_queue
+from service.queue import BatchQueue, queue_from_settings
 from service.settings import Settings, get_settings
 from service.store import Store
 from service.worker import Worker, load_engine
@@ -55,8 +55,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.store = store or Store(settings.db_url)
-        app.state.queue = queue or make_queue(settings.redis_url, namespace=settings.namespace,
-                                              claim_idle=settings.claim_idle, max_deliveries=settings.max_deliveries)
+        app.state.queue = queue or queue_from_settings(settings)
         stop, background = asyncio.Event(), []
         app.state.runner = None
         if settings.redis_url is None or settings.embedded_worker:
@@ -71,10 +70,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             worker = Worker(app.state.queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
             background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
         if settings.run_jobs:
-            runner = JobRunner(app.state.store, app.state.queue, data_dir=settings.data_dir,
-                               max_concurrent=settings.max_concurrent_jobs, lease_seconds=settings.lease_seconds,
-                               batch_size=settings.batch_size, worker_wait=settings.worker_wait,
-                               on_batch=app.state.metrics.on_batch)
+            runner = JobRunner.from_settings(app.state.store, app.state.queue, settings,
+                                             on_batch=app.state.metrics.on_batch)
             app.state.runner = runner
             background.append(asyncio.create_task(runner.run(stop), name="job-runner"))
         try:

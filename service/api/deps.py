@@ -32,6 +32,11 @@ StoreDep = Annotated[Store, Depends(get_store)]
 QueueDep = Annotated[BatchQueue, Depends(get_queue)]
 
 
+def model_names(settings: Settings, workers: list[dict]) -> set[str]:
+    """Models jobs may use: those the operator configured and those live workers serve."""
+    return set(settings.models) | {name for worker in workers for name in worker.get("models", {})}
+
+
 def current_tenant(request: Request, settings: SettingsDep, store: StoreDep) -> str:
     """The tenant of the request's bearer API key (`local` when auth is off)."""
     if not settings.auth:

@@ -4,7 +4,7 @@ from ._base import Batch, BatchQueue, BatchResult, Delivery, QueueError
 from ._memory import MemoryQueue
 
 __all__ = ["Batch", "BatchQueue", "BatchResult", "Delivery", "MemoryQueue", "QueueError", "RedisQueue",
-           "make_queue"]
+           "make_queue", "queue_from_settings"]
 
 
 def make_queue(redis_url: str | None, **options) -> BatchQueue:
@@ -14,6 +14,12 @@ def make_queue(redis_url: str | None, **options) -> BatchQueue:
     from ._redis import RedisQueue
 
     return RedisQueue(redis_url, **options)
+
+
+def queue_from_settings(settings) -> BatchQueue:
+    """The queue `service.settings.Settings` describe."""
+    return make_queue(settings.redis_url, namespace=settings.namespace, claim_idle=settings.claim_idle,
+                      max_deliveries=settings.max_deliveries)
 
 
 def __getattr__(name):

@@ -18,8 +18,19 @@ class QueueError(RuntimeError):
     """The queue cannot serve a request (e.g. the broker is unreachable after retries)."""
 
 
+class _Json:
+    """Compact JSON round trip of a flat dataclass."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes):
+        return cls(**json.loads(data))
+
+
 @dataclass
-class Batch:
+class Batch(_Json):
     """One evaluation batch: a population (or a chunk of one) of one job, for one model."""
 
     id: str
@@ -31,16 +42,9 @@ class Batch:
     attempts: int = 0  # errors so far (workers retry a failed batch until max_deliveries)
     enqueued_at: float = field(default_factory=time.time)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, data: str | bytes) -> "Batch":
-        return cls(**json.loads(data))
-
 
 @dataclass
-class BatchResult:
+class BatchResult(_Json):
     """What a worker wrote for a batch: `data` (service.wire.encode_result) or a final `error`."""
 
     batch_id: str
@@ -50,13 +54,6 @@ class BatchResult:
     worker: str = ""
     seconds: float = 0.0
     finished_at: float = field(default_factory=time.time)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, data: str | bytes) -> "BatchResult":
-        return cls(**json.loads(data))
 
 
 @dataclass
@@ -73,6 +70,8 @@ class BatchQueue(abc.ABC):
     batch has a result (ok or error) or raises TimeoutError; nothing here knows about jobs beyond their ids."""
 
     max_deliveries: int = 3
+    #: Connection failures seen so far; a change tells callers the broker may have lost their batches.
+    epoch: int = 0
 
     # ---------------------------------------------------------------- runner side
     @abc.abstractmethod
@@ -127,6 +126,12 @@ class BatchQueue(abc.ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+def dead_letter_record(batch: Batch, error: str) -> dict:
+    """What the dead-letter list keeps of a batch that failed for good."""
+    return {"batch_id": batch.id, "job_id": batch.job_id, "generation": batch.generation, "model": batch.model,
+            "error": error, "at": time.time()}
 
 
 def dead_letter_result(delivery: Delivery, error: str, worker: str) -> BatchResult:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import defaultdict, deque
 
-from ._base import Batch, BatchQueue, BatchResult, Delivery, dead_letter_result
+from ._base import Batch, BatchQueue, BatchResult, Delivery, dead_letter_record, dead_letter_result
 
 
 class MemoryQueue(BatchQueue):
@@ -77,8 +77,7 @@ class MemoryQueue(BatchQueue):
     async def retry(self, delivery: Delivery, error: str) -> bool:
         batch = delivery.batch
         if batch.attempts + delivery.deliveries >= self.max_deliveries:
-            self._dead.append({"batch_id": batch.id, "job_id": batch.job_id, "generation": batch.generation,
-                               "model": batch.model, "error": error, "at": time.time()})
+            self._dead.append(dead_letter_record(batch, error))
             await self.finish(delivery, dead_letter_result(delivery, error, worker=""))
             return False
         batch.attempts += 1

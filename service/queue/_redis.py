@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._base import Batch, BatchQueue, BatchResult, Delivery, QueueError, dead_letter_result
+from ._base import Batch, BatchQueue, BatchResult, Delivery, QueueError, dead_letter_record, dead_letter_result
 
 GROUP = "workers"
 _SKIPPED = object()  # _take dropped a malformed entry: read again
@@ -226,11 +226,8 @@ class RedisQueue(BatchQueue):
         return True
 
     async def _dead_letter(self, delivery: Delivery, error: str, worker: str) -> None:
-        batch = delivery.batch
-        record = {"batch_id": batch.id, "job_id": batch.job_id, "generation": batch.generation,
-                  "model": batch.model, "error": error, "at": time.time()}
-        await self.redis.xadd(self._key("dead"), {"record": json.dumps(record)}, maxlen=DEAD_MAXLEN,
-                              approximate=True)
+        record = json.dumps(dead_letter_record(delivery.batch, error))
+        await self.redis.xadd(self._key("dead"), {"record": record}, maxlen=DEAD_MAXLEN, approximate=True)
         await self.finish(delivery, dead_letter_result(delivery, error, worker))
 
     async def heartbeat(self, worker: dict, ttl: float) -> None:

@@ -60,7 +60,7 @@ def test_cancel(store):
         store.request_cancel(queued["id"], "alice")
     assert store.request_cancel(running["id"], "bob") is None  # another tenant's job
     job = store.request_cancel(running["id"], "alice")
-    assert job["status"] == "cancelled" and store.cancel_requested(running["id"])
+    assert job["status"] == "cancelled" and store.get_job(running["id"])["cancel_requested"]
 
 
 def test_tenancy_and_paging(store):

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from nograd.tasks import get_task, list_tasks
 
-from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep
+from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
 from ..schemas import ModelPublic, TaskPublic, WorkerPublic
 
 router = APIRouter(tags=["catalog"])
@@ -36,7 +36,7 @@ def _public_worker(info: dict) -> dict:
 async def models(tenant: CurrentTenant, queue: QueueDep, settings: SettingsDep) -> list[dict]:
     """Models jobs can use: those configured for this service and those live workers serve."""
     workers = await queue.workers()
-    names = sorted(set(settings.models) | {m for w in workers for m in w.get("models", {})})
+    names = sorted(model_names(settings, workers))
     out = []
     for name in names:
         serving = [w for w in workers if name in w.get("models", {})]

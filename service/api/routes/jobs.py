@@ -10,13 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from nograd.config import SEARCH_METHODS, ConfigError, RunConfig
+from nograd.config import SEARCH_METHODS, ConfigError
 from nograd.runner import prepare
 from nograd.tasks import UnknownTaskError
-from service.jobs import job_config, transfer_spec
+from service.jobs import job_config, transfer_options
 from service.store import TERMINAL, JobStateError, Status
 
-from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep
+from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
 
@@ -25,9 +25,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _FIELD_OF = {"dataset": "dataset_id", "template": "dataset_id", "verbalizer": "dataset_id"}
 
 
-def _run_config(body: JobCreate, store, tenant: str, settings) -> tuple[RunConfig, dict, str]:
-    """The validated RunConfig of a submission (its data loaded and split once), its stored options, and the
-    task's display name."""
+def _validated(body: JobCreate, store, tenant: str, settings) -> tuple[dict, str]:
+    """A submission's options to store, and the task's display name, once its RunConfig validates and its data
+    load and split."""
     if (body.task is None) == (body.dataset_id is None):
         raise Invalid("task", "give exactly one of task (a bundled task, GET /v1/tasks) or dataset_id")
     values = {k: v for k, v in body.options.model_dump().items() if v is not None}
@@ -53,7 +53,7 @@ def _run_config(body: JobCreate, store, tenant: str, settings) -> tuple[RunConfi
         raise Invalid("task", str(exc)) from None
     except ValueError as exc:
         raise Invalid("k_shot" if "k=" in str(exc) else "dataset_id", str(exc)) from None
-    return config, values, name
+    return values, name
 
 
 def _transfer(body: JobCreate, store, tenant: str) -> dict:
@@ -70,25 +70,16 @@ def _transfer(body: JobCreate, store, tenant: str) -> dict:
         raise Invalid("init_from", f"job {body.init_from} tuned {source['model']}, not {body.model}")
     from nograd.artifacts import read_prompt
 
-    spec = read_prompt(store.artifact(body.init_from))["spec"]
-    config = transfer_spec(spec, RunConfig())
-    return {k: getattr(config, k) for k in ("dim", "n_tokens", "alpha", "sigma0", "distribution")}
-
-
-async def _known_models(settings, queue) -> set[str]:
-    models = set(settings.models)
-    for worker in await queue.workers():
-        models.update(worker.get("models", {}))
-    return models
+    return transfer_options(read_prompt(store.artifact(body.init_from))["spec"])
 
 
 @router.post("", status_code=201, response_model=JobPublic)
 async def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep,
                      settings: SettingsDep) -> dict:
     """Submit an optimization (or baseline) job."""
-    if body.model not in await _known_models(settings, queue):
+    if body.model not in model_names(settings, await queue.workers()):
         raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
-    config, values, name = await asyncio.to_thread(_run_config, body, store, tenant, settings)
+    values, name = await asyncio.to_thread(_validated, body, store, tenant, settings)
     job = await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
                                   dataset_id=body.dataset_id, model=body.model, config=values,
                                   budget=body.budget if body.method in SEARCH_METHODS else 0,
