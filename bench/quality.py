@@ -1,4 +1,4 @@
-"""Test metric of manual, icl, bbt and bbtv2 on bundled tasks with smollm2-135m, 16-shot, several seeds.
+"""Test metric of manual, icl, bbt, bbtv2, bbpl, rlprompt and icl_search on bundled tasks with smollm2-135m, 16-shot, several seeds.
 
 Usage:
     .venv/bin/python bench/quality.py --tasks mr trec --seeds 0 1 2 --budget 300
@@ -32,6 +32,9 @@ METHOD_OPTIONS = {
     "icl": {"icl_shots": 2},
     "bbt": {"mode": "add", "alpha": 0.5, "popsize": 20},
     "bbtv2": {"alpha": 0.2, "popsize": 10},
+    "bbpl": {"popsize": 20, "prompt_length": 10, "vocab_size": 200, "lr": 1e-4},
+    "rlprompt": {"popsize": 16, "prompt_length": 5, "top_k": 256, "lr": 5e-5},
+    "icl_search": {"popsize": 20, "icl_shots": 2, "lr": 1e-3},
 }
 
 
@@ -87,7 +90,7 @@ async def _initial_prompt(client, name: str, out: Path) -> dict:
 
 def _table(results: dict, args) -> str:
     lines = [f"smollm2-135m ({args.dtype}), {args.k_shot}-shot, seeds {args.seeds}, budget {args.budget} calls "
-             f"for bbt/bbtv2; test metric x100, mean ± std over seeds", ""]
+             f"for the searches; test metric x100, mean ± std over seeds", ""]
     header = "| method | " + " | ".join(args.tasks) + " |"
     lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
     rows = list(args.methods) + (["bbt z=0"] if "bbt" in args.methods else [])
@@ -110,7 +113,8 @@ def _table(results: dict, args) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["mr", "trec"])
-    parser.add_argument("--methods", nargs="+", default=["manual", "icl", "bbt", "bbtv2"])
+    parser.add_argument("--methods", nargs="+",
+                        default=["manual", "icl", "bbt", "bbtv2", "bbpl", "rlprompt", "icl_search"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=300)
     parser.add_argument("--k-shot", type=int, default=16)

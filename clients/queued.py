@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 
 from service.queue import Batch, BatchQueue
 from service.wire import batch_id, decode_result, digest, encode_context, encode_work, merge_results
@@ -47,13 +46,10 @@ class QueueClient:
         return self.info
 
     def _split(self, request: EvalRequest) -> list[EvalRequest]:
-        if request.z is None or self.batch_size is None or request.population <= self.batch_size:
+        if (request.z is None and request.texts is None) or self.batch_size is None \
+                or request.population <= self.batch_size:
             return [request]
-        z = np.asarray(request.z)
-        return [EvalRequest(request.task, request.examples, request.prompt, z=z[i:i + self.batch_size],
-                            layer=request.layer, base=request.base, loss=request.loss,
-                            return_logits=request.return_logits)
-                for i in range(0, len(z), self.batch_size)]
+        return [request.part(i, i + self.batch_size) for i in range(0, request.population, self.batch_size)]
 
     async def _put_contexts(self) -> None:
         for key, data in self._contexts.items():

@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-PromptMode = Literal["none", "cat", "add", "deep"]
+PromptMode = Literal["none", "cat", "add", "deep", "text", "demos"]
 LossName = Literal["ce", "hinge", "perf"]
 METRICS = ("accuracy", "macro_f1")
 LOSSES = ("ce", "hinge", "perf")
@@ -40,7 +40,11 @@ class PromptSpec:
 
     mode: `none` (no soft prompt), `cat` (prompt = A z + p0 occupies `n_tokens` inserted positions), `add`
         (A z is added to the embeddings of `n_tokens` placeholder tokens), `deep` (BBTv2: a prompt added to the
-        hidden states at the placeholder positions before every layer).
+        hidden states at the placeholder positions before every layer); the discrete modes `text` (each candidate
+        is a prompt string, `EvalRequest.texts`, put at `{prompt}` or, without that field, before everything else
+        followed by a newline) and `demos` (each candidate is a row of indices into `TaskSpec.demos`, the
+        demonstrations shown in that order; -1 entries are skipped). Discrete modes need no embeddings, so
+        text-only endpoints (remote LLM APIs) serve them.
     init: text whose tokens are the placeholders (`add`/`deep`) or whose embeddings are p0 (`cat`); its token
         count overrides `n_tokens`. None: vocabulary ids 1000.. as in BBT (`add`/`deep`), p0 = 0 (`cat`).
     scales: the per-layer scale s of the projection (one value for `cat`/`add`, one per layer for `deep`). None:
@@ -102,7 +106,9 @@ class EvalRequest:
     """Score a population of candidates on a batch of examples.
 
     z: (P, d) candidate vectors for `cat`/`add`, or for `deep` the vectors of layer `layer` (other layers fixed
-        at `base`). None means one candidate: z = 0 (or just `base` for deep; no prompt for `none`).
+        at `base`); for `demos`, (P, k) demonstration indices. None means one candidate: z = 0 (or just `base` for
+        deep; no prompt for `none`; every demonstration in order for `demos`).
+    texts: the P candidate prompt strings of `text` mode.
     base: (L, d) per-layer vectors for `deep`.
     """
 
@@ -114,15 +120,27 @@ class EvalRequest:
     base: np.ndarray | None = None
     loss: LossName = "ce"
     return_logits: bool = True
+    texts: list[str] | None = None
 
     @property
     def population(self) -> int:
+        if self.texts is not None:
+            return len(self.texts)
         return 1 if self.z is None else int(np.asarray(self.z).shape[0])
+
+    def part(self, start: int, stop: int) -> "EvalRequest":
+        """The same request for candidates [start, stop) only."""
+        return EvalRequest(self.task, self.examples, self.prompt,
+                           z=None if self.z is None else np.asarray(self.z)[start:stop], layer=self.layer,
+                           base=self.base, loss=self.loss, return_logits=self.return_logits,
+                           texts=None if self.texts is None else list(self.texts[start:stop]))
 
 
 @dataclass
 class EvalResult:
-    """Per-candidate results. logits: (P, E, K) label-word logits; loss/metric: (P,); losses: all loss kinds."""
+    """Per-candidate results. logits: (P, E, K) label-word logits; loss/metric: (P,); losses: all loss kinds.
+    usage: what a remote API charged and reported (`prompt_tokens`, `completion_tokens`, `requests`,
+    `missing_label_words`: label words absent from the returned top log-probabilities, scored at the floor)."""
 
     loss: np.ndarray
     metric: np.ndarray
@@ -131,6 +149,7 @@ class EvalResult:
     model_id: str = ""
     seconds: float = 0.0
     scales: tuple[float, ...] | None = None
+    usage: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,17 @@ def save_prompt(path: Path, **fields) -> None:
 
 
 def prompt_bytes(*, config: RunConfig, spec: PromptSpec, x: np.ndarray | None, materialized: np.ndarray | None,
-                 task_spec: TaskSpec, model_id: str) -> bytes:
+                 task_spec: TaskSpec, model_id: str, text: str | None = None) -> bytes:
     """A safetensors file holding z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata
-    the projection spec, the task template/verbalizer/demonstrations and the run config."""
+    the projection spec, the task template/verbalizer/demonstrations and the run config. Discrete prompts: z is
+    the choice row (-1: empty position; for `demos` mode, indices into the task's demonstrations) and `text` the
+    prompt as the model reads it."""
     tensors = {"z": np.zeros(0) if x is None else np.asarray(x, dtype=np.float64)}
     if materialized is not None:
         tensors["prompt"] = np.ascontiguousarray(materialized, dtype=np.float32)
     metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "task_spec": json.dumps(asdict(task_spec)),
-                "config": json.dumps(config.to_dict()), "model_id": model_id}
+                "config": json.dumps(config.to_dict()), "model_id": model_id,
+                **({} if text is None else {"text": text})}
     return save(tensors, metadata=metadata)
 
 
@@ -76,4 +79,4 @@ def _decode(metadata: dict, tensors: dict, where: str) -> dict:
     z = tensors["z"]
     return {"spec": PromptSpec.from_dict(json.loads(metadata["spec"])), "task_spec": task_spec,
             "config": RunConfig.from_dict(json.loads(metadata["config"])), "model_id": metadata["model_id"],
-            "x": None if z.size == 0 else z, "prompt": tensors.get("prompt")}
+            "x": None if z.size == 0 else z, "prompt": tensors.get("prompt"), "text": metadata.get("text")}

@@ -15,6 +15,7 @@ from nograd.tasks import Example, Task, examples_hash, get_task, load_user_datas
 
 from . import artifacts
 from .config import SEARCH_METHODS, RunConfig
+from .discrete import make_search
 from .search import PromptSearch
 
 TEST_CHUNK = 256  # examples per evaluation request when scoring a test set
@@ -62,6 +63,10 @@ def prepare(config: RunConfig) -> RunData:
     task = load_task(config)
     train, dev = task.few_shot(config.k_shot, config.seed)
     demos = icl_demos(task, train, config.icl_shots, config.seed) if config.method == "icl" else None
+    if config.method == "icl_search":  # the pool: every training example, in order
+        demos = list(train)
+        if config.prompt_length is None:
+            config.prompt_length = config.icl_shots * len(task.labels)
     hashes = {"train": examples_hash(train), "dev": examples_hash(dev), "test": examples_hash(task.test),
               "task_version": task.version}
     return RunData(task=task, spec=task_spec(task, demos), train=to_examples(task, train),
@@ -69,7 +74,7 @@ def prepare(config: RunConfig) -> RunData:
 
 
 async def score(client, spec: TaskSpec, examples: Examples, prompt: PromptSpec, x: np.ndarray | None,
-                chunk: int = TEST_CHUNK) -> dict:
+                chunk: int = TEST_CHUNK, text: str | None = None) -> dict:
     """Metric and CE of one prompt on many examples, in chunks (metric computed over all of them)."""
     from service.engine.losses import all_losses
 
@@ -79,6 +84,8 @@ async def score(client, spec: TaskSpec, examples: Examples, prompt: PromptSpec, 
                         texts2=examples.texts2[start:start + chunk] if examples.texts2 else None)
         if prompt.mode == "deep":
             request = EvalRequest(spec, part, prompt, base=x)
+        elif prompt.mode == "text":
+            request = EvalRequest(spec, part, prompt, texts=[text or ""])
         else:
             request = EvalRequest(spec, part, prompt, z=None if x is None or prompt.mode == "none" else x[None])
         logits.append((await client.evaluate(request)).logits[0])
@@ -93,18 +100,22 @@ async def finalize(config: RunConfig, data: RunData, client, model_id: str, sear
     Returns (result.json's data, the prompt spec, z)."""
     if search is not None:
         outcome = search.result()
-        prompt, x = outcome["spec"], outcome["x"]
-        train = await score(client, data.spec, data.train, prompt, x)
+        prompt, x, text = outcome["spec"], outcome["x"], outcome["text"]
+        train = await score(client, data.spec, data.train, prompt, x, text=text)
         dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
         calls = search.calls
         extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
-                 "initial": outcome["initial"], "generations": search.generation}
+                 "initial": outcome["initial"], "generations": search.generation,
+                 **({} if text is None else {"prompt_text": text})}
     else:
-        prompt, x = PromptSpec(mode="none"), None
+        prompt, x, text = PromptSpec(mode="none"), None, None
         train = await score(client, data.spec, data.train, prompt, x)
         dev = await score(client, data.spec, data.dev, prompt, x)
         calls, extra = 0, {}
-    test = await score(client, data.spec, data.test, prompt, x) if len(data.test) else None
+    test = await score(client, data.spec, data.test, prompt, x, text=text) if len(data.test) else None
+    usage = getattr(client, "usage", None)
+    if usage:
+        extra["usage"] = dict(usage)
     result = {
         "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
         "train_metric": train["metric"], "dev_metric": dev["metric"],
@@ -127,7 +138,7 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
         artifacts.start_run_dir(out_dir, config)
     search = None
     if config.method in SEARCH_METHODS:
-        search = PromptSearch(config, data.spec, data.train, data.dev, info.n_layers)
+        search = make_search(config, data.spec, data.train, data.dev, info.n_layers)
         initial = await search.start(client)
         if on_generation:
             on_generation({"generation": 0, "calls": 0, "initial": initial})
@@ -140,10 +151,11 @@ async def run(config: RunConfig, client, out_dir: Path | None = None,
     result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
     if out_dir is not None:
         materialized = None
-        if hasattr(client, "materialize"):  # endpoints that own the projection can give the prompt tensor
+        if hasattr(client, "materialize") and prompt.mode not in ("text", "demos"):  # endpoints that own the projection can give the prompt tensor
             deep = prompt.mode == "deep"
             materialized = client.materialize(prompt, None if deep else x, x if deep else None)
         artifacts.save_prompt(out_dir / "prompt.safetensors", config=config, spec=prompt, x=x,
-                              materialized=materialized, task_spec=data.spec, model_id=info.model_id)
+                              materialized=materialized, task_spec=data.spec, model_id=info.model_id,
+                              text=result.get("prompt_text"))
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -62,13 +62,16 @@ class PromptSearch:
                                                  **options)
         else:
             self.optimizer = make_optimizer(config.optimizer, budget=config.budget, **options)
+        self._reset_progress()
+
+    def _reset_progress(self) -> None:
         self.calls = 0
         self.generation = 0
         self.started = False
         self.best_dev: dict | None = None
         self.best_train = {"loss": math.inf, "x": None}
         self._interval_best = {"loss": math.inf, "x": None}
-        self._next_dev = config.dev_every
+        self._next_dev = self.config.dev_every
 
     # ---------------------------------------------------------------- candidates
     def _zero(self) -> np.ndarray:
@@ -86,6 +89,14 @@ class PromptSearch:
             population = x[None]
         return EvalRequest(self.task, examples, self.spec, z=population, layer=layer, base=base,
                            loss=self.config.loss)
+
+    def _objective(self, result, scored: np.ndarray) -> np.ndarray:
+        """What the optimizer minimizes for the scored population (the request's loss by default)."""
+        return np.asarray(result.loss, dtype=np.float64)
+
+    def _entry_extra(self, result) -> dict:
+        """Hook: extra fields for a generation's history record."""
+        return {}
 
     async def _score_dev(self, client, candidates: list[np.ndarray]) -> list[tuple[float, float]]:
         if self.deep:
@@ -144,7 +155,7 @@ class PromptSearch:
         partial = remaining < len(population)
         scored = population[:remaining] if partial else population
         result = await client.evaluate(self._request(self.train, population=scored, layer=layer, base=base))
-        losses = np.asarray(result.loss, dtype=np.float64)
+        losses = self._objective(result, scored)
         self.calls += len(scored)
         if not partial:
             await self._off_loop(self.optimizer.tell, population, losses)
@@ -160,7 +171,8 @@ class PromptSearch:
         entry = {"generation": self.generation, "calls": self.calls, "layer": layer,
                  "losses": [float(v) for v in losses], "min_loss": float(losses.min()),
                  "mean_loss": float(losses.mean()), "best_loss": self.best_train["loss"],
-                 "train_metric_max": float(np.max(result.metric)), "sigma": _sigma(self.optimizer)}
+                 "train_metric_max": float(np.max(result.metric)), "sigma": _sigma(self.optimizer),
+                 **self._entry_extra(result)}
         if self.calls >= self._next_dev or self.done:
             while self._next_dev <= self.calls:
                 self._next_dev += self.config.dev_every
@@ -176,7 +188,7 @@ class PromptSearch:
         best = self.best_dev
         return {"x": best["x"], "dev_metric": best["metric"], "dev_ce": best["ce"], "selected_at_calls": best["calls"],
                 "best_train_loss": self.best_train["loss"], "calls": self.calls, "spec": self.spec,
-                "initial": self.initial}
+                "initial": self.initial, "text": self.prompt_text(best["x"])}
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -188,12 +200,19 @@ class PromptSearch:
                 "interval_best": dict(self._interval_best), "next_dev": self._next_dev,
                 "initial": getattr(self, "initial", None)}
 
+    def _optimizer_from_state(self, state: dict):
+        return optimizer_from_state(state)
+
+    def prompt_text(self, x: np.ndarray) -> str | None:
+        """The readable prompt a candidate stands for (discrete methods); None for soft prompts."""
+        return None
+
     def load_state(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"search state version {state.get('version')} is not {STATE_VERSION}; rerun the job")
         self.calls, self.generation, self.started = state["calls"], state["generation"], state["started"]
         self.spec = PromptSpec.from_dict(state["spec"])
-        self.optimizer = optimizer_from_state(state["optimizer"])
+        self.optimizer = self._optimizer_from_state(state["optimizer"])
         self.best_dev = None if state["best_dev"] is None else dict(state["best_dev"])
         self.best_train = dict(state["best_train"])
         self._interval_best = dict(state["interval_best"])

@@ -24,10 +24,13 @@ from clients.types import ModelInfo
 from nograd.artifacts import prompt_bytes, read_prompt
 from nograd.config import SEARCH_METHODS, RunConfig
 from nograd.runner import finalize, prepare
+from clients.remote import RemoteError
+from nograd.discrete import make_search
 from nograd.search import PromptSearch
 from optimizers import state_from_json, state_to_json
 
 from .queue import BatchQueue, QueueError
+from .secrets import SecretBox, SecretError, tenant_secret
 from .store import Status, Store
 
 log = logging.getLogger("nograd.jobs")
@@ -44,14 +47,19 @@ class JobRunner:
         batch_size: most candidates per queue batch (None: one batch per population).
         worker_wait: seconds a job waits for a worker serving its model before failing.
         on_batch: metrics hook(roundtrip_seconds, n_batches).
+        secret_box: decrypts tenant secrets (remote endpoints' API keys); remote_allow: hosts/CIDRs a remote
+            endpoint may resolve to although private (checked again when the job starts, against DNS changes).
+        remote_transport: httpx transport for remote endpoints (tests).
     """
 
     def __init__(self, store: Store, queue: BatchQueue, *, data_dir: Path, max_concurrent: int = 16,
                  lease_seconds: float = 30.0, poll: float = 0.25, batch_size: int | None = None,
-                 worker_wait: float = 600.0, on_batch=None, owner: str | None = None):
+                 worker_wait: float = 600.0, on_batch=None, owner: str | None = None, secret_box=None,
+                 remote_allow: tuple[str, ...] = (), remote_transport=None):
         self.store, self.queue, self.data_dir = store, queue, Path(data_dir)
         self.max_concurrent, self.lease_seconds, self.poll = max_concurrent, lease_seconds, poll
         self.batch_size, self.worker_wait, self.on_batch = batch_size, worker_wait, on_batch
+        self.secret_box, self.remote_allow, self.remote_transport = secret_box, tuple(remote_allow), remote_transport
         self.owner = owner or f"runner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
@@ -65,7 +73,8 @@ class JobRunner:
         """A runner configured by `service.settings.Settings` (options override, e.g. `on_batch`)."""
         return cls(store, queue, data_dir=settings.data_dir, max_concurrent=settings.max_concurrent_jobs,
                    lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
-                   worker_wait=settings.worker_wait, **options)
+                   worker_wait=settings.worker_wait, remote_allow=tuple(settings.remote_allow),
+                   **{"secret_box": SecretBox.from_settings(settings), **options})
 
     def wake(self) -> None:
         """Look for new jobs now instead of at the next poll (the API calls this after a submission)."""
@@ -148,7 +157,7 @@ class JobRunner:
             if job_id in self._cancelling:
                 await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.cancelled)
                 await self._forget(job_id)
-        except (EvaluationError, ValueError, FileNotFoundError, LookupError) as exc:
+        except (EvaluationError, RemoteError, ValueError, FileNotFoundError, LookupError) as exc:
             await self._fail(job_id, str(exc))
         except QueueError as exc:
             log.warning("job %s: %s; handing it back", job_id, exc)
@@ -204,7 +213,6 @@ class JobRunner:
         job_id, started = job["id"], time.perf_counter()
         config = await asyncio.to_thread(self._config, job)
         data = await asyncio.to_thread(prepare, config)
-        info = await self._model_info(job_id, config.model)
         timing = {"queue": 0.0}
 
         def on_batch(seconds: float, n: int) -> None:
@@ -212,12 +220,39 @@ class JobRunner:
             if self.on_batch is not None:
                 self.on_batch(seconds, n)
 
-        client = QueueClient(self.queue, job_id, config.model, info, batch_size=self.batch_size, on_batch=on_batch)
+        if config.endpoint is not None:
+            client = await asyncio.to_thread(self._remote_client, job, config)
+            info = await client.describe()
+        else:
+            info = await self._model_info(job_id, config.model)
+            client = QueueClient(self.queue, job_id, config.model, info, batch_size=self.batch_size,
+                                 on_batch=on_batch)
+        try:
+            await self._run_search(job, config, data, client, info, timing, started)
+        finally:
+            if hasattr(client, "aclose"):
+                await client.aclose()
+
+    def _remote_client(self, job: dict, config: RunConfig):
+        from clients.remote import EndpointConfig, check_url, make_client
+
+        endpoint = EndpointConfig.from_dict(config.endpoint)
+        check_url(endpoint.base_url, self.remote_allow)
+        key = None
+        if endpoint.api_key_secret:
+            if self.secret_box is None:
+                raise SecretError("this runner has no secrets key; set NOGRAD_SECRETS_KEY")
+            key = tenant_secret(self.store, self.secret_box, job["tenant"], endpoint.api_key_secret)
+        return make_client(endpoint, key, transport=self.remote_transport)
+
+    async def _run_search(self, job: dict, config: RunConfig, data, client, info, timing: dict,
+                          started: float) -> None:
+        job_id = job["id"]
         search = None
         if config.method in SEARCH_METHODS:
             init_x, init_spec = await asyncio.to_thread(self._init_from, job)
-            search = PromptSearch(config, data.spec, data.train, data.dev, info.n_layers, init_x=init_x,
-                                  init_spec=init_spec)
+            search = await asyncio.to_thread(make_search, config, data.spec, data.train, data.dev, info.n_layers,
+                                             init_x=init_x, init_spec=init_spec)
             search.executor = self._cpu
             if job.get("checkpoint"):
                 search.load_state(state_from_json(job["checkpoint"]))
@@ -231,13 +266,15 @@ class JobRunner:
                 timing["queue"] = 0.0
                 entry = await search.step(client)
                 entry.update(time=time.time(), roundtrip_seconds=timing["queue"])
+                if getattr(client, "usage", None):  # a remote endpoint's running token account
+                    entry["usage"] = dict(client.usage)
                 if not await self._save(job_id, search, entry):
                     log.warning("job %s: lease lost; another runner continues it", job_id)
                     return
         client.generation = (search.generation if search else 0) + 1
         result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
         artifact = prompt_bytes(config=config, spec=prompt, x=x, materialized=None, task_spec=data.spec,
-                                model_id=info.model_id)
+                                model_id=info.model_id, text=result.get("prompt_text"))
         await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.succeeded, result=result,
                                 artifact=artifact, test_metric=result["test_metric"], calls=result["calls"],
                                 best_dev_metric=result["dev_metric"])

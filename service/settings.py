@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20.0, gt=0)
     worker_wait: float = Field(600.0, gt=0, description="seconds a job waits for a worker serving its model")
 
-    @field_validator("models", mode="before")
+    remote_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="host names or CIDRs remote endpoints may use although they are "
+        "private or loopback (denied by default); comma-separated")
+    secrets_key: str | None = Field(None, description="Fernet key encrypting tenant secrets (remote API keys); "
+                                    "None: data_dir/secrets.key, created on first use. Set it on every replica "
+                                    "that shares a database")
+
+    @field_validator("models", "remote_allow", mode="before")
     @classmethod
     def _split_models(cls, value):
         if isinstance(value, str):

@@ -92,6 +92,13 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+secrets_table = sa.Table(
+    "secrets", metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("ciphertext", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
 
 KEY_PREFIX = "ng_"
 # The large columns are read only where they are used (the runner's claim, the worker-side dataset file): job
@@ -330,6 +337,35 @@ class Store:
         if row is None or not hmac.compare_digest(row["key_hash"], _hash_key(secret)):
             return None
         return row["tenant"]
+
+    # ---------------------------------------------------------------- tenant secrets (encrypted by the caller)
+    def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> dict:
+        now = time.time()
+        with self.engine.begin() as conn:
+            where = (secrets_table.c.tenant == tenant) & (secrets_table.c.name == name)
+            if conn.execute(sa.select(secrets_table.c.name).where(where)).first():
+                conn.execute(secrets_table.update().where(where).values(ciphertext=ciphertext, created_at=now))
+            else:
+                conn.execute(secrets_table.insert().values(tenant=tenant, name=name, ciphertext=ciphertext,
+                                                           created_at=now))
+        return {"name": name, "created_at": now}
+
+    def secret(self, tenant: str, name: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(secrets_table.c.ciphertext).where(
+                (secrets_table.c.tenant == tenant) & (secrets_table.c.name == name))).scalar()
+
+    def list_secrets(self, tenant: str) -> list[dict]:
+        """Names and dates only: a secret's value is never read back through the API."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(secrets_table.c.name, secrets_table.c.created_at)
+                                .where(secrets_table.c.tenant == tenant).order_by(secrets_table.c.name))
+            return [dict(r._mapping) for r in rows]
+
+    def delete_secret(self, tenant: str, name: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(secrets_table.delete().where(
+                (secrets_table.c.tenant == tenant) & (secrets_table.c.name == name))).rowcount > 0
 
 
 class JobStateError(RuntimeError):

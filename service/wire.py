@@ -66,13 +66,14 @@ def encode_work(request: EvalRequest) -> dict:
                                                                                                     np.float64)),
             "layer": request.layer, "base": _array(None if request.base is None
                                                    else np.asarray(request.base, np.float64)),
-            "loss": request.loss, "return_logits": bool(request.return_logits)}
+            "loss": request.loss, "return_logits": bool(request.return_logits),
+            **({} if request.texts is None else {"texts": [str(t) for t in request.texts]})}
 
 
 def decode_work(work: dict, task: TaskSpec, examples: Examples) -> EvalRequest:
     return EvalRequest(task=task, examples=examples, prompt=PromptSpec.from_dict(work["prompt"]),
                        z=_unarray(work["z"]), layer=work["layer"], base=_unarray(work["base"]), loss=work["loss"],
-                       return_logits=work["return_logits"])
+                       return_logits=work["return_logits"], texts=work.get("texts"))
 
 
 def batch_id(context_key: str, work: dict) -> str:
@@ -85,14 +86,15 @@ def encode_result(result: EvalResult) -> dict:
             "losses": {k: _array(np.asarray(v, np.float64)) for k, v in result.losses.items()},
             "logits": _array(None if result.logits is None else np.asarray(result.logits, np.float64)),
             "model_id": result.model_id, "seconds": float(result.seconds),
-            "scales": None if result.scales is None else [float(s) for s in result.scales]}
+            "scales": None if result.scales is None else [float(s) for s in result.scales],
+            **({} if result.usage is None else {"usage": {k: int(v) for k, v in result.usage.items()}})}
 
 
 def decode_result(data: dict) -> EvalResult:
     return EvalResult(loss=_unarray(data["loss"]), metric=_unarray(data["metric"]),
                       losses={k: _unarray(v) for k, v in data["losses"].items()}, logits=_unarray(data["logits"]),
                       model_id=data["model_id"], seconds=data["seconds"],
-                      scales=None if data["scales"] is None else tuple(data["scales"]))
+                      scales=None if data["scales"] is None else tuple(data["scales"]), usage=data.get("usage"))
 
 
 def merge_results(parts: list[EvalResult]) -> EvalResult:
@@ -103,4 +105,17 @@ def merge_results(parts: list[EvalResult]) -> EvalResult:
     logits = None if any(p.logits is None for p in parts) else cat([p.logits for p in parts])
     return EvalResult(loss=cat([p.loss for p in parts]), metric=cat([p.metric for p in parts]),
                       losses={k: cat([p.losses[k] for p in parts]) for k in parts[0].losses}, logits=logits,
-                      model_id=parts[0].model_id, seconds=max(p.seconds for p in parts), scales=parts[0].scales)
+                      model_id=parts[0].model_id, seconds=max(p.seconds for p in parts), scales=parts[0].scales,
+                      usage=merge_usage([p.usage for p in parts]))
+
+
+def merge_usage(parts: list[dict | None]) -> dict | None:
+    """Sum per-part usage counters (None when no part reports any)."""
+    present = [p for p in parts if p]
+    if not present:
+        return None
+    total: dict[str, int] = {}
+    for part in present:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + int(value)
+    return total

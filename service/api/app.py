@@ -14,12 +14,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.jobs import JobRunner
 from service.queue import BatchQueue, queue_from_settings
+from service.secrets import SecretBox
 from service.settings import Settings, get_settings
 from service.store import Store
 from service.worker import Worker, load_engine
 
 from . import errors
-from .routes import catalog, datasets, jobs
+from .routes import catalog, datasets, jobs, secrets
 
 log = logging.getLogger("nograd.api")
 STATIC = Path(__file__).parent / "static"
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                   description="Gradient-free prompt tuning for language models you can only query.")
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.secret_box = SecretBox.from_settings(settings)
     errors.install(app)
 
     @app.middleware("http")
@@ -101,7 +103,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                                                "or ask the operator to raise NOGRAD_MAX_UPLOAD_MB"}, status_code=413)
         return await call_next(request)
 
-    for module in (jobs, datasets, catalog):
+    for module in (jobs, datasets, catalog, secrets):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

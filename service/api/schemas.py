@@ -27,13 +27,41 @@ class JobOptions(BaseModel):
     dim: int | None = Field(None, ge=1, le=10_000)
     distribution: Literal["normal", "uniform"] | None = None
     init: str | None = Field(None, max_length=2000, description="text whose tokens seed the prompt")
-    icl_shots: int | None = Field(None, ge=1, le=32, description="demonstrations per class (icl)")
+    icl_shots: int | None = Field(None, ge=1, le=32, description="demonstrations per class (icl, icl_search)")
+    prompt_length: int | None = Field(None, ge=1, le=64, description="discrete prompt positions (bbpl: n-grams, "
+                                      "rlprompt: tokens, icl_search: demonstrations)")
+    lr: float | None = Field(None, gt=0, lt=1, description="learning rate (bbpl, rlprompt, icl_search)")
+    vocab_size: int | None = Field(None, ge=2, le=5000, description="bbpl: candidate n-grams per position")
+    ngram_max: int | None = Field(None, ge=1, le=5, description="bbpl: longest n-gram")
+    ngram_min_count: int | None = Field(None, ge=1, le=1000, description="bbpl: least n-gram frequency")
+    min_pmi: float | None = Field(None, ge=0, le=100, description="bbpl: least PMI to merge words into an n-gram")
+    top_k: int | None = Field(None, ge=1, le=50_000, description="rlprompt: sampling cut-off")
+    mlp_hidden: int | None = Field(None, ge=1, le=4096, description="rlprompt: policy MLP width")
+    reward_correct: float | None = Field(None, gt=0, le=1e4, description="rlprompt: reward weight when right")
+    reward_wrong: float | None = Field(None, gt=0, le=1e4, description="rlprompt: reward weight when wrong")
+
+
+class EndpointSpec(BaseModel):
+    """A remote model endpoint the job scores prompts on instead of this service's workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai", "vllm"] = Field(description="openai: any OpenAI-compatible server (OpenAI, llama.cpp, "
+                                                        "vLLM's text API); vllm: also soft prompts via prompt_embeds")
+    base_url: str = Field(max_length=500, description="e.g. https://api.openai.com/v1")
+    model: str = Field(max_length=200, description="the model name the endpoint expects")
+    api: Literal["completions", "chat"] = "completions"
+    api_key_secret: str | None = Field(None, max_length=100, description="name of a secret (POST /v1/secrets)")
+    top_logprobs: int | None = Field(None, ge=1, le=100)
+    concurrency: int | None = Field(None, ge=1, le=64)
+    timeout: float | None = Field(None, gt=0, le=600)
+    max_retries: int | None = Field(None, ge=0, le=20)
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal[METHODS] = Field(description="manual, icl, bbt or bbtv2")  # type: ignore[valid-type]
+    method: Literal[METHODS] = Field(description=", ".join(METHODS))  # type: ignore[valid-type]
     task: str | None = Field(None, max_length=100, description="bundled task name (GET /v1/tasks)")
     dataset_id: str | None = Field(None, max_length=40, description="an uploaded dataset (POST /v1/datasets)")
     model: str = Field("smollm2-135m", max_length=200, description="GET /v1/models")
@@ -43,6 +71,8 @@ class JobCreate(BaseModel):
     dev_every: int = Field(100, ge=1, le=1_000_000, description="dev evaluation every N calls")
     init_from: str | None = Field(None, max_length=40, description="a finished job whose prompt is the start")
     options: JobOptions = Field(default_factory=JobOptions)
+    endpoint: EndpointSpec | None = Field(None, description="score on a remote API instead of this service's "
+                                                              "workers (model is then ignored)")
 
 
 class JobPublic(BaseModel):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from clients.types import EvalRequest, EvalResult, ModelInfo
+from clients.render import DISCRETE_MODES, CandidateError, candidates
+from clients.types import EvalRequest, EvalResult, ModelInfo, PromptSpec
 
 from .batching import PromptSet, cache_from, ranges, rows_of, select
 from .errors import EngineError
@@ -61,16 +62,41 @@ class Engine:
     def evaluate(self, request: EvalRequest) -> EvalResult:
         """Label-word logits, losses and metric for every candidate of `request`."""
         started = time.perf_counter()
-        layout = self.layout(request)
-        prompts = self.prompts(request, layout)
-        logits = self.population_logits(layout, prompts).numpy().astype(np.float64)
-        labels = layout.labels.numpy()
+        if request.prompt.mode in DISCRETE_MODES:
+            logits, labels, scales = self.discrete_logits(request), np.asarray(request.examples.labels), None
+        else:
+            layout = self.layout(request)
+            prompts = self.prompts(request, layout)
+            logits = self.population_logits(layout, prompts).numpy().astype(np.float64)
+            labels, scales = layout.labels.numpy(), prompts.scales
         losses, score = all_losses(logits, labels, request.task.metric)
         if request.loss not in losses:
             raise EngineError(f"loss {request.loss!r} is unknown; use one of {', '.join(losses)}")
         return EvalResult(loss=losses[request.loss], metric=score, losses=losses,
                           logits=logits if request.return_logits else None, model_id=self.handle.model_id,
-                          seconds=time.perf_counter() - started, scales=prompts.scales)
+                          seconds=time.perf_counter() - started, scales=scales)
+
+    def discrete_logits(self, request: EvalRequest) -> np.ndarray:
+        """(P, E, K) logits for `text`/`demos` candidates: each is a concrete prefix (its prompt tokens and
+        demonstrations), encoded once and shared by every example; identical candidates are scored once."""
+        try:
+            concrete = candidates(request)
+        except CandidateError as exc:
+            raise EngineError(str(exc)) from None
+        h, done = self.handle, {}
+        out = np.empty((len(concrete), len(request.examples), len(request.task.labels)))
+        for i, (task, text) in enumerate(concrete):
+            key = (task.demos, text)
+            if key not in done:
+                if text:
+                    placed = text if "{prompt}" in task.template else text + "\n"
+                    spec = PromptSpec(mode="cat", init=placed)  # its own tokens at the slots, nothing added
+                else:
+                    spec = PromptSpec(mode="none")
+                layout = build_layout(h.tokenizer, h.kind, task, request.examples, spec, h.max_length)
+                done[key] = self.population_logits(layout, PromptSet(population=1)).numpy()[0]
+            out[i] = done[key]
+        return out
 
     def layout(self, request: EvalRequest) -> Layout:
         h = self.handle

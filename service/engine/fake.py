@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from clients.render import DISCRETE_MODES, CandidateError, candidates
 from clients.types import EvalRequest, EvalResult, ModelInfo
 
 from .errors import EngineError
@@ -63,9 +64,12 @@ class FakeEngine:
         started = time.perf_counter()
         if self.latency:
             time.sleep(self.latency)
-        x = self._candidates(request)
-        target = np.random.default_rng(1234).normal(0.0, 0.5, x.shape[1])
-        quality = -np.mean((x - target) ** 2, axis=1) + 0.25  # (P,): 0.25 - distance to the target
+        if request.prompt.mode in DISCRETE_MODES:
+            quality = self._discrete_quality(request)
+        else:
+            x = self._candidates(request)
+            target = np.random.default_rng(1234).normal(0.0, 0.5, x.shape[1])
+            quality = -np.mean((x - target) ** 2, axis=1) + 0.25  # (P,): 0.25 - distance to the target
         labels = np.asarray(request.examples.labels, dtype=np.int64)
         n_labels = len(request.task.labels)
         offsets = np.stack([_example_offsets(text, n_labels) for text in request.examples.texts])  # (E, K)
@@ -75,11 +79,25 @@ class FakeEngine:
         if request.loss not in losses:
             raise EngineError(f"loss {request.loss!r} is unknown; use one of {', '.join(losses)}")
         scales = None
-        if request.prompt.mode != "none" and request.prompt.scales is None:
+        if request.prompt.mode not in ("none", *DISCRETE_MODES) and request.prompt.scales is None:
             scales = (1.0,) * (self.n_layers if request.prompt.mode == "deep" else 1)
         return EvalResult(loss=losses[request.loss], metric=score, losses=losses,
                           logits=logits if request.return_logits else None, model_id=self.model_id,
                           seconds=time.perf_counter() - started, scales=scales)
+
+    @staticmethod
+    def _discrete_quality(request: EvalRequest) -> np.ndarray:
+        """Discrete candidates: every prompt word and every demonstration has a fixed hidden value; a candidate's
+        quality is the mean of its values (0 for the empty prompt), so some choices are better than others."""
+        try:
+            concrete = candidates(request)
+        except CandidateError as exc:
+            raise EngineError(str(exc)) from None
+        quality = []
+        for task, text in concrete:
+            items = text.split() + [d[0] for d in task.demos]
+            quality.append(float(np.mean([_example_offsets(item, 1)[0] * 0.3 for item in items])) if items else 0.0)
+        return np.asarray(quality)
 
     def materialize(self, spec, z, base) -> np.ndarray:
         return np.zeros((spec.n_tokens, 16), dtype=np.float32)

@@ -33,6 +33,8 @@ def _validated(body: JobCreate, store, tenant: str, settings) -> tuple[dict, str
     values = {k: v for k, v in body.options.model_dump().items() if v is not None}
     values.update(method=body.method, model=body.model, budget=body.budget, seed=body.seed, k_shot=body.k_shot,
                   dev_every=body.dev_every, task=body.task)
+    if body.endpoint is not None:
+        values.update(endpoint=_endpoint(body, store, tenant, settings), model=_remote_model(body))
     name = body.task
     if body.dataset_id is not None:
         dataset = store.get_dataset(body.dataset_id, tenant)
@@ -56,6 +58,26 @@ def _validated(body: JobCreate, store, tenant: str, settings) -> tuple[dict, str
     return values, name
 
 
+def _remote_model(body: JobCreate) -> str:
+    return f"{body.endpoint.kind}:{body.endpoint.model}"
+
+
+def _endpoint(body: JobCreate, store, tenant: str, settings) -> dict:
+    """The endpoint settings to store: a URL the operator's allowlist admits, a secret the tenant has."""
+    from clients.remote import EndpointConfig, EndpointConfigError, check_url
+
+    endpoint = body.endpoint.model_dump(exclude_none=True)
+    try:
+        config = EndpointConfig.from_dict(endpoint)
+        check_url(config.base_url, tuple(settings.remote_allow))
+    except EndpointConfigError as exc:
+        raise Invalid("endpoint.base_url", str(exc)) from None
+    if config.api_key_secret and store.secret(tenant, config.api_key_secret) is None:
+        raise Invalid("endpoint.api_key_secret", f"secret {config.api_key_secret!r} not found; store the key "
+                                                 "with POST /v1/secrets first")
+    return endpoint
+
+
 def _transfer(body: JobCreate, store, tenant: str) -> dict:
     """The projection settings a job starting from another job's prompt must share with it."""
     source = store.get_job(body.init_from, tenant)
@@ -77,11 +99,11 @@ def _transfer(body: JobCreate, store, tenant: str) -> dict:
 async def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep,
                      settings: SettingsDep) -> dict:
     """Submit an optimization (or baseline) job."""
-    if body.model not in model_names(settings, await queue.workers()):
+    if body.endpoint is None and body.model not in model_names(settings, await queue.workers()):
         raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
     values, name = await asyncio.to_thread(_validated, body, store, tenant, settings)
     job = await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
-                                  dataset_id=body.dataset_id, model=body.model, config=values,
+                                  dataset_id=body.dataset_id, model=values["model"], config=values,
                                   budget=body.budget if body.method in SEARCH_METHODS else 0,
                                   init_from=body.init_from)
     if request.app.state.runner is not None:

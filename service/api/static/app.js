@@ -49,7 +49,7 @@ async function jobsPage() {
     <form id="filters">status <select name="status"><option value="">any</option>
       ${["queued", "running", "succeeded", "failed", "cancelled"].map(s => `<option>${s}</option>`).join("")}</select>
       method <select name="method"><option value="">any</option>
-      ${["manual", "icl", "bbt", "bbtv2"].map(s => `<option>${s}</option>`).join("")}</select>
+      ${METHODS.map(s => `<option>${s}</option>`).join("")}</select>
       task <input name="task" size="8"></form>
     <table id="jobs"><thead><tr><th>job</th><th>status</th><th>method</th><th>task</th><th>model</th>
       <th>calls / budget</th><th>best dev</th><th>test</th><th>age</th><th></th></tr></thead><tbody></tbody></table>
@@ -79,21 +79,33 @@ async function jobsPage() {
 
 // ---------------------------------------------------------------- submit
 // [option, input kind, methods it applies to, placeholder or choices]; empty fields take the method's default.
+const METHODS = ["bbt", "bbtv2", "bbpl", "rlprompt", "icl_search", "manual", "icl"];
+const SEARCHES = "bbt bbtv2 bbpl rlprompt icl_search";
 const OPTIONS = [
-  ["popsize", "number", "bbt bbtv2", "bbt 20, bbtv2 10"], ["optimizer", "text", "bbt bbtv2", "cma or ng:NGOpt"],
+  ["popsize", "number", SEARCHES, "bbt 20, bbtv2 10, bbpl 20, rlprompt 16, icl_search 20"], ["optimizer", "text", "bbt bbtv2", "cma or ng:NGOpt"],
   ["sigma0", "number", "bbt bbtv2", "1.0"], ["alpha", "number", "bbt bbtv2", "bbt 0.5, bbtv2 0.2"],
-  ["bounds", "number", "bbt bbtv2", "none"], ["loss", "select", "bbt bbtv2", "ce,hinge,perf"],
+  ["bounds", "number", "bbt bbtv2", "none"], ["loss", "select", "bbt bbtv2 bbpl icl_search", "ce,hinge,perf"],
   ["mode", "select", "bbt", "add,cat"], ["n_tokens", "number", "bbt bbtv2", "50"], ["dim", "number", "bbt bbtv2", "500"],
   ["distribution", "select", "bbt bbtv2", "normal,uniform"], ["init", "text", "bbt bbtv2", "text whose tokens seed the prompt"],
-  ["icl_shots", "number", "icl", "2 per class"],
+  ["icl_shots", "number", "icl icl_search", "2 per class"],
+  ["prompt_length", "number", "bbpl rlprompt icl_search", "bbpl 10 n-grams, rlprompt 5 tokens, icl_search shots x labels"],
+  ["lr", "number", "bbpl rlprompt icl_search", "bbpl 1e-4, rlprompt 5e-5, icl_search 1e-3"],
+  ["vocab_size", "number", "bbpl", "200"], ["ngram_max", "number", "bbpl", "5"],
+  ["ngram_min_count", "number", "bbpl", "5"], ["min_pmi", "number", "bbpl", "1.0"],
+  ["top_k", "number", "rlprompt", "256"], ["mlp_hidden", "number", "rlprompt", "512"],
+  ["reward_correct", "number", "rlprompt", "200"], ["reward_wrong", "number", "rlprompt", "180"],
 ];
+// A remote endpoint instead of this service's workers (text-only APIs run bbpl, rlprompt, icl_search, manual, icl).
+const ENDPOINT = [["kind", "select", ",openai,vllm"], ["base_url", "text", "https://api.openai.com/v1"],
+  ["model", "text", "remote model name"], ["api", "select", ",completions,chat"],
+  ["api_key_secret", "text", "a secret's name (below)"]];
 const NUMBERS = new Set(["budget", "seed", "k_shot", "dev_every", ...OPTIONS.filter(o => o[1] === "number").map(o => "options." + o[0])]);
 
 async function submitPage() {
   const [tasks, models, datasets] = await Promise.all([api("/v1/tasks"), api("/v1/models"), api("/v1/datasets")]);
   const row = (name, input) => `<label for="f-${name}">${name}</label>${input}<span class="error" data-field="${name}"></span>`;
   view.innerHTML = `<h2>Submit a job</h2><form id="submit" class="grid">
-    ${row("method", `<select id="f-method" name="method">${["bbt", "bbtv2", "manual", "icl"].map(m => `<option>${m}</option>`).join("")}</select>`)}
+    ${row("method", `<select id="f-method" name="method">${METHODS.map(m => `<option>${m}</option>`).join("")}</select>`)}
     ${row("task", `<select id="f-task" name="task"><option value="">(dataset)</option>${tasks.map(t => `<option>${esc(t.name)}</option>`).join("")}</select>`)}
     ${row("dataset_id", `<select id="f-dataset_id" name="dataset_id"><option value="">(bundled task)</option>${datasets.data.map(d => `<option value="${esc(d.id)}">${esc(d.name)}</option>`).join("")}</select>`)}
     ${row("model", `<select id="f-model" name="model">${models.map(m => `<option>${esc(m.name)}</option>`).join("")}</select>`)}
@@ -105,7 +117,14 @@ async function submitPage() {
       ${row("options." + name, kind === "select"
         ? `<select id="f-options.${name}" name="options.${name}"><option value="">method default</option>${hint.split(",").map(v => `<option>${v}</option>`).join("")}</select>`
         : `<input id="f-options.${name}" name="options.${name}" ${kind === "number" ? 'type="number" step="any"' : ""} placeholder="${esc(hint)}">`)}</div>`).join("")}
+    ${ENDPOINT.map(([name, kind, hint]) => row("endpoint." + name, kind === "select"
+        ? `<select id="f-endpoint.${name}" name="endpoint.${name}">${hint.split(",").map(v => `<option value="${v}">${v || "(this service)"}</option>`).join("")}</select>`
+        : `<input id="f-endpoint.${name}" name="endpoint.${name}" placeholder="${esc(hint)}">`)).join("")}
     <span></span><button>Submit</button><span class="error" data-field="_"></span></form>
+    <h3>Store a secret (a remote API key; write-only)</h3><form id="secret" class="grid">
+    ${row("name", `<input id="s-name" name="name" placeholder="openai">`)}
+    ${row("value", `<input id="s-value" name="value" type="password" autocomplete="off">`)}
+    <span></span><button>Store</button><span class="error" data-field="_"></span></form>
     <h3>Upload a dataset</h3><form id="upload" class="grid">
     ${["file", "name", "template", "verbalizer", "text_field", "label_field"].map(name => `<label for="u-${name}">${name}</label>
       <input id="u-${name}" name="${name}" ${name === "file" ? 'type="file" accept=".jsonl,.json,.csv"' : ""}
@@ -127,6 +146,17 @@ async function submitPage() {
       upload.querySelector('.error[data-field="_"]').textContent = `uploaded ${dataset.summary.rows} rows`;
     } catch (error) { showErrors(upload, error); }
   };
+  const secret = document.getElementById("secret");
+  secret.onsubmit = async event => {
+    event.preventDefault();
+    secret.querySelectorAll(".error").forEach(e => e.textContent = "");
+    const body = Object.fromEntries(new FormData(secret));
+    try {
+      const stored = await api("/v1/secrets", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+      secret.reset();
+      secret.querySelector('.error[data-field="_"]').textContent = `stored ${stored.name}`;
+    } catch (error) { showErrors(secret, error); }
+  };
   const form = document.getElementById("submit");
   const method = document.getElementById("f-method");
   const showOptions = () => form.querySelectorAll(".option").forEach(option => {
@@ -143,7 +173,9 @@ async function submitPage() {
     for (const [name, raw] of new FormData(form)) {
       if (raw === "") continue;
       const value = NUMBERS.has(name) ? Number(raw) : raw;
-      if (name.startsWith("options.")) job.options[name.slice(8)] = value; else job[name] = value;
+      if (name.startsWith("options.")) job.options[name.slice(8)] = value;
+      else if (name.startsWith("endpoint.")) (job.endpoint ||= {})[name.slice(9)] = value;
+      else job[name] = value;
     }
     try {
       const created = await api("/v1/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(job)});
@@ -208,7 +240,9 @@ async function jobPage(id) {
       <span>${esc(job.method)} · ${esc(job.task)} · ${esc(job.model)}</span><span>calls ${job.calls} / ${job.budget}</span>
       <span>best train loss ${fmt(job.best_train_loss, 4)}</span><span>best dev ${fmt(job.best_dev_metric)}</span>
       <span>test ${fmt(job.test_metric)}</span><span>ETA ${job.eta_seconds == null ? "–" : Math.round(job.eta_seconds) + " s"}</span>
-      ${job.error ? `<span class="error">${esc(job.error)}</span>` : ""}${job.message ? `<span>${esc(job.message)}</span>` : ""}`;
+      ${job.error ? `<span class="error">${esc(job.error)}</span>` : ""}${job.message ? `<span>${esc(job.message)}</span>` : ""}
+      ${job.result?.prompt_text ? `<span>prompt: <code>${esc(job.result.prompt_text)}</code></span>` : ""}
+      ${job.result?.usage ? `<span>remote: ${job.result.usage.requests} requests, ${job.result.usage.prompt_tokens} prompt tokens, ${job.result.usage.missing_label_words}/${job.result.usage.label_scores} label scores at the floor</span>` : ""}`;
     const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
     document.getElementById("cancel").disabled = finished || job.cancel_requested;
     document.getElementById("download").disabled = job.status !== "succeeded";

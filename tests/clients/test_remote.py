@@ -1,0 +1,186 @@
+"""The OpenAI-compatible client against a fake server: label scores, the floor, usage, retries (429 storms with
+Retry-After, 500s, timeouts, malformed JSON), missing logprobs, chat, secrets hygiene, the URL allowlist."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+
+import numpy as np
+import pytest
+from fake_openai import FakeOpenAI
+
+from clients import ModelClient
+from clients.remote import (EndpointConfig, EndpointConfigError, OpenAIClient, RemoteError, check_url,
+                            label_scores)
+from clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+
+TASK = TaskSpec(template="Review: {text} It was {mask}.", labels=("neg", "pos"), verbalizer=("bad", "great"))
+EXAMPLES = Examples(texts=["a great film", "bad, bad acting", "it is what it is"], labels=[1, 0, 1])
+KEY = "sk-test-0123456789-very-secret"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _reset(server):
+    server.faults.clear()
+    server.requests.clear()
+    server.headers.clear()
+
+
+def _client(server, api="completions", **kw) -> OpenAIClient:
+    options = dict(kind="openai", base_url=server.url, model="fake", api=api, backoff=0.01, timeout=1.0)
+    options.update(kw)
+    return OpenAIClient(EndpointConfig.from_dict(options), KEY)
+
+
+def _text_request(texts=("", "great great")) -> EvalRequest:
+    return EvalRequest(TASK, EXAMPLES, PromptSpec(mode="text"), texts=list(texts))
+
+
+def _run(client, request):
+    async def go():
+        try:
+            return await client.evaluate(request)
+        finally:
+            await client.aclose()
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_label_scores_come_from_first_token_logprobs(server, api):
+    client = _client(server, api)
+    assert isinstance(client, ModelClient)
+    result = _run(client, _text_request())
+    assert result.logits.shape == (2, 3, 2)
+    # The same texts the fake scored: its log-probabilities of " bad" / " great" for each rendered input.
+    prompts = [r["prompt"] if api == "completions" else r["messages"][-1]["content"] for r in server.requests]
+    assert len(prompts) == 6 == result.usage["requests"]  # 2 candidates x 3 examples, all distinct
+    first = "Review: a great film It was"
+    assert first in prompts and "great great\nReview: a great film It was" in prompts
+    expected = FakeOpenAI.top(first)
+    assert result.logits[0, 0].tolist() == pytest.approx([expected[" bad"], expected[" great"]])
+    # The prompt naming "great" raises the gold label's score on positive examples.
+    assert result.logits[1, 0, 1] > result.logits[0, 0, 1]
+    assert result.usage["prompt_tokens"] > 0 and result.usage["completion_tokens"] == 6
+    assert all(r.get("max_tokens") == 1 and r.get("temperature") == 0 for r in server.requests)
+    assert all(h["authorization"] == f"Bearer {KEY}" for h in server.headers)
+
+
+def test_missing_label_word_gets_the_floor_and_is_counted(server):
+    server.faults[:] = ["drop: bad"] * 3
+    client = _client(server, top_logprobs=20)
+    result = _run(client, _text_request(texts=[""]))
+    assert result.usage["missing_label_words"] == 3 and result.usage["label_scores"] == 6
+    by_prompt = {r["prompt"]: min(FakeOpenAI.top(r["prompt"], drop=" bad").values()) - 1.0 for r in server.requests}
+    floors = [by_prompt[f"Review: {t} It was"] for t in EXAMPLES.texts]
+    assert [row[0] for row in result.logits[0]] == pytest.approx(floors)
+
+
+def test_label_score_matching_rules():
+    top = {" Great": -1.0, "neg": -2.0, " the": -3.0, "n": -0.1}
+    scores, missing = label_scores(top, (" great", " negative", " bad"), floor_margin=1.0)
+    assert scores[:2] == [-1.0, -2.0]  # case-insensitive exact; a >= 3-character prefix of the word
+    assert scores[2] == -4.0 and missing == 1  # one-letter "n" never stands for a word; the floor is min - 1
+
+
+def test_429_storm_is_retried_honouring_retry_after(server):
+    server.faults[:] = ["429"] * 8
+    slept = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    client = _client(server, max_retries=10, concurrency=1)
+    client._sleep = sleep
+    result = _run(client, _text_request(texts=[""]))
+    assert result.logits.shape == (1, 3, 2)
+    assert result.usage["retries"] == 8 and slept == [pytest.approx(0.01)] * 8  # the header, not the backoff
+
+
+def test_500s_and_timeouts_are_retried(server):
+    server.faults[:] = ["500", "timeout", "500"]
+    result = _run(_client(server, timeout=0.3, concurrency=1), _text_request(texts=[""]))
+    assert result.usage["retries"] == 3 and np.isfinite(result.logits).all()
+
+
+def test_malformed_json_retries_then_gives_up_with_a_clear_error(server):
+    server.faults[:] = ["malformed"] * 10
+    with pytest.raises(RemoteError, match="not JSON.*gave up after 3 attempts"):
+        _run(_client(server, max_retries=2, concurrency=1), _text_request(texts=[""]))
+
+
+def test_missing_logprobs_fails_at_once(server):
+    server.faults[:] = ["nologprobs"] * 10
+    with pytest.raises(RemoteError, match="must support logprobs") as info:
+        _run(_client(server, concurrency=1), _text_request(texts=[""]))
+    assert KEY not in str(info.value)
+
+
+def test_key_never_in_repr_or_errors(server):
+    client = _client(server)
+    assert KEY not in repr(client) and KEY not in repr(client.config)
+    bad = OpenAIClient(EndpointConfig.from_dict({"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                                 "model": "m", "max_retries": 0, "timeout": 0.5}), KEY)
+    with pytest.raises(RemoteError) as info:
+        _run(bad, _text_request(texts=[""]))
+    assert KEY not in str(info.value)
+
+
+def test_soft_prompts_are_refused_by_a_text_only_endpoint(server):
+    request = EvalRequest(TASK, EXAMPLES, PromptSpec(mode="add", n_tokens=2), z=np.zeros((1, 500)))
+    with pytest.raises(RemoteError, match="text only"):
+        _run(_client(server), request)
+
+
+def test_demos_mode_renders_demonstrations(server):
+    task = TaskSpec(template=TASK.template, labels=TASK.labels, verbalizer=TASK.verbalizer,
+                    demos=(("loved it", None, 1), ("hated it", None, 0)))
+    request = EvalRequest(task, Examples(texts=["fine"], labels=[1]), PromptSpec(mode="demos"),
+                          z=np.array([[1, 0], [-1, -1]]))
+    _run(_client(server), request)
+    assert sorted(r["prompt"] for r in server.requests) == [
+        "Review: fine It was",
+        "Review: hated it It was bad.\n\nReview: loved it It was great.\n\nReview: fine It was"]
+
+
+def _resolver(address):
+    return lambda host, port: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.5", "169.254.169.254", "172.16.0.1"])
+def test_private_and_loopback_hosts_are_denied_by_default(address):
+    with pytest.raises(EndpointConfigError, match="NOGRAD_REMOTE_ALLOW"):
+        check_url("https://internal.example/v1", resolve=_resolver(address))
+
+
+def test_allowlist_admits_hosts_and_networks():
+    check_url("https://api.example.com/v1", resolve=_resolver("93.184.216.34"))  # public: fine
+    check_url("http://internal.example/v1", allow=("internal.example",), resolve=_resolver("10.0.0.1"))
+    check_url("http://gpu-box/v1", allow=("10.0.0.0/8",), resolve=_resolver("10.4.4.4"))
+    with pytest.raises(EndpointConfigError):
+        check_url("http://gpu-box/v1", allow=("10.0.0.0/16",), resolve=_resolver("10.4.4.4"))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"kind": "openai", "base_url": "ftp://x/v1", "model": "m"}, "http"),
+    ({"kind": "openai", "base_url": "https://u:p@x/v1", "model": "m"}, "credentials"),
+    ({"kind": "grpc", "base_url": "https://x/v1", "model": "m"}, "kind"),
+    ({"kind": "openai", "base_url": "https://x/v1"}, "model"),
+    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "api_key": "sk"}, "api_key is not"),
+])
+def test_endpoint_config_errors_name_the_field(data, message):
+    with pytest.raises(EndpointConfigError, match=message):
+        EndpointConfig.from_dict(data)
+
+
+def test_floor_is_below_every_returned_score():
+    top = FakeOpenAI.top("anything", drop=" great")
+    scores, missing = label_scores(top, (" great",), 1.0)
+    assert missing == 1 and scores[0] < min(top.values()) and math.isfinite(scores[0])
