@@ -45,30 +45,38 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):5.1f} ± {100 * std:4.1f}"
 
 
+def _progress(name: str):
+    started = time.perf_counter()
+
+    def show(entry: dict) -> None:
+        print(f"  {name}: {entry['calls']} calls, {time.perf_counter() - started:.0f} s", flush=True)
+    return show
+
+
 async def _run_all(args) -> dict:
     client = LocalClient.from_model(args.model, dtype=args.dtype, memory_cap_mb=args.memory_cap_mb)
     results: dict = {}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    for task in args.tasks:
-        for method in args.methods:
-            for seed in args.seeds:
-                name = f"{task}-{method}-s{seed}-b{args.budget}"
-                path = out / f"{name}.json"
-                if path.exists():
-                    result = json.loads(path.read_text())
-                else:
-                    config = RunConfig(task=task, method=method, seed=seed, budget=args.budget, model=args.model,
-                                       dtype=args.dtype, k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb,
-                                       **METHOD_OPTIONS[method])
-                    started = time.perf_counter()
-                    result = await run(config, client)
-                    result["config"] = config.to_dict()
-                    path.write_text(json.dumps(result, indent=2))
-                    print(f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
-                          f"({time.perf_counter() - started:.0f} s)", flush=True)
-                results.setdefault(task, {}).setdefault(method, []).append(result)
-        if "bbt" in args.methods:
+    # Seeds outermost: an interrupted bench still has every task and method for the seeds it finished.
+    for seed, task, method in [(s, t, m) for s in args.seeds for t in args.tasks for m in args.methods]:
+        name = f"{task}-{method}-s{seed}-b{args.budget}"
+        path = out / f"{name}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+        else:
+            config = RunConfig(task=task, method=method, seed=seed, budget=args.budget, model=args.model,
+                               dtype=args.dtype, k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb,
+                               **METHOD_OPTIONS[method])
+            started = time.perf_counter()
+            result = await run(config, client, on_generation=_progress(name) if args.verbose else None)
+            result["config"] = config.to_dict()
+            path.write_text(json.dumps(result, indent=2))
+            print(f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        results.setdefault(task, {}).setdefault(method, []).append(result)
+    if "bbt" in args.methods:
+        for task in args.tasks:
             results[task]["bbt z=0"] = [await _initial_prompt(client, task, out)]
     return results
 
@@ -121,6 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--memory-cap-mb", type=float, default=256)
+    parser.add_argument("--verbose", action="store_true", help="print progress after every generation")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality"))
     args = parser.parse_args(argv)
     results = asyncio.run(_run_all(args))

@@ -2,8 +2,8 @@
 
 Label-word scores come from the log-probabilities of the first generated token (max_tokens 1, temperature 0):
 a label's score is the log-probability of the returned top token whose text equals the label word (compared
-without surrounding whitespace, case-insensitively), else of the longest returned token that starts the label word
-(at least 3 characters, or the whole word when shorter). A label word absent from the returned top list is
+without surrounding whitespace; case-insensitively only when no token matches exactly), else of the longest
+returned token that starts the label word (at least 3 characters, or the whole word when shorter). A label word absent from the returned top list is
 scored at the **floor**: the lowest returned log-probability minus `floor_margin` (1 nat by default): the word is
 known to be less likely than everything returned. Every floored score is counted (`usage["missing_label_words"]`)
 and reported with the job.
@@ -63,6 +63,9 @@ class EndpointConfig:
     backoff: float = 0.5
     max_backoff: float = 30.0
     floor_margin: float = 1.0
+    #: vllm + BBT: the same model's weights here (a built-in name or a local path) to build prompt_embeds with.
+    embedder_model: str | None = None
+    exact_label_ids: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> "EndpointConfig":
@@ -142,12 +145,14 @@ def label_scores(top: dict[str, float], words: tuple[str, ...], floor_margin: fl
     many words fell to the floor (see the module docstring)."""
     if not top:
         raise RemoteError("the endpoint returned an empty top_logprobs list")
-    normalized = [(t.strip().lower(), lp) for t, lp in top.items()]
+    stripped = [(t.strip(), lp) for t, lp in top.items()]
+    normalized = [(t.lower(), lp) for t, lp in stripped]
     floor = min(top.values()) - floor_margin
     scores, missing = [], 0
     for word in words:
         target = word.strip().lower()
-        exact = [lp for t, lp in normalized if t and t == target]
+        exact = [lp for t, lp in stripped if t and t == word.strip()] or \
+            [lp for t, lp in normalized if t and t == target]
         if exact:
             scores.append(max(exact))
             continue
@@ -395,8 +400,10 @@ def encode_embeds(embeds: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def make_client(config: EndpointConfig, api_key: str | None = None, **kw) -> OpenAIClient:
-    return (VLLMClient if config.kind == "vllm" else OpenAIClient)(config, api_key, **kw)
+def make_client(config: EndpointConfig, api_key: str | None = None, *, embedder=None, **kw) -> OpenAIClient:
+    if config.kind == "vllm":
+        return VLLMClient(config, api_key, embedder=embedder, exact_label_ids=config.exact_label_ids, **kw)
+    return OpenAIClient(config, api_key, **kw)
 
 
 __all__ = ["EndpointConfig", "EndpointConfigError", "OpenAIClient", "RemoteError", "VLLMClient", "check_url",

@@ -18,7 +18,10 @@ _HELP = {
     "verbalizer": "label:word pairs, e.g. 'neg:negative,pos:positive'", "budget": "model calls (candidates scored)",
     "optimizer": "cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt", "mode": "bbt prompt injection: cat or add",
     "init": "text whose tokens seed the prompt", "dev_every": "evaluate on dev every N calls",
-    "icl_shots": "demonstrations per class for --method icl",
+    "icl_shots": "demonstrations per class for --method icl / icl_search",
+    "endpoint": "a remote endpoint as JSON, e.g. '{\"kind\": \"openai\", \"base_url\": \"http://127.0.0.1:8080/v1\", "
+                "\"model\": \"m\", \"api_key_secret\": \"OPENAI_API_KEY\"}' (from the CLI, api_key_secret names an "
+                "environment variable holding the key)",
 }
 
 
@@ -27,7 +30,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for f in fields(RunConfig):
         default = getattr(defaults, f.name)
         kind = type(default) if default is not None else {"bounds": float, "alpha": float, "popsize": int,
-                                                          "test_fraction": float}.get(f.name, str)
+                                                          "test_fraction": float, "prompt_length": int, "lr": float,
+                                                          "endpoint": json.loads}.get(f.name, str)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                             help=_HELP.get(f.name, f"default {default}"))
 
@@ -52,6 +56,18 @@ def _progress(config: RunConfig):
 
 def _client(config: RunConfig):
     from clients.local import LocalClient
+
+    if config.endpoint is not None:
+        import os
+
+        from clients.remote import EndpointConfig, make_client
+
+        endpoint = EndpointConfig.from_dict(config.endpoint)
+        key = os.environ.get(endpoint.api_key_secret) if endpoint.api_key_secret else None
+        embedder = None
+        if endpoint.kind == "vllm" and endpoint.embedder_model:
+            embedder = LocalClient.from_model(endpoint.embedder_model, dtype="fp32").engine
+        return make_client(endpoint, key, embedder=embedder)
 
     return LocalClient.from_model(config.model, dtype=config.dtype, device=config.device,
                                   memory_cap_mb=config.memory_cap_mb)

@@ -127,6 +127,9 @@ class RunConfig:
             if self.method == "bbt" and (self.endpoint.get("kind") != "vllm" or self.mode != "cat"):
                 fail("method", "bbt sends soft prompts (embeddings): a text-only endpoint cannot take them; use bbpl, "
                                "rlprompt, icl_search, manual or icl, or a vllm endpoint with mode 'cat'")
+            if self.method == "bbt" and not self.endpoint.get("embedder_model"):
+                fail("endpoint", "bbt on vllm builds prompt_embeds here: set endpoint.embedder_model to the served "
+                                 "model's weights (a built-in model name or a local path)")
         if self.sigma0 <= 0 or self.alpha <= 0:
             fail("sigma0", "sigma0 and alpha must be > 0")
         if self.loss not in ("ce", "hinge", "perf"):

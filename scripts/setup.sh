@@ -26,6 +26,11 @@ case "${1:-run}" in
     ;;
   test)
     shift || true
+    # The remote-endpoint tests serve the built-in GGUF with llama.cpp's OpenAI-compatible server. It compiles
+    # from source (~7 min on 2 cores, then pip's wheel cache); a portable build: a native one crashed here.
+    if ! .venv/bin/python -c "import llama_cpp.server" >/dev/null 2>&1; then
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF" .venv/bin/python -m pip install -q 'llama-cpp-python[server]==0.3.36'
+    fi
     # The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
     if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
       { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 \

@@ -11,6 +11,7 @@ one an uninterrupted run would have produced.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -243,7 +244,10 @@ class JobRunner:
             if self.secret_box is None:
                 raise SecretError("this runner has no secrets key; set NOGRAD_SECRETS_KEY")
             key = tenant_secret(self.store, self.secret_box, job["tenant"], endpoint.api_key_secret)
-        return make_client(endpoint, key, transport=self.remote_transport)
+        embedder = None
+        if endpoint.kind == "vllm" and endpoint.embedder_model and config.method == "bbt":
+            embedder = _embedder(endpoint.embedder_model)
+        return make_client(endpoint, key, embedder=embedder, transport=self.remote_transport)
 
     async def _run_search(self, job: dict, config: RunConfig, data, client, info, timing: dict,
                           started: float) -> None:
@@ -288,6 +292,14 @@ class JobRunner:
         return await asyncio.to_thread(self.store.save_progress, job_id, self.owner, checkpoint=checkpoint,
                                        entry=entry, calls=search.calls, generation=search.generation,
                                        best_train_loss=best_train, best_dev_metric=best_dev)
+
+
+@functools.lru_cache(maxsize=2)
+def _embedder(model: str):
+    """A local copy of a vLLM-served model (fp32, CPU) that turns BBT candidates into prompt_embeds."""
+    from service.engine import Engine, load_model
+
+    return Engine(load_model(model, dtype="fp32", device="cpu"))
 
 
 def job_config(store: Store, data_dir: Path, values: dict, dataset_id: str | None) -> RunConfig:

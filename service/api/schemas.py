@@ -56,6 +56,9 @@ class EndpointSpec(BaseModel):
     concurrency: int | None = Field(None, ge=1, le=64)
     timeout: float | None = Field(None, gt=0, le=600)
     max_retries: int | None = Field(None, ge=0, le=20)
+    embedder_model: str | None = Field(None, max_length=500, description="vllm + bbt: the served model's weights "
+                                       "here (built-in name or path), to build prompt_embeds")
+    exact_label_ids: bool | None = Field(None, description="vllm: exact label-word scores via logprob_token_ids")
 
 
 class JobCreate(BaseModel):

@@ -98,6 +98,22 @@ class Engine:
             out[i] = done[key]
         return out
 
+    def input_embeddings(self, request: EvalRequest) -> tuple[list[list[np.ndarray]], list[int]]:
+        """For endpoints that take whole inputs as embeddings (vLLM's prompt_embeds): per candidate and example,
+        the (T, H) float32 input embeddings up to and including the scored position, and the label words' token
+        ids. Causal LMs and `cat`/`add` prompts only."""
+        h = self.handle
+        if h.kind != "causal" or request.prompt.mode not in ("cat", "add"):
+            raise EngineError("input embeddings are built for causal LMs and cat/add prompts only")
+        layout = self.layout(request)
+        prompts = self.prompts(request, layout)
+        with torch.inference_mode():
+            prefix = self._prefix_embeddings(layout, prompts, 0, prompts.population).float().cpu()
+            bodies = [h.embedding(layout.body_ids[e, :int(layout.score_pos[e]) + 1].to(h.device)).float().cpu()
+                      for e in range(layout.n_examples)]
+        rows = [[torch.cat([prefix[c], body]).numpy() for body in bodies] for c in range(prompts.population)]
+        return rows, [int(i) for i in layout.label_ids]
+
     def layout(self, request: EvalRequest) -> Layout:
         h = self.handle
         return build_layout(h.tokenizer, h.kind, request.task, request.examples, request.prompt, h.max_length)

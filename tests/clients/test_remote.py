@@ -84,9 +84,10 @@ def test_missing_label_word_gets_the_floor_and_is_counted(server):
 
 
 def test_label_score_matching_rules():
-    top = {" Great": -1.0, "neg": -2.0, " the": -3.0, "n": -0.1}
+    top = {" Great": -1.0, "neg": -2.0, " the": -3.0, "n": -0.1, " Fine": -0.5, " fine": -1.5}
     scores, missing = label_scores(top, (" great", " negative", " bad"), floor_margin=1.0)
-    assert scores[:2] == [-1.0, -2.0]  # case-insensitive exact; a >= 3-character prefix of the word
+    assert scores[:2] == [-1.0, -2.0]  # case-insensitive when nothing matches exactly; a >= 3-character prefix
+    assert label_scores(top, (" fine",), 1.0)[0] == [-1.5]  # the exact case wins over a likelier capital
     assert scores[2] == -4.0 and missing == 1  # one-letter "n" never stands for a word; the floor is min - 1
 
 

@@ -86,3 +86,22 @@ def test_bad_input_is_a_clear_error(files, tmp_path, capsys, change, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "nograd: error:" in err and message in err
+
+
+def test_run_bbpl_against_a_remote_endpoint(files, tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
+    from fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("FAKE_KEY", "sk-cli-secret")
+    with FakeOpenAI() as fake:
+        endpoint = json.dumps({"kind": "openai", "base_url": fake.url, "model": "m", "api_key_secret": "FAKE_KEY"})
+        args = _run_args(files, tmp_path / "run", method="bbpl")
+        args += ["--endpoint", endpoint, "--prompt-length", "2", "--ngram-min-count", "1", "--popsize", "4"]
+        assert main(args) == 0
+        assert all(h["authorization"] == "Bearer sk-cli-secret" for h in fake.headers)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["calls"] == 24 and result["usage"]["requests"] > 0 and result["model_id"].startswith("openai:m@")
+    assert "sk-cli-secret" not in (tmp_path / "run" / "config.json").read_text()

@@ -72,6 +72,9 @@ def _endpoint(body: JobCreate, store, tenant: str, settings) -> dict:
         check_url(config.base_url, tuple(settings.remote_allow))
     except EndpointConfigError as exc:
         raise Invalid("endpoint.base_url", str(exc)) from None
+    if config.embedder_model and config.embedder_model not in settings.models:
+        raise Invalid("endpoint.embedder_model", f"{config.embedder_model!r} is not one of this service's models "
+                                                 f"({', '.join(settings.models)}); the operator adds it to NOGRAD_MODELS")
     if config.api_key_secret and store.secret(tenant, config.api_key_secret) is None:
         raise Invalid("endpoint.api_key_secret", f"secret {config.api_key_secret!r} not found; store the key "
                                                  "with POST /v1/secrets first")
