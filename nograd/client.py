@@ -68,6 +68,10 @@ class Client:
         """POST /v1/jobs; keyword arguments are JobCreate's fields (options as a dict)."""
         return self._json(self._http.post("/v1/jobs", json=job))
 
+    def put_secret(self, name: str, value: str) -> dict:
+        """POST /v1/secrets: store a remote API key under `name` (write-only)."""
+        return self._json(self._http.post("/v1/secrets", json={"name": name, "value": value}))
+
     def job(self, job_id: str) -> dict:
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 

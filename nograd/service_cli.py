@@ -130,7 +130,8 @@ def _parse_option(text: str) -> tuple[str, object]:
 def cmd_submit(args: argparse.Namespace) -> int:
     job = {"method": args.method, "model": args.model, "budget": args.budget, "seed": args.seed,
            "k_shot": args.k_shot, "dev_every": args.dev_every, "task": args.task, "dataset_id": args.dataset_id,
-           "init_from": args.init_from, "options": dict(_parse_option(o) for o in args.option)}
+           "init_from": args.init_from, "options": dict(_parse_option(o) for o in args.option),
+           "endpoint": json.loads(args.endpoint) if args.endpoint else None}
     with _client(args) as api:
         created = api.submit(**{k: v for k, v in job.items() if v is not None})
         print(created["id"])
@@ -186,6 +187,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"{job['id']}  {job['status']:9s} {job['method']:7s} {job['task']:10s} {job['calls']:>6}/"
               f"{job['budget']:<6} dev={dev} test={test}")
     print(f"{len(page['data'])} of {page['count']} jobs", file=sys.stderr)
+    return 0
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    value = sys.stdin.readline().rstrip("\n")
+    if not value:
+        print("nograd secret: pipe the key on stdin, e.g. `printenv OPENAI_API_KEY | nograd secret openai`",
+              file=sys.stderr)
+        return 2
+    with _client(args) as api:
+        stored = api.put_secret(args.name, value)
+    print(f"stored {stored['name']}")
     return 0
 
 
@@ -273,8 +286,15 @@ def add_commands(sub) -> None:
     submit.add_argument("--dev-every", type=int, default=100)
     submit.add_argument("--init-from")
     submit.add_argument("--option", action="append", default=[], help="KEY=VALUE method option (repeatable)")
+    submit.add_argument("--endpoint", help="a remote endpoint as JSON, e.g. '{\"kind\": \"openai\", \"base_url\": "
+                                           "\"https://api.openai.com/v1\", \"model\": \"M\", \"api_key_secret\": \"openai\"}'")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
     submit.set_defaults(func=cmd_submit)
+
+    secret = sub.add_parser("secret", help="store a remote API key for your tenant (read from stdin, never echoed)")
+    client_options(secret)
+    secret.add_argument("name")
+    secret.set_defaults(func=cmd_secret)
 
     status = sub.add_parser("status", help="show a job")
     client_options(status)

@@ -60,3 +60,15 @@ def test_errors_are_one_line(service):
     assert no_key.returncode == 2 and "HTTP 401" in no_key.stderr
     option = nograd("submit", "--method", "bbt", "--task", "trec", "--option", "popsize", env=service)
     assert option.returncode == 2 and "KEY=VALUE" in option.stderr
+
+
+def test_secret_from_stdin_and_a_remote_endpoint_job(service):
+    stored = subprocess.run([sys.executable, "-m", "nograd.cli", "secret", "remote"], cwd=ROOT, capture_output=True,
+                            text=True, input="sk-from-stdin\n", env={**__import__("os").environ, **service},
+                            timeout=60)
+    assert stored.returncode == 0 and stored.stdout.strip() == "stored remote" and "sk-from" not in stored.stdout
+    # The service denies loopback hosts by default: a clear one-line 422 on endpoint.base_url.
+    endpoint = json.dumps({"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+                           "api_key_secret": "remote"})
+    bad = nograd("submit", "--method", "bbpl", "--task", "mr", "--endpoint", endpoint, env=service)
+    assert bad.returncode == 2 and "endpoint.base_url" in bad.stderr and "NOGRAD_REMOTE_ALLOW" in bad.stderr
