@@ -38,11 +38,12 @@ METHOD_OPTIONS = {
 }
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], seeds: int) -> str:
     if not values:
         return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):5.1f} ± {100 * std:4.1f}"
+    partial = f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else ""
+    return f"{100 * statistics.mean(values):5.1f} ± {100 * std:4.1f}{partial}"
 
 
 def _progress(name: str):
@@ -64,6 +65,8 @@ async def _run_all(args) -> dict:
         path = out / f"{name}.json"
         if path.exists():
             result = json.loads(path.read_text())
+        elif args.cached_only:
+            continue
         else:
             config = RunConfig(task=task, method=method, seed=seed, budget=args.budget, model=args.model,
                                dtype=args.dtype, k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb,
@@ -103,7 +106,8 @@ def _table(results: dict, args) -> str:
     lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
     rows = list(args.methods) + (["bbt z=0"] if "bbt" in args.methods else [])
     for method in rows:
-        cells = [_fmt([r["test_metric"] for r in results[t].get(method, [])]) for t in args.tasks]
+        cells = [_fmt([r["test_metric"] for r in results.get(t, {}).get(method, [])],
+                      1 if method == "bbt z=0" else len(args.seeds)) for t in args.tasks]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "gain over manual (mean test metric difference, x100):"]
     for method in rows:
@@ -111,9 +115,11 @@ def _table(results: dict, args) -> str:
             continue
         gains = []
         for t in args.tasks:
-            manual = statistics.mean(r["test_metric"] for r in results[t]["manual"])
-            mine = statistics.mean(r["test_metric"] for r in results[t][method])
-            gains.append(f"{t} {100 * (mine - manual):+.1f}")
+            manual, mine = results.get(t, {}).get("manual"), results.get(t, {}).get(method)
+            if manual and mine:
+                gain = statistics.mean(r["test_metric"] for r in mine) - statistics.mean(
+                    r["test_metric"] for r in manual)
+                gains.append(f"{t} {100 * gain:+.1f}")
         lines.append(f"  {method}: " + ", ".join(gains))
     return "\n".join(lines)
 
@@ -129,6 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--memory-cap-mb", type=float, default=256)
+    parser.add_argument("--cached-only", action="store_true", help="only tabulate the runs already saved")
     parser.add_argument("--verbose", action="store_true", help="print progress after every generation")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality"))
     args = parser.parse_args(argv)
