@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
 
-from procs import Proc, RedisServer, free_port, serve, wait_until, worker  # noqa: E402
+from procs import Proc, RedisServer, answers, free_port, serve, wait_until, worker  # noqa: E402
 
 
 def percentile(values, q: float) -> float:
@@ -86,16 +86,7 @@ class Stack:
         args = ["serve", "--data-dir", str(self.data_dir), "--port", str(port), "--models", self.model, *extra,
                 "--redis-url", self.redis.url, "--no-embedded-worker"]
         proc = Proc(args, self.root / f"serve-{port}.log", env=env).start()
-
-        def healthy() -> bool:
-            if proc.proc.poll() is not None:
-                raise RuntimeError(f"nograd serve exited:\n{proc.output()[-3000:]}")
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, 60, f"nograd serve on port {port}")
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz", proc), 60, f"nograd serve on port {port}")
         return proc
 
     def live_workers(self) -> list[dict]:

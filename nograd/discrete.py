@@ -36,9 +36,6 @@ class DiscreteSearch(PromptSearch):
         return EvalRequest(self.task, examples, self.spec, texts=[self.prompt_text(row) for row in rows],
                            loss=self.config.loss)
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "method": self.config.method}
-
 
 class BBPLSearch(DiscreteSearch):
     """BBPL: one categorical distribution per prompt position over PMI n-grams of the training text."""

@@ -109,15 +109,16 @@ def serve(data_dir: Path, redis_url: str | None, port: int, *extra: str, models:
     if redis_url:
         args += ["--redis-url", redis_url, "--no-embedded-worker"]
     proc = Proc(args, data_dir.parent / f"serve-{port}.log", env=env).start()
-    wait_until(lambda: _healthy(port, proc), 120, f"nograd serve on port {port}")
+    wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz", proc), 120, f"nograd serve on port {port}")
     return proc
 
 
-def _healthy(port: int, proc: Proc) -> bool:
+def answers(url: str, proc: Proc) -> bool:
+    """Whether `url` answers 200 yet; raises with the log tail if `proc` has exited instead."""
     if proc.proc.poll() is not None:
-        raise RuntimeError(f"nograd serve exited:\n{proc.output()[-3000:]}")
+        raise RuntimeError(f"{proc.module} {' '.join(proc.args[:1])} exited:\n{proc.output()[-3000:]}")
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -144,13 +145,5 @@ def llama_server(log: Path, threads: int = 1) -> tuple[Proc, str]:
     proc = Proc(["--model", str(smollm2_gguf()), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
                  "--logits_all", "true", "--n_threads", str(threads)], log, module="llama_cpp.server").start()
 
-    def ready() -> bool:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited:\n{proc.output()[-2000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 120, "the llama.cpp server")
+    wait_until(lambda: answers(f"http://127.0.0.1:{port}/v1/models", proc), 120, "the llama.cpp server")
     return proc, f"http://127.0.0.1:{port}/v1"
