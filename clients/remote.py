@@ -3,10 +3,19 @@
 Label-word scores come from the log-probabilities of the first generated token (max_tokens 1, temperature 0):
 a label's score is the log-probability of the returned top token whose text equals the label word (compared
 without surrounding whitespace; case-insensitively only when no token matches exactly), else of the longest
-returned token that starts the label word (at least 3 characters, or the whole word when shorter). A label word absent from the returned top list is
-scored at the **floor**: the lowest returned log-probability minus `floor_margin` (1 nat by default): the word is
-known to be less likely than everything returned. Every floored score is counted (`usage["missing_label_words"]`)
-and reported with the job.
+returned token that starts the label word (at least 3 characters, or the whole word when shorter).
+
+A label word without an exact match in the returned top list is **rescored** (`rescore_missing`, on by default;
+the near matches above are the fallback): the client asks once more with `logit_bias` +100 on the word's first token, which makes the endpoint generate that token and
+report its log-probability. The token id comes from `label_token_ids` when given, else from the server's
+tokenizer route (llama-cpp-python `/extras/tokenize`, llama.cpp and vLLM `/tokenize`). A server that reports
+log-probabilities after the bias is recognised (the value would exceed the returned list's lowest) and corrected
+with a token present in both answers: log p(w) = log p(b) + (log p'(w) - log p'(b)) - 100. Rescored words are
+counted (`usage["rescored_label_words"]`).
+
+A word that is still without a score (no token id, or the endpoint ignored the bias) gets the **floor**: the
+lowest returned log-probability minus `floor_margin` (1 nat by default): the word is known to be less likely than
+everything returned. Every floored score is counted (`usage["missing_label_words"]`) and reported with the job.
 
 Requests run concurrently up to `concurrency`; 429, 5xx, timeouts, connection errors and unparseable bodies are
 retried with exponential backoff and full jitter, honouring `Retry-After`. A response without log-probabilities
@@ -63,6 +72,10 @@ class EndpointConfig:
     backoff: float = 0.5
     max_backoff: float = 30.0
     floor_margin: float = 1.0
+    #: ask again with logit_bias for a label word missing from the top list (see the module docstring)
+    rescore_missing: bool = True
+    #: label word -> the endpoint's token id of its first token (else the server's tokenizer route is asked)
+    label_token_ids: dict[str, int] | None = None
     #: vllm + BBT: the same model's weights here (a built-in name or a local path) to build prompt_embeds with.
     embedder_model: str | None = None
     exact_label_ids: bool = False
@@ -88,6 +101,12 @@ class EndpointConfig:
             raise EndpointConfigError("base_url must be an http(s) URL with a host, e.g. https://api.openai.com/v1")
         if url.username or url.password:
             raise EndpointConfigError("base_url must not carry credentials; store the key as a secret")
+        ids = values.get("label_token_ids")
+        if ids is not None and (not isinstance(ids, dict) or not all(
+                isinstance(k, str) and k.strip() and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in ids.items())):
+            raise EndpointConfigError("label_token_ids must map each label word to its first token's id (an int "
+                                      ">= 0), e.g. {\"positive\": 3967}")
         config = cls(**values)
         if not 1 <= config.top_logprobs <= 100 or not 1 <= config.concurrency <= 64:
             raise EndpointConfigError("top_logprobs must be in [1, 100] and concurrency in [1, 64]")
@@ -140,30 +159,30 @@ def _is_network(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+def match_label(top: dict[str, float], word: str, exact_only: bool = False) -> float | None:
+    """A label word's log-probability in one position's top list (token text -> logprob), or None when absent
+    (the matching rules are in the module docstring; `exact_only`: the first rule only)."""
+    stripped = [(t.strip(), lp) for t, lp in top.items()]
+    exact = [lp for t, lp in stripped if t and t == word.strip()]
+    if exact_only:
+        return max(exact) if exact else None
+    target = word.strip().lower()
+    exact = exact or [lp for t, lp in stripped if t and t.lower() == target]
+    if exact:
+        return max(exact)
+    need = min(3, len(target))
+    prefix = [(len(t), lp) for t, lp in stripped if len(t) >= need and target.startswith(t.lower())]
+    return max(prefix)[1] if prefix else None
+
+
 def label_scores(top: dict[str, float], words: tuple[str, ...], floor_margin: float) -> tuple[list[float], int]:
     """Label-word log-probabilities from one position's top log-probabilities (token text -> logprob), and how
     many words fell to the floor (see the module docstring)."""
     if not top:
         raise RemoteError("the endpoint returned an empty top_logprobs list")
-    stripped = [(t.strip(), lp) for t, lp in top.items()]
-    normalized = [(t.lower(), lp) for t, lp in stripped]
     floor = min(top.values()) - floor_margin
-    scores, missing = [], 0
-    for word in words:
-        target = word.strip().lower()
-        exact = [lp for t, lp in stripped if t and t == word.strip()] or \
-            [lp for t, lp in normalized if t and t == target]
-        if exact:
-            scores.append(max(exact))
-            continue
-        need = min(3, len(target))
-        prefix = [(len(t), lp) for t, lp in normalized if len(t) >= need and target.startswith(t)]
-        if prefix:
-            scores.append(max(prefix)[1])
-        else:
-            scores.append(floor)
-            missing += 1
-    return scores, missing
+    found = [match_label(top, word) for word in words]
+    return [floor if v is None else v for v in found], sum(v is None for v in found)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -199,7 +218,10 @@ class OpenAIClient:
         self._client: httpx.AsyncClient | None = None
         self._slots = asyncio.Semaphore(config.concurrency)
         self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                      "label_scores": 0, "missing_label_words": 0}
+                      "label_scores": 0, "rescored_label_words": 0, "missing_label_words": 0}
+        self._token_ids: dict[str, int | None] = {k.strip(): v for k, v in (config.label_token_ids or {}).items()}
+        self._tokenizer_lock = asyncio.Lock()
+        self._tokenize_route: tuple[str, str] | None | bool = False  # False: not looked for yet
 
     def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}({self.config.base_url!r}, model={self.config.model!r})"
@@ -281,20 +303,110 @@ class OpenAIClient:
             top = {t: v for t, v in top.items() if math.isfinite(v)}
         return top
 
-    async def _score_text(self, text: str, words: tuple[str, ...]) -> list[float]:
+    def _body(self, text: str) -> tuple[str, dict]:
         c = self.config
         if c.api == "chat":
-            body = {"model": c.model, "messages": [{"role": "user", "content": text}], "max_tokens": 1,
-                    "temperature": 0, "logprobs": True, "top_logprobs": min(c.top_logprobs, 20)}
-            data = await self._post("chat/completions", body)
-        else:
-            body = {"model": c.model, "prompt": text, "max_tokens": 1, "temperature": 0,
-                    "logprobs": c.top_logprobs}
-            data = await self._post("completions", body)
-        scores, missing = label_scores(self._top_logprobs(data), words, c.floor_margin)
+            return "chat/completions", {"model": c.model, "messages": [{"role": "user", "content": text}],
+                                        "max_tokens": 1, "temperature": 0, "logprobs": True,
+                                        "top_logprobs": min(c.top_logprobs, 20)}
+        return "completions", {"model": c.model, "prompt": text, "max_tokens": 1, "temperature": 0,
+                               "logprobs": c.top_logprobs}
+
+    async def _score_text(self, text: str, words: tuple[str, ...]) -> list[float]:
+        c = self.config
+        path, body = self._body(text)
+        top = self._top_logprobs(await self._post(path, body))
+        if not top:
+            raise RemoteError("the endpoint returned an empty top_logprobs list")
+        found = [match_label(top, word, exact_only=c.rescore_missing) for word in words]
+        for i, word in enumerate(words):
+            if found[i] is None and c.rescore_missing:
+                # Exactly this word's first token, rather than a near match (another case, a prefix) in the list.
+                found[i] = await self._rescore(text, word, top)
+                self.usage["rescored_label_words"] += found[i] is not None
+                found[i] = match_label(top, word) if found[i] is None else found[i]
+        floor = min(top.values()) - c.floor_margin
         self.usage["label_scores"] += len(words)
-        self.usage["missing_label_words"] += missing
-        return scores
+        self.usage["missing_label_words"] += sum(v is None for v in found)
+        return [floor if v is None else v for v in found]
+
+    # ---------------------------------------------------------------- missing label words
+    BIAS = 100.0
+
+    async def _rescore(self, text: str, word: str, top: dict[str, float]) -> float | None:
+        """`word`'s log-probability from a second request with logit_bias on its first token (None when the
+        endpoint cannot say: no token id, or the bias was ignored)."""
+        token_id = await self._first_token_id(word)
+        if token_id is None:
+            return None
+        path, body = self._body(text)
+        body["logit_bias"] = {str(token_id): self.BIAS}
+        generated, value, top2 = self._generated(await self._post(path, body))
+        piece = (generated or "").strip().lower()
+        if not piece or value is None or not word.strip().lower().startswith(piece):
+            return None  # the endpoint did not generate the biased token: it ignores logit_bias
+        # Other tokens' values tell how the answer is reported: unchanged -> before the bias (OpenAI, vLLM and
+        # llama.cpp by default); shifted -> after it, and a token both answers list corrects the value.
+        shared = [t for t in top2 if t in top and t != generated]
+        if not shared:
+            return value if value <= min(top.values()) + 1e-3 else None
+        b = shared[0]
+        if abs(top2[b] - top[b]) < 1e-3:
+            return value
+        return top[b] + (value - top2[b]) - self.BIAS
+
+    def _generated(self, data: dict) -> tuple[str | None, float | None, dict[str, float]]:
+        """The generated token's text, its log-probability and the top list, from a 1-token answer."""
+        try:
+            logprobs = data["choices"][0]["logprobs"]
+            if self.config.api == "chat":
+                entry = logprobs["content"][0]
+                return entry["token"], float(entry["logprob"]), self._top_logprobs(data)
+            return logprobs["tokens"][0], float(logprobs["token_logprobs"][0]), self._top_logprobs(data)
+        except (KeyError, IndexError, TypeError, ValueError, RemoteError):
+            return None, None, {}
+
+    async def _first_token_id(self, word: str) -> int | None:
+        key = word.strip()
+        async with self._tokenizer_lock:
+            if key not in self._token_ids:
+                ids = await self._tokenize(word)
+                self._token_ids[key] = ids[0] if ids else None
+            return self._token_ids[key]
+
+    async def _tokenize(self, text: str) -> list[int] | None:
+        """`text`'s token ids from the server's tokenizer route, without any special tokens it prepends; None when
+        the server has no such route (found once, then remembered)."""
+        root = self.config.base_url.rstrip("/")
+        root = root[:-3] if root.endswith("/v1") else root
+        routes = [("/extras/tokenize", "input"), ("/tokenize", "prompt"), ("/tokenize", "content")]
+        if self._tokenize_route is None:
+            return None
+        for path, field in ([self._tokenize_route] if self._tokenize_route else routes):
+            ids = [await self._tokenize_at(root + path, field, t) for t in (text, "")]
+            if ids[0] is None or ids[1] is None:
+                continue
+            self._tokenize_route = (path, field)
+            special = len(ids[1]) if ids[0][:len(ids[1])] == ids[1] else 0
+            return ids[0][special:] or None
+        if not self._tokenize_route:
+            self._tokenize_route = None
+            log.info("remote %s: no tokenizer route; label words missing from the top list get the floor",
+                     urlsplit(self.config.base_url).hostname)
+        return None
+
+    async def _tokenize_at(self, url: str, field: str, text: str) -> list[int] | None:
+        try:
+            response = await self._http().post(url, json={"model": self.config.model, field: text})
+        except httpx.HTTPError:
+            return None
+        self.usage["requests"] += 1
+        try:
+            tokens = response.json().get("tokens") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            return None
+        ok = isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
+        return tokens if ok else None
 
     def _texts(self, request: EvalRequest) -> list[list[str]]:
         """(P, E) model inputs: each candidate's concrete prompt rendered around each example."""
@@ -407,4 +519,4 @@ def make_client(config: EndpointConfig, api_key: str | None = None, *, embedder=
 
 
 __all__ = ["EndpointConfig", "EndpointConfigError", "OpenAIClient", "RemoteError", "VLLMClient", "check_url",
-           "encode_embeds", "label_scores", "make_client"]
+           "encode_embeds", "label_scores", "make_client", "match_label"]

@@ -140,7 +140,8 @@ class EvalRequest:
 class EvalResult:
     """Per-candidate results. logits: (P, E, K) label-word logits; loss/metric: (P,); losses: all loss kinds.
     usage: what a remote API charged and reported (`prompt_tokens`, `completion_tokens`, `requests`,
-    `missing_label_words`: label words absent from the returned top log-probabilities, scored at the floor)."""
+    `rescored_label_words`: label words asked for again with logit_bias, `missing_label_words`: label words that
+    got no score of their own and were set to the floor)."""
 
     loss: np.ndarray
     metric: np.ndarray

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import time
 
@@ -59,6 +59,11 @@ class EndpointSpec(BaseModel):
     embedder_model: str | None = Field(None, max_length=500, description="vllm + bbt: the served model's weights "
                                        "here (built-in name or path), to build prompt_embeds")
     exact_label_ids: bool | None = Field(None, description="vllm: exact label-word scores via logprob_token_ids")
+    rescore_missing: bool | None = Field(None, description="ask again with logit_bias for a label word without an "
+                                         "exact match in the top list (default true)")
+    label_token_ids: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
+        None, max_length=1000, description="label word -> the endpoint's id of its first token (else the server's "
+                                           "tokenizer route is asked)")
 
 
 class JobCreate(BaseModel):

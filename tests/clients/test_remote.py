@@ -31,7 +31,9 @@ def server():
 def _reset(server):
     server.faults.clear()
     server.requests.clear()
+    server.tokenize_requests.clear()
     server.headers.clear()
+    server.tokenizer, server.bias_reporting = True, "raw"
 
 
 def _client(server, api="completions", **kw) -> OpenAIClient:
@@ -75,12 +77,43 @@ def test_label_scores_come_from_first_token_logprobs(server, api):
 
 def test_missing_label_word_gets_the_floor_and_is_counted(server):
     server.faults[:] = ["drop: bad"] * 3
+    server.tokenizer = False  # no token id: the word cannot be asked for again
     client = _client(server, top_logprobs=20)
     result = _run(client, _text_request(texts=[""]))
     assert result.usage["missing_label_words"] == 3 and result.usage["label_scores"] == 6
     by_prompt = {r["prompt"]: min(FakeOpenAI.top(r["prompt"], drop=" bad").values()) - 1.0 for r in server.requests}
     floors = [by_prompt[f"Review: {t} It was"] for t in EXAMPLES.texts]
     assert [row[0] for row in result.logits[0]] == pytest.approx(floors)
+
+
+@pytest.mark.parametrize("api,reporting", [("completions", "raw"), ("completions", "biased"), ("chat", "raw")])
+def test_missing_label_word_is_rescored_with_logit_bias(server, api, reporting):
+    server.faults[:] = ["drop: bad"] * 6  # the first answer and the biased one both leave " bad" out of the list
+    server.bias_reporting = reporting
+    result = _run(_client(server, api), _text_request(texts=[""]))
+    assert result.usage["rescored_label_words"] == 3 and result.usage["missing_label_words"] == 0
+    exact = [FakeOpenAI.top(f"Review: {t} It was")[" bad"] for t in EXAMPLES.texts]
+    assert result.logits[0, :, 0] == pytest.approx(exact, abs=1e-6)
+    biased = [r for r in server.requests if r.get("logit_bias")]
+    assert len(biased) == 3 and all(r["logit_bias"] == {"101": 100.0} for r in biased)
+    # The tokenizer is asked once per word (and once for the empty string, to strip its BOS), then remembered.
+    assert sorted(r["prompt"] for r in server.tokenize_requests) == ["", " bad"]
+
+
+def test_rescoring_falls_back_to_the_floor_when_the_bias_is_ignored(server):
+    server.faults[:] = ["drop: bad"] * 6
+    server.bias_reporting = "ignore"
+    result = _run(_client(server), _text_request(texts=[""]))
+    assert result.usage["rescored_label_words"] == 0 and result.usage["missing_label_words"] == 3
+    assert (result.logits[0, :, 0] < result.logits[0, :, 1]).all()
+
+
+def test_label_token_ids_from_the_config_need_no_tokenizer(server):
+    server.faults[:] = ["drop: bad"] * 6
+    server.tokenizer = False
+    result = _run(_client(server, label_token_ids={"bad": 101}), _text_request(texts=[""]))
+    assert result.usage["rescored_label_words"] == 3 and not server.tokenize_requests
+    assert result.logits[0, 0, 0] == pytest.approx(FakeOpenAI.top("Review: a great film It was")[" bad"])
 
 
 def test_label_score_matching_rules():
@@ -175,6 +208,8 @@ def test_allowlist_admits_hosts_and_networks():
     ({"kind": "grpc", "base_url": "https://x/v1", "model": "m"}, "kind"),
     ({"kind": "openai", "base_url": "https://x/v1"}, "model"),
     ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "api_key": "sk"}, "api_key is not"),
+    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "label_token_ids": {"pos": "12"}},
+     "label_token_ids"),
 ])
 def test_endpoint_config_errors_name_the_field(data, message):
     with pytest.raises(EndpointConfigError, match=message):

@@ -38,32 +38,48 @@ def _mr(n: int = 24):
     return task_spec(task), to_examples(task, task.test[:n])
 
 
-def test_label_scores_agree_with_the_local_engine(server):
-    spec, examples = _mr()
-    request = EvalRequest(spec, examples, PromptSpec(mode="text"), texts=["", "a beautiful and moving film"])
+def _remote(server, request, **options):
     remote = OpenAIClient(EndpointConfig.from_dict({"kind": "openai", "base_url": server, "model": "smollm2",
-                                                    "concurrency": 2, "top_logprobs": 100, "floor_margin": 100.0}))
+                                                    "concurrency": 2, **options}))
 
-    async def both():
+    async def go():
         try:
             return await remote.evaluate(request)
         finally:
             await remote.aclose()
 
-    far = asyncio.run(both())
-    near = asyncio.run(LocalClient.from_model("smollm2-135m", dtype="fp32").evaluate(request))
-    assert far.usage["requests"] == 48 and far.usage["prompt_tokens"] > 0
-    # A label word outside the top 100 is floored (here 100 nats below the list, so it is easy to spot), counted.
-    floored = (far.logits < -90).any(axis=2).ravel()
-    assert far.usage["missing_label_words"] == int((far.logits < -90).sum()) < 0.3 * far.usage["label_scores"]
-    # Where both words came back: same weights (Q4_1 in llama.cpp, dequantized in torch), same label margins.
-    far_margin = (far.logits[..., 1] - far.logits[..., 0]).ravel()[~floored]
-    near_margin = (near.logits[..., 1] - near.logits[..., 0]).ravel()[~floored]
-    assert len(far_margin) >= 24
-    # Most margins agree to a few hundredths of a nat; a few differ by up to ~2 nats (llama.cpp multiplies Q4_1
-    # weights with activations quantized to 8 bits; near-ties at probabilities around 1% move most).
+    return asyncio.run(go())
+
+
+def _agree(far_margin, near_margin):
+    # Same weights (Q4_1 in llama.cpp, dequantized in torch), same label margins: most agree to a few hundredths
+    # of a nat; a few differ by up to ~2 nats (llama.cpp multiplies Q4_1 weights with activations quantized to 8
+    # bits; near-ties at probabilities around 1% move most).
     assert np.median(np.abs(far_margin - near_margin)) < 0.2
     assert np.mean(np.sign(far_margin) == np.sign(near_margin)) > 0.7
+
+
+def test_label_scores_agree_with_the_local_engine(server):
+    spec, examples = _mr()
+    request = EvalRequest(spec, examples, PromptSpec(mode="text"), texts=["", "a beautiful and moving film"])
+    near = asyncio.run(LocalClient.from_model("smollm2-135m", dtype="fp32").evaluate(request))
+    near_margin = (near.logits[..., 1] - near.logits[..., 0]).ravel()
+
+    # Without rescoring, a label word outside the top 100 is floored (here 100 nats below the list, easy to spot)
+    # and counted; where both words come back, the margins agree.
+    far = _remote(server, request, top_logprobs=100, floor_margin=100.0, rescore_missing=False)
+    assert far.usage["requests"] == 48 and far.usage["prompt_tokens"] > 0
+    floored = (far.logits < -90).any(axis=2).ravel()
+    assert far.usage["missing_label_words"] == int((far.logits < -90).sum()) < 0.3 * far.usage["label_scores"]
+    assert (~floored).sum() >= 24
+    _agree((far.logits[..., 1] - far.logits[..., 0]).ravel()[~floored], near_margin[~floored])
+
+    # With rescoring (the default), a word without an exact match in even a top-5 list is asked for again with
+    # logit_bias on its first token (llama-cpp-python's /extras/tokenize gives the id): every score is the
+    # word's own, and every margin agrees, including those a near match (" Positive") would have stood for.
+    far = _remote(server, request, top_logprobs=5)
+    assert far.usage["missing_label_words"] == 0 and far.usage["rescored_label_words"] > 48
+    _agree((far.logits[..., 1] - far.logits[..., 0]).ravel(), near_margin)
 
 
 def test_bbpl_job_through_the_rest_api_against_llamacpp(server, tmp_path):

@@ -242,7 +242,7 @@ async function jobPage(id) {
       <span>test ${fmt(job.test_metric)}</span><span>ETA ${job.eta_seconds == null ? "–" : Math.round(job.eta_seconds) + " s"}</span>
       ${job.error ? `<span class="error">${esc(job.error)}</span>` : ""}${job.message ? `<span>${esc(job.message)}</span>` : ""}
       ${job.result?.prompt_text ? `<span>prompt: <code>${esc(job.result.prompt_text)}</code></span>` : ""}
-      ${job.result?.usage ? `<span>remote: ${job.result.usage.requests} requests, ${job.result.usage.prompt_tokens} prompt tokens, ${job.result.usage.missing_label_words}/${job.result.usage.label_scores} label scores at the floor</span>` : ""}`;
+      ${job.result?.usage ? `<span>remote: ${job.result.usage.requests} requests, ${job.result.usage.prompt_tokens} prompt tokens, ${job.result.usage.rescored_label_words ?? 0} rescored and ${job.result.usage.missing_label_words}/${job.result.usage.label_scores} label scores at the floor</span>` : ""}`;
     const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
     document.getElementById("cancel").disabled = finished || job.cancel_requested;
     document.getElementById("download").disabled = job.status !== "succeeded";
