@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 from urllib.parse import urlsplit
 
+import anyio
+import httpcore
 import httpx
 import numpy as np
 
@@ -134,20 +136,68 @@ def check_url(base_url: str, allow: tuple[str, ...] = (), deny: tuple[str, ...] 
     host = urlsplit(base_url).hostname or ""
     if host in allow:
         return
-    allowed = [ipaddress.ip_network(a, strict=False) for a in allow if _is_network(a)]
-    denied = [ipaddress.ip_network(d, strict=False) for d in deny]
     try:
         infos = resolve(host, None)
     except (socket.gaierror, UnicodeError) as exc:
         raise EndpointConfigError(f"base_url host {host!r} does not resolve ({exc})") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+    check_addresses(host, [info[4][0] for info in infos], allow, deny)
+
+
+def check_addresses(host: str, addresses: list[str], allow: tuple[str, ...] = (),
+                    deny: tuple[str, ...] = DEFAULT_DENIED) -> None:
+    """`check_url` for addresses `host` resolved to: each must be allowed, or neither denied nor non-global."""
+    allowed = [ipaddress.ip_network(a, strict=False) for a in allow if _is_network(a)]
+    denied = [ipaddress.ip_network(d, strict=False) for d in deny]
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
         if any(address in net for net in allowed):
             continue
         if any(address.version == net.version and address in net for net in denied) or not address.is_global:
             raise EndpointConfigError(
                 f"base_url host {host!r} resolves to {address}, a private or reserved address this service does "
                 f"not call; an operator can allow it with NOGRAD_REMOTE_ALLOW (host names or CIDRs)")
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the allowlist applied to every connection, at connect time: the host is
+    resolved, every address checked (`check_addresses`), and the connection made to a checked address. A check at
+    submit time alone leaves DNS rebinding open: a name that resolved to a public address then may resolve to an
+    internal one by the time the job runs. TLS still verifies the host name (httpcore passes it as SNI)."""
+
+    def __init__(self, allow: tuple[str, ...] = (), deny: tuple[str, ...] = DEFAULT_DENIED, resolve=None):
+        self._inner = httpcore.AnyIOBackend()
+        self._allow, self._deny = tuple(allow), tuple(deny)
+        self._resolve = resolve or (lambda host, port: anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options=None) -> httpcore.AsyncNetworkStream:
+        if host not in self._allow:
+            try:
+                infos = await self._resolve(host, port)
+            except (socket.gaierror, UnicodeError, OSError) as exc:
+                raise httpcore.ConnectError(f"{host!r} does not resolve ({exc})") from None
+            try:
+                check_addresses(host, [info[4][0] for info in infos], self._allow, self._deny)
+            except EndpointConfigError as exc:
+                raise RemoteError(str(exc)) from None
+            host = infos[0][4][0].split("%")[0]
+        return await self._inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                             socket_options=socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
+        raise RemoteError("remote endpoints are reached over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_transport(allow: tuple[str, ...] = (), **kw) -> httpx.AsyncHTTPTransport:
+    """An httpx transport whose connections go through `GuardedBackend` (httpx does not take a network backend
+    directly, so its connection pool is rebuilt with one; tests/clients cover that this holds)."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context(),
+                                                   network_backend=GuardedBackend(allow, **kw))
+    return transport
 
 
 def _is_network(text: str) -> bool:
@@ -211,10 +261,14 @@ class OpenAIClient:
     supports_embeddings = False
 
     def __init__(self, config: EndpointConfig, api_key: str | None = None, *, transport=None,
-                 sleep=asyncio.sleep):
+                 allow: tuple[str, ...] | None = None, sleep=asyncio.sleep):
+        """`allow`: apply the operator allowlist to every connection (`GuardedBackend`); None: no check (the CLI,
+        on the user's own machine). `transport` (tests) replaces the transport altogether."""
         self.config = config
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._transport, self._sleep = transport, sleep
+        if transport is None and allow is not None:
+            transport = guarded_transport(allow)
+        self._transport, self._sleep, self._guarded = transport, sleep, allow is not None
         self._client: httpx.AsyncClient | None = None
         self._slots = asyncio.Semaphore(config.concurrency)
         self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
@@ -230,7 +284,8 @@ class OpenAIClient:
         if self._client is None:
             self._client = httpx.AsyncClient(base_url=self.config.base_url.rstrip("/") + "/",
                                              timeout=self.config.timeout, headers=self._headers,
-                                             transport=self._transport, follow_redirects=False)
+                                             transport=self._transport, follow_redirects=False,
+                                             trust_env=not self._guarded)  # no proxy that would bypass the check
         return self._client
 
     async def aclose(self) -> None:
@@ -518,5 +573,5 @@ def make_client(config: EndpointConfig, api_key: str | None = None, *, embedder=
     return OpenAIClient(config, api_key, **kw)
 
 
-__all__ = ["EndpointConfig", "EndpointConfigError", "OpenAIClient", "RemoteError", "VLLMClient", "check_url",
-           "encode_embeds", "label_scores", "make_client", "match_label"]
+__all__ = ["EndpointConfig", "EndpointConfigError", "GuardedBackend", "OpenAIClient", "RemoteError", "VLLMClient",
+           "check_addresses", "check_url", "encode_embeds", "guarded_transport", "label_scores", "make_client", "match_label"]

@@ -247,7 +247,8 @@ class JobRunner:
         embedder = None
         if endpoint.kind == "vllm" and endpoint.embedder_model and config.method == "bbt":
             embedder = _embedder(endpoint.embedder_model)
-        return make_client(endpoint, key, embedder=embedder, transport=self.remote_transport)
+        return make_client(endpoint, key, embedder=embedder, transport=self.remote_transport,
+                           allow=self.remote_allow)
 
     async def _run_search(self, job: dict, config: RunConfig, data, client, info, timing: dict,
                           started: float) -> None:

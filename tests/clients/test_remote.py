@@ -220,3 +220,34 @@ def test_floor_is_below_every_returned_score():
     top = FakeOpenAI.top("anything", drop=" great")
     scores, missing = label_scores(top, (" great",), 1.0)
     assert missing == 1 and scores[0] < min(top.values()) and math.isfinite(scores[0])
+
+
+# ------------------------------------------------------------------ the allowlist at connect time
+def test_every_connection_is_checked_against_the_allowlist(server):
+    denied = _client(server)
+    denied = OpenAIClient(denied.config, KEY, allow=())
+    with pytest.raises(RemoteError, match="127.0.0.1, a private or reserved address.*NOGRAD_REMOTE_ALLOW"):
+        _run(denied, _text_request(texts=[""]))
+    assert not server.requests  # refused before connecting
+    allowed = OpenAIClient(denied.config, KEY, allow=("127.0.0.0/8",))
+    assert _run(allowed, _text_request(texts=[""])).usage["requests"] == 3
+
+
+def test_dns_rebinding_is_caught_when_connecting(server):
+    """A name that passed the submit-time check (public address then) and resolves to an internal one later is
+    refused at connect time; an allowed address is connected to as resolved and checked."""
+    from clients.remote import guarded_transport
+
+    check_url("http://api.example.com/v1", resolve=lambda host, port: [(2, 1, 6, "", ("93.184.216.34", 0))])
+
+    async def rebound(host, port):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    config = EndpointConfig.from_dict({"kind": "openai", "base_url": f"http://api.example.com:{server.port}/v1",
+                                       "model": "fake", "backoff": 0.01, "timeout": 2.0})
+    with pytest.raises(RemoteError, match="'api.example.com' resolves to 127.0.0.1"):
+        _run(OpenAIClient(config, transport=guarded_transport((), resolve=rebound)), _text_request(texts=[""]))
+    assert not server.requests
+    ok = OpenAIClient(config, transport=guarded_transport(("127.0.0.1/32",), resolve=rebound))
+    assert _run(ok, _text_request(texts=[""])).usage["requests"] == 3
+    assert all(h["host"] == f"api.example.com:{server.port}" for h in server.headers)  # the name, not the address
