@@ -2,7 +2,8 @@
 same job on this service's own engine (the same weights, dequantized, in torch).
 
 Usage:
-    .venv/bin/python bench/remote_bbpl.py --task mr --budget 100 --k-shot 8
+    .venv/bin/python bench/remote_bbpl.py --task mr --budget 100 --k-shot 8 [--no-rescore]
+`--no-rescore` floors label words missing from the top-100 list instead of asking for them again with logit_bias.
 Starts `python -m llama_cpp.server` on a free port and `nograd serve` (embedded worker with smollm2-135m), both
 private to the run; prints both jobs' dev/test metrics, the selected prompts, wall time and the remote token
 account, and writes them to bench/results/remote_bbpl.txt.
@@ -38,8 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--k-shot", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "remote_bbpl.txt"))
+    parser.add_argument("--no-rescore", action="store_true")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    out = args.out or str(ROOT / "bench" / "results" / f"remote_bbpl{'_floor' if args.no_rescore else ''}.txt")
     job = {"method": "bbpl", "task": args.task, "budget": args.budget, "k_shot": args.k_shot, "seed": args.seed,
            "dev_every": 50, "options": {"popsize": 10, "prompt_length": 5}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
                 rows = []
                 for name, extra in [("llama.cpp (REST endpoint)", {"endpoint": {
                         "kind": "openai", "base_url": url, "model": "smollm2", "concurrency": 1,
-                        "top_logprobs": 100}}), ("local engine", {"model": "smollm2-135m"})]:
+                        "top_logprobs": 100, "rescore_missing": not args.no_rescore}}), ("local engine", {"model": "smollm2-135m"})]:
                     started = time.perf_counter()
                     done = _wait(api, api.submit(**job, **extra)["id"])
                     if done["status"] != "succeeded":
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
             api_proc.terminate()
             llama.terminate()
     lines = [f"BBPL on {args.task}, {args.k_shot}-shot, seed {args.seed}, budget {args.budget} calls, popsize 10, "
-             f"5 n-grams; SmolLM2-135M (llama.cpp: Q4_1 GGUF; local: the same weights dequantized, fp32)", "",
+             f"5 n-grams; SmolLM2-135M (llama.cpp: Q4_1 GGUF; local: the same weights dequantized, fp32); missing "
+             f"label words {'floored' if args.no_rescore else 'rescored with logit_bias'}", "",
              "| endpoint | dev | test | wall s | prompt |", "|---|---|---|---|---|"]
     for name, done, seconds in rows:
         result = done["result"]
@@ -74,7 +78,7 @@ def main(argv=None) -> int:
     lines += ["", f"llama.cpp token account: {usage}"]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).write_text(text + "\n")
+    Path(out).write_text(text + "\n")
     return 0
 
 

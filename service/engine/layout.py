@@ -78,7 +78,8 @@ def _special_ids(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def text_ids(tokenizer, text: str) -> list[int]:
+    """`text` as token ids, without special tokens (how prompts, demonstrations and bodies are encoded)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
@@ -86,7 +87,7 @@ def label_token_ids(tokenizer, words: tuple[str, ...], labels: tuple[str, ...], 
     """First token of each label word; two labels sharing one is an error."""
     ids = []
     for label, word in zip(labels, words):
-        tokens = _ids(tokenizer, (" " if space else "") + word)
+        tokens = text_ids(tokenizer, (" " if space else "") + word)
         if not tokens:
             raise VerbalizerError(f"label {label!r}: verbalizer word {word!r} encodes to no token; use a real word")
         ids.append(tokens[0])
@@ -135,7 +136,7 @@ def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, promp
     if prompt.mode == "none":
         slot_ids: list[int] = []
     elif prompt.init:
-        slot_ids = _ids(tokenizer, prompt.init)
+        slot_ids = text_ids(tokenizer, prompt.init)
         p0_ids = torch.tensor(slot_ids) if prompt.mode == "cat" else None
     else:
         if prompt.n_tokens < 1:
@@ -151,8 +152,8 @@ def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, promp
             if kind == "causal":
                 filled = filled.replace(" \0", "\0")
             demo_texts.append(filled.replace("\0", word))
-        demo_ids = _ids(tokenizer, task.demo_separator.join(demo_texts) + task.demo_separator)
-    prefix = lead + _ids(tokenizer, before)
+        demo_ids = text_ids(tokenizer, task.demo_separator.join(demo_texts) + task.demo_separator)
+    prefix = lead + text_ids(tokenizer, before)
     slots = list(range(len(prefix), len(prefix) + len(slot_ids)))
     prefix = prefix + slot_ids + demo_ids
 
@@ -163,10 +164,10 @@ def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, promp
     texts2 = examples.texts2 or [None] * len(examples)
     for i, (text, text2) in enumerate(zip(examples.texts, texts2)):
         if kind == "causal":
-            body = _ids(tokenizer, _fill(context_parts, text, text2, ""))
+            body = text_ids(tokenizer, _fill(context_parts, text, text2, ""))
             pos = len(body) - 1
         else:
-            body = _ids(tokenizer, _fill(context_parts, text, text2, mask_token)) + trail
+            body = text_ids(tokenizer, _fill(context_parts, text, text2, mask_token)) + trail
             found = [j for j, t in enumerate(body) if t == tokenizer.mask_token_id]
             if len(found) != 1:
                 raise EngineError(f"example {i}: expected exactly one mask token, found {len(found)}; "

@@ -55,6 +55,20 @@ def test_text_mode_is_the_manual_template_with_the_prompt_in_front(client):
     np.testing.assert_array_equal(result.logits[0], result.logits[2])  # duplicates scored once, same answer
 
 
+def test_equal_length_texts_run_as_one_population_with_the_same_scores(client, causal_handle):
+    texts = ["great movie", "bad film", "a b c", "x y z", "great movie", "", "the end of it"]
+    lengths = [len(causal_handle.tokenizer("%s\n" % t, add_special_tokens=False)["input_ids"]) for t in texts if t]
+    assert len(set(lengths)) < len(lengths) - 1  # some distinct texts share a length: those are batched
+    request = EvalRequest(TASK, TRAIN, PromptSpec(mode="text"), texts=texts)
+    batched = Engine(causal_handle, discrete_batching=True).discrete_logits(request)
+    one_by_one = Engine(causal_handle, discrete_batching=False).discrete_logits(request)
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-5)
+    for i, text in enumerate(texts):  # and each is its own template with the text written in
+        template = (text + "\n" if text else "") + TASK.template
+        direct = _evaluate(client, EvalRequest(replace(TASK, template=template), TRAIN, PromptSpec(mode="none")))
+        np.testing.assert_allclose(batched[i], direct.logits[0], rtol=1e-5, atol=1e-5)
+
+
 def test_demos_mode_is_icl_with_those_demonstrations(client):
     rows = np.array([[3, 0], [-1, -1], [1, -1]])
     result = _evaluate(client, EvalRequest(POOL, DEV, PromptSpec(mode="demos"), z=rows))
