@@ -6,12 +6,12 @@ without surrounding whitespace; case-insensitively only when no token matches ex
 returned token that starts the label word (at least 3 characters, or the whole word when shorter).
 
 A label word without an exact match in the returned top list is **rescored** (`rescore_missing`, on by default;
-the near matches above are the fallback): the client asks once more with `logit_bias` +100 on the word's first token, which makes the endpoint generate that token and
-report its log-probability. The token id comes from `label_token_ids` when given, else from the server's
-tokenizer route (llama-cpp-python `/extras/tokenize`, llama.cpp and vLLM `/tokenize`). A server that reports
-log-probabilities after the bias is recognised (the value would exceed the returned list's lowest) and corrected
-with a token present in both answers: log p(w) = log p(b) + (log p'(w) - log p'(b)) - 100. Rescored words are
-counted (`usage["rescored_label_words"]`).
+the near matches above are the fallback): the client asks once more with `logit_bias` +100 on the word's first
+token, which makes the endpoint generate that token and report its log-probability. The token id comes from
+`label_token_ids` when given, else from the server's tokenizer route (llama-cpp-python `/extras/tokenize`,
+llama.cpp and vLLM `/tokenize`). Most servers report log-probabilities from before the bias (the other tokens'
+values are unchanged); one that reports them after it is corrected with a token both answers list:
+log p(w) = log p(b) + (log p'(w) - log p'(b)) - 100. Rescored words are counted (`usage["rescored_label_words"]`).
 
 A word that is still without a score (no token id, or the endpoint ignored the bias) gets the **floor**: the
 lowest returned log-probability minus `floor_margin` (1 nat by default): the word is known to be less likely than
@@ -426,6 +426,8 @@ class OpenAIClient:
         async with self._tokenizer_lock:
             if key not in self._token_ids:
                 ids = await self._tokenize(word)
+                if ids is None and self._tokenize_route:
+                    return None  # the route failed this time; ask again for the next miss
                 self._token_ids[key] = ids[0] if ids else None
             return self._token_ids[key]
 
@@ -574,4 +576,5 @@ def make_client(config: EndpointConfig, api_key: str | None = None, *, embedder=
 
 
 __all__ = ["EndpointConfig", "EndpointConfigError", "GuardedBackend", "OpenAIClient", "RemoteError", "VLLMClient",
-           "check_addresses", "check_url", "encode_embeds", "guarded_transport", "label_scores", "make_client", "match_label"]
+           "check_addresses", "check_url", "encode_embeds", "guarded_transport", "label_scores", "make_client",
+           "match_label"]
