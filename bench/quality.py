@@ -1,4 +1,5 @@
-"""Test metric of manual, icl, bbt, bbtv2, bbpl, rlprompt and icl_search on bundled tasks with smollm2-135m, 16-shot, several seeds.
+"""Test metric of manual, icl, bbt, bbtv2, bbpl, rlprompt and icl_search on bundled tasks with smollm2-135m,
+16-shot, several seeds.
 
 Usage:
     .venv/bin/python bench/quality.py --tasks mr trec --seeds 0 1 2 --budget 300

@@ -55,9 +55,10 @@ def main(argv=None) -> int:
             key = create_key(tmp / "data")
             with Client(f"http://127.0.0.1:{port}", key) as api:
                 rows = []
-                for name, extra in [("llama.cpp (REST endpoint)", {"endpoint": {
-                        "kind": "openai", "base_url": url, "model": "smollm2", "concurrency": 1,
-                        "top_logprobs": 100, "rescore_missing": not args.no_rescore}}), ("local engine", {"model": "smollm2-135m"})]:
+                remote = {"kind": "openai", "base_url": url, "model": "smollm2", "concurrency": 1,
+                          "top_logprobs": 100, "rescore_missing": not args.no_rescore}
+                for name, extra in [("llama.cpp (REST endpoint)", {"endpoint": remote}),
+                                    ("local engine", {"model": "smollm2-135m"})]:
                     started = time.perf_counter()
                     done = _wait(api, api.submit(**job, **extra)["id"])
                     if done["status"] != "succeeded":

@@ -228,10 +228,14 @@ def match_label(top: dict[str, float], word: str, exact_only: bool = False) -> f
 def label_scores(top: dict[str, float], words: tuple[str, ...], floor_margin: float) -> tuple[list[float], int]:
     """Label-word log-probabilities from one position's top log-probabilities (token text -> logprob), and how
     many words fell to the floor (see the module docstring)."""
+    return with_floor(top, [match_label(top, word) for word in words], floor_margin)
+
+
+def with_floor(top: dict[str, float], found: list[float | None], floor_margin: float) -> tuple[list[float], int]:
+    """`found` with each None set to the floor (the lowest of `top` minus `floor_margin`), and how many were."""
     if not top:
         raise RemoteError("the endpoint returned an empty top_logprobs list")
     floor = min(top.values()) - floor_margin
-    found = [match_label(top, word) for word in words]
     return [floor if v is None else v for v in found], sum(v is None for v in found)
 
 
@@ -371,19 +375,17 @@ class OpenAIClient:
         c = self.config
         path, body = self._body(text)
         top = self._top_logprobs(await self._post(path, body))
-        if not top:
-            raise RemoteError("the endpoint returned an empty top_logprobs list")
         found = [match_label(top, word, exact_only=c.rescore_missing) for word in words]
         for i, word in enumerate(words):
             if found[i] is None and c.rescore_missing:
                 # Exactly this word's first token, rather than a near match (another case, a prefix) in the list.
-                found[i] = await self._rescore(text, word, top)
-                self.usage["rescored_label_words"] += found[i] is not None
-                found[i] = match_label(top, word) if found[i] is None else found[i]
-        floor = min(top.values()) - c.floor_margin
+                rescored = await self._rescore(text, word, top)
+                self.usage["rescored_label_words"] += rescored is not None
+                found[i] = rescored if rescored is not None else match_label(top, word)
+        scores, missing = with_floor(top, found, c.floor_margin)
         self.usage["label_scores"] += len(words)
-        self.usage["missing_label_words"] += sum(v is None for v in found)
-        return [floor if v is None else v for v in found]
+        self.usage["missing_label_words"] += missing
+        return scores
 
     # ---------------------------------------------------------------- missing label words
     BIAS = 100.0
@@ -577,4 +579,4 @@ def make_client(config: EndpointConfig, api_key: str | None = None, *, embedder=
 
 __all__ = ["EndpointConfig", "EndpointConfigError", "GuardedBackend", "OpenAIClient", "RemoteError", "VLLMClient",
            "check_addresses", "check_url", "encode_embeds", "guarded_transport", "label_scores", "make_client",
-           "match_label"]
+           "match_label", "with_floor"]

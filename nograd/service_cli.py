@@ -286,8 +286,9 @@ def add_commands(sub) -> None:
     submit.add_argument("--dev-every", type=int, default=100)
     submit.add_argument("--init-from")
     submit.add_argument("--option", action="append", default=[], help="KEY=VALUE method option (repeatable)")
-    submit.add_argument("--endpoint", help="a remote endpoint as JSON, e.g. '{\"kind\": \"openai\", \"base_url\": "
-                                           "\"https://api.openai.com/v1\", \"model\": \"M\", \"api_key_secret\": \"openai\"}'")
+    submit.add_argument("--endpoint", help="a remote endpoint as JSON, e.g. '{\"kind\": \"openai\", "
+                        "\"base_url\": \"https://api.openai.com/v1\", \"model\": \"M\", "
+                        "\"api_key_secret\": \"openai\"}'")
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
     submit.set_defaults(func=cmd_submit)
 

@@ -94,10 +94,15 @@ class Engine:
             raise EngineError(str(exc)) from None
         h = self.handle
         groups: dict[tuple, dict[str, list[int]]] = {}  # (demos, prompt length) -> placed text -> candidates
+        ids: dict[str, list[int]] = {}  # placed text -> its tokens (batching only)
         for i, (task, text) in enumerate(concrete):
             placed = (text if "{prompt}" in task.template else text + "\n") if text else ""
-            ids = tuple(text_ids(h.tokenizer, placed)) if placed else ()
-            key = (task.demos, len(ids)) if self.discrete_batching else (task.demos, placed)
+            if self.discrete_batching:
+                if placed not in ids:
+                    ids[placed] = text_ids(h.tokenizer, placed)
+                key = (task.demos, len(ids[placed]))
+            else:
+                key = (task.demos, placed)
             groups.setdefault(key, {}).setdefault(placed, []).append(i)
         out = np.empty((len(concrete), len(request.examples), len(request.task.labels)))
         for members in groups.values():
@@ -108,9 +113,8 @@ class Engine:
             if len(texts) == 1:
                 scored = self.population_logits(layout, PromptSet(population=1)).numpy()
             else:  # the texts' own token embeddings at the slots (p0 = 0), one row per text
-                ids = torch.tensor([text_ids(h.tokenizer, t) for t in texts], device=h.device)
                 with torch.inference_mode():
-                    embed = h.embedding(ids)
+                    embed = h.embedding(torch.tensor([ids[t] for t in texts], device=h.device))
                 scored = self.population_logits(replace(layout, p0_ids=None),
                                                 PromptSet(population=len(texts), embed=embed)).numpy()
             for row, text in enumerate(texts):
