@@ -22,12 +22,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clients.types import EvalRequest, PromptSpec  # noqa: E402
-from nograd.runner import task_spec, to_examples  # noqa: E402
+from nograd.clients.types import EvalRequest, PromptSpec  # noqa: E402
+from nograd.pipeline import task_spec, to_examples  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
 from nograd.vocab import pmi_ngrams  # noqa: E402
-from service.engine import Engine, load_model  # noqa: E402
-from service.engine.layout import text_ids  # noqa: E402
+from nograd.engine import Engine, load_model  # noqa: E402
+from nograd.engine.layout import text_ids  # noqa: E402
 
 
 def populations(tokenizer, seed: int = 0) -> dict[str, EvalRequest]:

@@ -15,7 +15,7 @@ Every response must be 2xx. Latency percentiles are over all requests of that ki
 load runs for --idle seconds after the jobs have finished (same service, nothing running).
 
 By default one job runs to completion before the load starts (not counted), so the numbers are for a warm
-server; `--no-warmup` measures a cold one. (Before service.engine's imports were made lazy, the first finishing
+server; `--no-warmup` measures a cold one. (Before nograd.engine's imports were made lazy, the first finishing
 job imported torch on the API's event loop and stalled every request for seconds; the cold run checks that this
 stays fixed.)
 

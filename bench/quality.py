@@ -3,6 +3,7 @@
 
 Usage:
     .venv/bin/python bench/quality.py --tasks mr trec --seeds 0 1 2 --budget 300
+    .venv/bin/python bench/quality.py --chat-template ...   # the same runs under the model's chat template
 Each finished run is cached as JSON under --results (rerunning skips it), so the bench can be resumed. Prints a
 table of mean +/- std of the test metric and each method's gain over the manual prompt.
 """
@@ -21,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from clients.local import LocalClient  # noqa: E402
+from nograd.clients.local import LocalClient  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
-from nograd.runner import run, score, task_spec, to_examples  # noqa: E402
+from nograd.engine import build_engine  # noqa: E402
+from nograd.pipeline import resolve_run, run, score, task_spec, to_examples  # noqa: E402
 from nograd.search import prompt_spec  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
 
-# Per-method settings used by the bench: the RunConfig defaults (nograd.config.METHOD_DEFAULTS), spelled out.
+# Per-method settings used by the bench: the methods' defaults (nograd.methods.METHODS), spelled out.
 METHOD_OPTIONS = {
     "manual": {},
     "icl": {"icl_shots": 2},
@@ -56,24 +58,26 @@ def _progress(name: str):
 
 
 async def _run_all(args) -> dict:
-    client = LocalClient.from_model(args.model, dtype=args.dtype, memory_cap_mb=args.memory_cap_mb)
+    client = LocalClient(build_engine(args.model, dtype=args.dtype, memory_cap_mb=args.memory_cap_mb))
+    chat = "-chat" if args.chat_template else ""
     results: dict = {}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     # Seeds outermost: an interrupted bench still has every task and method for the seeds it finished.
     for seed, task, method in [(s, t, m) for s in args.seeds for t in args.tasks for m in args.methods]:
-        name = f"{task}-{method}-s{seed}-b{args.budget}"
+        name = f"{task}-{method}{chat}-s{seed}-b{args.budget}"
         path = out / f"{name}.json"
         if path.exists():
             result = json.loads(path.read_text())
         elif args.cached_only:
             continue
         else:
-            config = RunConfig(task=task, method=method, seed=seed, budget=args.budget, model=args.model,
-                               dtype=args.dtype, k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb,
-                               **METHOD_OPTIONS[method])
+            config, data = resolve_run(RunConfig(
+                task=task, method=method, seed=seed, budget=args.budget, model=args.model, dtype=args.dtype,
+                k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb, chat_template=args.chat_template,
+                **METHOD_OPTIONS[method]))
             started = time.perf_counter()
-            result = await run(config, client, on_generation=_progress(name) if args.verbose else None)
+            result = await run(config, client, on_generation=_progress(name) if args.verbose else None, data=data)
             result["config"] = config.to_dict()
             path.write_text(json.dumps(result, indent=2))
             print(f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
@@ -81,28 +85,29 @@ async def _run_all(args) -> dict:
         results.setdefault(task, {}).setdefault(method, []).append(result)
     if "bbt" in args.methods:
         for task in args.tasks:
-            results[task]["bbt z=0"] = [await _initial_prompt(client, task, out)]
+            results[task]["bbt z=0"] = [await _initial_prompt(client, task, out, args.chat_template)]
     return results
 
 
-async def _initial_prompt(client, name: str, out: Path) -> dict:
+async def _initial_prompt(client, name: str, out: Path, chat: bool) -> dict:
     """BBT's starting point (z = 0: the placeholder prompt tokens, no search) on the test set, to show what the
     search itself adds. Seed-independent."""
-    path = out / f"{name}-bbt-init.json"
+    path = out / f"{name}-bbt{'-chat' if chat else ''}-init.json"
     if path.exists():
         return json.loads(path.read_text())
     task = get_task(name)
-    config = RunConfig(task=name, method="bbt", **METHOD_OPTIONS["bbt"])
-    test = await score(client, task_spec(task), to_examples(task, task.test), prompt_spec(config),
-                       np.zeros(config.dim))
+    config, _ = resolve_run(RunConfig(task=name, method="bbt", chat_template=chat, **METHOD_OPTIONS["bbt"]))
+    test = await score(client, task_spec(task, chat=chat), to_examples(task, task.test),
+                       prompt_spec(config, config.mode), np.zeros(config.dim))
     result = {"test_metric": test["metric"], "test_ce": test["ce"]}
     path.write_text(json.dumps(result, indent=2))
     return result
 
 
 def _table(results: dict, args) -> str:
-    lines = [f"smollm2-135m ({args.dtype}), {args.k_shot}-shot, seeds {args.seeds}, budget {args.budget} calls "
-             f"for the searches; test metric x100, mean ± std over seeds", ""]
+    lines = [f"smollm2-135m ({args.dtype}{', chat template' if args.chat_template else ''}), {args.k_shot}-shot, "
+             f"seeds {args.seeds}, budget {args.budget} calls for the searches; test metric x100, mean ± std over "
+             "seeds", ""]
     header = "| method | " + " | ".join(args.tasks) + " |"
     lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
     rows = list(args.methods) + (["bbt z=0"] if "bbt" in args.methods else [])
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--memory-cap-mb", type=float, default=256)
+    parser.add_argument("--chat-template", action="store_true", help="score under the model's chat template")
     parser.add_argument("--cached-only", action="store_true", help="only tabulate the runs already saved")
     parser.add_argument("--verbose", action="store_true", help="print progress after every generation")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality"))
@@ -143,7 +149,7 @@ def main(argv=None) -> int:
     results = asyncio.run(_run_all(args))
     table = _table(results, args)
     print(table)
-    (Path(args.results) / "summary.md").write_text(table + "\n")
+    (Path(args.results) / f"summary{'-chat' if args.chat_template else ''}.md").write_text(table + "\n")
     return 0
 
 

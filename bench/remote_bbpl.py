@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _stack import create_key  # noqa: E402
 from procs import free_port, llama_server, serve  # noqa: E402
 
-from nograd.client import Client  # noqa: E402
+from nograd.sdk import Client  # noqa: E402
 
 
 def _wait(api: Client, job_id: str) -> dict:

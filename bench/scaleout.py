@@ -36,7 +36,7 @@ from _stack import ROOT, Stack, Tee  # noqa: E402
 
 import httpx  # noqa: E402
 
-from nograd.client import Client  # noqa: E402
+from nograd.sdk import Client  # noqa: E402
 
 
 def sample_depth(url: str, stop: threading.Event, out: list) -> None:

@@ -1,7 +1,7 @@
 """What the service path costs over running the same job in-process, measured side by side in one run.
 
 The same job (bbt on mr, same seed, budget, popsize, dim, dev_every) runs
-- direct : `nograd.runner.run(config, LocalClient(engine))` in this process;
+- direct : `nograd.pipeline.run(config, LocalClient(engine))` in this process;
 - service: submitted with `nograd.client.Client` to `nograd serve` (SQLite store, Redis queue, no embedded
   worker) and evaluated by one separate `nograd worker` process; waited for until it succeeded.
 Both paths do the same work: the search, then `finalize` (train score and test-set scoring, 1000 mr examples in
@@ -60,10 +60,11 @@ from _stack import ROOT, Stack, Tee, percentile  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-from clients.local import LocalClient  # noqa: E402
-from nograd.client import Client  # noqa: E402
+from nograd.clients.local import LocalClient  # noqa: E402
+from nograd.sdk import Client  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
-from nograd.runner import run  # noqa: E402
+from nograd.engine import build_engine  # noqa: E402
+from nograd.pipeline import resolve_run, run  # noqa: E402
 
 REAL_MODEL = "smollm2-135m"
 
@@ -114,6 +115,16 @@ class TimedClient:
     async def describe(self):
         return await self.inner.describe()
 
+    async def materialize(self, spec, x):
+        return await self.inner.materialize(spec, x)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+    @property
+    def usage(self):
+        return self.inner.usage
+
 
 def job_body(args, model: str, budget: int) -> dict:
     return {"method": "bbt", "task": args.task, "model": model, "budget": budget, "seed": args.seed,
@@ -122,12 +133,12 @@ def job_body(args, model: str, budget: int) -> dict:
 
 def run_direct(local: LocalClient, model: str, budget: int, args) -> dict:
     client = TimedClient(local)
-    config = RunConfig(method="bbt", task=args.task, model=model, budget=budget, seed=args.seed,
-                       dev_every=args.dev_every, dim=args.dim, popsize=args.popsize)
+    config, data = resolve_run(RunConfig(method="bbt", task=args.task, model=model, budget=budget, seed=args.seed,
+                                         dev_every=args.dev_every, dim=args.dim, popsize=args.popsize))
     entries: list[dict] = []
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    result = asyncio.run(run(config, client, on_generation=entries.append))
+    result = asyncio.run(run(config, client, on_generation=entries.append, data=data))
     wall = time.perf_counter() - started
     return {"wall": wall, "result": result, "history": [e for e in entries if e["generation"] >= 1],
             "load": load, "evaluating": client.evaluating, "evaluations": client.evaluations}
@@ -183,14 +194,12 @@ def bench_engine(kind: str, args, out: Tee) -> dict:
     if kind == "real":
         model, budget, repeats, poll = REAL_MODEL, args.real_budget, args.real_repeats, 0.2
         warmup = args.real_warmup
-        client = LocalClient.from_model(REAL_MODEL, dtype="bf16", memory_cap_mb=args.memory_cap_mb)
+        client = LocalClient(build_engine(REAL_MODEL, dtype="bf16", memory_cap_mb=args.memory_cap_mb))
         worker_args = ("--dtype", "bf16", "--memory-cap-mb", str(args.memory_cap_mb))
     else:
-        from service.engine.fake import parse_fake
-
         model, budget, repeats, poll = args.fake_model, args.fake_budget, args.repeats, 0.02
         warmup = args.warmup
-        client = LocalClient(parse_fake(model))
+        client = LocalClient(build_engine(model))
         worker_args = ()
     out(f"\n== {model}: budget {budget}, popsize {args.popsize}, dim {args.dim}, dev_every {args.dev_every}, "
         f"task {args.task}, seed {args.seed}, {repeats} repeat(s) after {warmup} uncounted warm-up pair(s) ==")

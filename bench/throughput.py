@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clients.types import EvalRequest, ProjectionSpec, PromptSpec  # noqa: E402
-from nograd.runner import task_spec, to_examples  # noqa: E402
+from nograd.clients.types import EvalRequest, ProjectionSpec, PromptSpec  # noqa: E402
+from nograd.pipeline import task_spec, to_examples  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
-from service.engine import Engine, load_model  # noqa: E402
+from nograd.engine import Engine, load_model  # noqa: E402
 
 POPULATION, N_TOKENS, DIM = 20, 50, 500
 

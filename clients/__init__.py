@@ -1,9 +1,26 @@
-"""Model endpoints behind one protocol (`ModelClient`): the local engine now; queue-backed and remote APIs later."""
+"""Model endpoints behind one protocol (`ModelClient`) and the evaluation contract they share: plain-data request
+and result types, losses, and the one renderer of templates. The local engine (`LocalClient`), the service's queue
+(`nograd.service.queue.QueueClient`) and remote OpenAI-compatible and vLLM servers (`clients.kinds`) implement it.
+Nothing here imports torch or any higher layer of nograd."""
 
-from ._protocol import ModelClient
 from .local import LocalClient
-from .types import (LOSSES, METRICS, EvalRequest, EvalResult, Examples, ModelInfo, ProjectionSpec, PromptSpec,
-                    TaskSpec)
+from .protocol import Evaluator, ModelClient
+from .types import (
+    DISCRETE_MODES,
+    LOSSES,
+    METRICS,
+    PROMPT_MODES,
+    SOFT_MODES,
+    EvalRequest,
+    EvalResult,
+    Examples,
+    InvalidRequest,
+    ModelInfo,
+    ProjectionSpec,
+    PromptSpec,
+    TaskSpec,
+)
 
-__all__ = ["ModelClient", "LocalClient", "EvalRequest", "EvalResult", "Examples", "ModelInfo", "ProjectionSpec",
-           "PromptSpec", "TaskSpec", "LOSSES", "METRICS"]
+__all__ = ["DISCRETE_MODES", "LOSSES", "METRICS", "PROMPT_MODES", "SOFT_MODES", "EvalRequest", "EvalResult",
+           "Evaluator", "Examples", "InvalidRequest", "LocalClient", "ModelClient", "ModelInfo", "ProjectionSpec",
+           "PromptSpec", "TaskSpec"]

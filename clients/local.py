@@ -1,44 +1,40 @@
-"""The in-process endpoint: the evaluation engine behind the `ModelClient` protocol."""
+"""The in-process endpoint: an engine on this machine behind the `ModelClient` protocol."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 
+from .protocol import Evaluator
 from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec
 
 
 class LocalClient:
-    """Runs the engine in a worker thread so the event loop stays responsive; one evaluation at a time.
+    """Runs an `Evaluator` (`nograd.engine.Engine`, the fake engine) in a worker thread so the event loop stays
+    responsive; one evaluation at a time (the engine's model hooks allow one forward at a time)."""
 
-    Args:
-        engine: a `service.engine.Engine` (or anything with `evaluate`, `describe`, `materialize`).
-    """
+    usage: Mapping[str, int] = MappingProxyType({})  # an engine here charges nothing
 
-    def __init__(self, engine):
+    def __init__(self, engine: Evaluator):
         self.engine = engine
-        self._lock = threading.Lock()  # the engine's model hooks allow one forward at a time; any event loop
-
-    @classmethod
-    def from_model(cls, model: str = "smollm2-135m", *, dtype: str = "bf16", device: str = "auto",
-                   memory_cap_mb: float = 1024.0, **engine_options) -> "LocalClient":
-        from service.engine import Engine, load_model
-
-        handle = load_model(model, dtype=dtype, device=device)
-        return cls(Engine(handle, memory_cap_mb=memory_cap_mb, **engine_options))
+        self._lock = threading.Lock()
 
     async def evaluate(self, request: EvalRequest) -> EvalResult:
-        return await asyncio.to_thread(self._evaluate, request)
-
-    def _evaluate(self, request: EvalRequest) -> EvalResult:
-        with self._lock:
-            return self.engine.evaluate(request)
+        return await asyncio.to_thread(self._locked, self.engine.evaluate, request)
 
     async def describe(self) -> ModelInfo:
         return self.engine.describe()
 
-    def materialize(self, spec: PromptSpec, z: np.ndarray | None, base: np.ndarray | None) -> np.ndarray:
-        """The prompt tensor a candidate stands for: (n, H) for cat/add, (L, n, H) for deep."""
-        return self.engine.materialize(spec, z, base)
+    async def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
+        return await asyncio.to_thread(self._locked, self.engine.materialize, spec, x)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)

@@ -16,6 +16,15 @@ PromptMode = Literal["none", "cat", "add", "deep", "text", "demos"]
 LossName = Literal["ce", "hinge", "perf"]
 METRICS = ("accuracy", "macro_f1")
 LOSSES = ("ce", "hinge", "perf")
+#: Prompt modes that send soft prompts (embeddings), and the discrete ones (text or demonstration choices).
+SOFT_MODES = ("cat", "add", "deep")
+DISCRETE_MODES = ("text", "demos")
+PROMPT_MODES = ("none", *SOFT_MODES, *DISCRETE_MODES)
+
+
+class InvalidRequest(ValueError):
+    """The request cannot be scored as sent (a malformed candidate, a text too long for the model, label words
+    the model cannot tell apart, ...). Retrying cannot help; the message names what is wrong and the fix."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class PromptSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PromptSpec":
+    def from_dict(cls, data: dict) -> PromptSpec:
         data = dict(data)
         data["projection"] = ProjectionSpec(**data.get("projection", {}))
         if data.get("scales") is not None:
@@ -75,10 +84,13 @@ class TaskSpec:
     """How examples become model inputs: template, label words, metric, optional ICL demonstrations.
 
     template: uses `{text}`, optional `{text2}`, `{mask}` where the label word goes, optional `{prompt}` (where the
-        soft prompt goes; default: at the very start). Causal LMs score the next token after the text before
-        `{mask}`; masked LMs score at the mask token.
+        soft prompt goes; default: at the very start); `{{` and `}}` stand for literal braces. Causal LMs score the
+        next token after the text before `{mask}`; masked LMs score at the mask token. `clients.render` turns a
+        template and an example into text, the same way for every endpoint.
     verbalizer: one word per label, in label order; each label is scored by its word's first token.
     demos: (text, text2, label index) triples shown before the input (in-context learning).
+    chat: score under the model's chat template: the rendered text is the user message and the label word is the
+        first token of the assistant's answer (`tokenizer.apply_chat_template` locally, the chat API remotely).
     """
 
     template: str
@@ -87,6 +99,17 @@ class TaskSpec:
     metric: str = "accuracy"
     demos: tuple[tuple[str, str | None, int], ...] = ()
     demo_separator: str = "\n\n"
+    chat: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskSpec:
+        data = dict(data)
+        data["labels"], data["verbalizer"] = tuple(data["labels"]), tuple(data["verbalizer"])
+        data["demos"] = tuple((d[0], d[1], int(d[2])) for d in data.get("demos", ()))
+        return cls(**data)
 
 
 @dataclass
@@ -100,6 +123,11 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def part(self, start: int, stop: int) -> Examples:
+        """Examples [start, stop)."""
+        return Examples(texts=self.texts[start:stop], labels=self.labels[start:stop],
+                        texts2=None if self.texts2 is None else self.texts2[start:stop])
+
 
 @dataclass
 class EvalRequest:
@@ -110,6 +138,7 @@ class EvalRequest:
         deep; no prompt for `none`; every demonstration in order for `demos`).
     texts: the P candidate prompt strings of `text` mode.
     base: (L, d) per-layer vectors for `deep`.
+    generation: the search generation this evaluation belongs to (queues and dashboards show it; 0 = initial).
     """
 
     task: TaskSpec
@@ -119,8 +148,8 @@ class EvalRequest:
     layer: int | None = None
     base: np.ndarray | None = None
     loss: LossName = "ce"
-    return_logits: bool = True
     texts: list[str] | None = None
+    generation: int = 0
 
     @property
     def population(self) -> int:
@@ -128,25 +157,29 @@ class EvalRequest:
             return len(self.texts)
         return 1 if self.z is None else int(np.asarray(self.z).shape[0])
 
-    def part(self, start: int, stop: int) -> "EvalRequest":
+    def part(self, start: int, stop: int) -> EvalRequest:
         """The same request for candidates [start, stop) only."""
         return EvalRequest(self.task, self.examples, self.prompt,
                            z=None if self.z is None else np.asarray(self.z)[start:stop], layer=self.layer,
-                           base=self.base, loss=self.loss, return_logits=self.return_logits,
-                           texts=None if self.texts is None else list(self.texts[start:stop]))
+                           base=self.base, loss=self.loss,
+                           texts=None if self.texts is None else list(self.texts[start:stop]),
+                           generation=self.generation)
 
 
 @dataclass
 class EvalResult:
-    """Per-candidate results. logits: (P, E, K) label-word logits; loss/metric: (P,); losses: all loss kinds.
+    """Per-candidate results; build one with `clients.losses.score_logits`.
+
+    logits: (P, E, K) label-word logits; loss/metric: (P,); losses: every loss kind, (P,) each.
     usage: what a remote API charged and reported (`prompt_tokens`, `completion_tokens`, `requests`,
     `rescored_label_words`: label words asked for again with logit_bias, `missing_label_words`: label words that
-    got no score of their own and were set to the floor)."""
+    got no score of their own and were set to the floor); None for endpoints that charge nothing.
+    """
 
     loss: np.ndarray
     metric: np.ndarray
     losses: dict[str, np.ndarray]
-    logits: np.ndarray | None = None
+    logits: np.ndarray
     model_id: str = ""
     seconds: float = 0.0
     scales: tuple[float, ...] | None = None
@@ -155,13 +188,22 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What an endpoint serves."""
+    """What an endpoint serves. prompt_modes: the `PromptSpec.mode`s it scores (text-only APIs: the discrete ones
+    and `none`)."""
 
     model_id: str
     kind: str
     hidden_size: int
     n_layers: int
     max_length: int
-    supports_embeddings: bool
+    prompt_modes: tuple[str, ...] = PROMPT_MODES
     device: str = "cpu"
     dtype: str = "fp32"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelInfo:
+        data = dict(data)
+        data.pop("supports_embeddings", None)  # heartbeats of v0.1 workers
+        if "prompt_modes" in data:
+            data["prompt_modes"] = tuple(data["prompt_modes"])
+        return cls(**data)

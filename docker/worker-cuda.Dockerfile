@@ -24,8 +24,8 @@ RUN useradd --create-home --uid 10001 nograd \
     && mkdir -p /opt/nograd/cache \
     && chown -R nograd:nograd /opt/nograd/cache
 USER 10001
-RUN python -m service.engine.warm smollm2-135m
+RUN python -m nograd.engine.warm smollm2-135m
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck", "/tmp/nograd-heartbeat", "30"]
+    CMD ["python", "-m", "nograd.service.healthcheck", "/tmp/nograd-heartbeat", "30"]
 CMD ["nograd", "worker"]

@@ -23,9 +23,9 @@ RUN useradd --create-home --uid 10001 nograd \
     && chown -R nograd:nograd /opt/nograd/cache
 USER 10001
 # Convert the built-in model once at build time: containers start without touching the packaged GGUF.
-RUN python -m service.engine.warm smollm2-135m
+RUN python -m nograd.engine.warm smollm2-135m
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck", "/tmp/nograd-heartbeat", "30"]
+    CMD ["python", "-m", "nograd.service.healthcheck", "/tmp/nograd-heartbeat", "30"]
 # NOGRAD_REDIS_URL and NOGRAD_MODELS configure it.
 CMD ["nograd", "worker"]

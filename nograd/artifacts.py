@@ -1,23 +1,22 @@
-"""The run directory: config.json, history.jsonl, result.json and prompt.safetensors."""
+"""The run directory (config.json, history.jsonl, result.json, prompt.safetensors) and the prompt file format."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load, load_file, save
 from safetensors import safe_open
+from safetensors.numpy import load, load_file, save
 
-from clients.types import PromptSpec, TaskSpec
+from nograd.clients.types import PromptSpec, TaskSpec
 
-from .config import RunConfig
+from .config import ResolvedConfig
 
 FORMAT = "nograd-prompt/1"
 
 
-def start_run_dir(out_dir: Path, config: RunConfig) -> None:
+def start_run_dir(out_dir: Path, config: ResolvedConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     (out_dir / "history.jsonl").write_text("")
@@ -33,23 +32,23 @@ def save_prompt(path: Path, **fields) -> None:
     Path(path).write_bytes(prompt_bytes(**fields))
 
 
-def prompt_bytes(*, config: RunConfig, spec: PromptSpec, x: np.ndarray | None, materialized: np.ndarray | None,
-                 task_spec: TaskSpec, model_id: str, text: str | None = None) -> bytes:
+def prompt_bytes(*, config: ResolvedConfig, spec: PromptSpec, x: np.ndarray | None, materialized: np.ndarray | None,
+                 task_spec: TaskSpec, model_id: str, scoring: dict, text: str | None = None) -> bytes:
     """A safetensors file holding z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata
-    the projection spec, the task template/verbalizer/demonstrations and the run config. Discrete prompts: z is
-    the choice row (-1: empty position; for `demos` mode, indices into the task's demonstrations) and `text` the
-    prompt as the model reads it."""
+    the projection spec, the task template/verbalizer/demonstrations, the resolved run config and how it was
+    scored (`scoring`: see `nograd.pipeline.scoring`). Discrete prompts: z is the choice row (-1: empty position; for `demos` mode, indices into
+    the task's demonstrations) and `text` the prompt as the model reads it."""
     tensors = {"z": np.zeros(0) if x is None else np.asarray(x, dtype=np.float64)}
     if materialized is not None:
         tensors["prompt"] = np.ascontiguousarray(materialized, dtype=np.float32)
-    metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "task_spec": json.dumps(asdict(task_spec)),
+    metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "task_spec": json.dumps(task_spec.to_dict()),
                 "config": json.dumps(config.to_dict()), "model_id": model_id,
-                **({} if text is None else {"text": text})}
+                "scoring": json.dumps(scoring), **({} if text is None else {"text": text})}
     return save(tensors, metadata=metadata)
 
 
 def load_prompt(path: str | Path) -> dict:
-    """Returns {spec, task_spec, config, model_id, x, prompt}."""
+    """Returns {spec, task_spec, config, model_id, x, prompt, text, scoring}."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist; pass RUN_DIR/prompt.safetensors")
@@ -72,11 +71,9 @@ def read_prompt(data: bytes) -> dict:
 def _decode(metadata: dict, tensors: dict, where: str) -> dict:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{where} is not a nograd prompt file (format {metadata.get('format')!r})")
-    task = json.loads(metadata["task_spec"])
-    task_spec = TaskSpec(template=task["template"], labels=tuple(task["labels"]),
-                         verbalizer=tuple(task["verbalizer"]), metric=task["metric"],
-                         demos=tuple(tuple(d) for d in task["demos"]), demo_separator=task["demo_separator"])
     z = tensors["z"]
-    return {"spec": PromptSpec.from_dict(json.loads(metadata["spec"])), "task_spec": task_spec,
-            "config": RunConfig.from_dict(json.loads(metadata["config"])), "model_id": metadata["model_id"],
-            "x": None if z.size == 0 else z, "prompt": tensors.get("prompt"), "text": metadata.get("text")}
+    return {"spec": PromptSpec.from_dict(json.loads(metadata["spec"])),
+            "task_spec": TaskSpec.from_dict(json.loads(metadata["task_spec"])),
+            "config": ResolvedConfig.from_dict(json.loads(metadata["config"])), "model_id": metadata["model_id"],
+            "x": None if z.size == 0 else z, "prompt": tensors.get("prompt"), "text": metadata.get("text"),
+            "scoring": json.loads(metadata.get("scoring", "{}"))}

@@ -1,163 +1,134 @@
-"""Run configuration: everything needed to rerun a prompt-optimization run, validated with clear errors."""
+"""Run configuration: every option of a run, each declared once with its type, bounds and help, and read by
+everything that checks or documents an option (the CLI's flags, the REST schema, configs loaded from files).
+
+A `RunConfig` is what a user asked for: options left at None take the method's default. `nograd.methods.resolve`
+turns it into a `ResolvedConfig` (the same fields, every default filled in, cross-field rules checked), which is
+what runs, what a run directory and a prompt file record, and what the service stores: a run resumed after a
+release that changed a default still runs with the settings it started with.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
 
-METHODS = ("manual", "icl", "bbt", "bbtv2", "bbpl", "rlprompt", "icl_search")
-SEARCH_METHODS = ("bbt", "bbtv2", "bbpl", "rlprompt", "icl_search")
-#: Methods that send soft prompts (embeddings): a text-only endpoint cannot serve them.
-EMBEDDING_METHODS = ("bbt", "bbtv2")
-DISCRETE_METHODS = ("bbpl", "rlprompt", "icl_search")
+from pydantic import ConfigDict, Field
 
+from nograd.clients.types import LOSSES, METRICS
+from nograd.engine import DEFAULT_MEMORY_CAP_MB
+from nograd.validation import FieldError, validate
 
-# Settings that differ by method, as used for bench/quality.py: BBT's alpha after a small sweep (see README);
-# BBTv2's alpha from its README, and a smaller population so a few hundred calls reach every layer.
-METHOD_DEFAULTS = {
-    "bbt": {"alpha": 0.5, "popsize": 20},
-    "bbtv2": {"alpha": 0.2, "popsize": 10},
-    # BBPL and RLPrompt: the papers' defaults (../shared/algorithms.md). ICL search: BBPL's machinery over the
-    # training examples; lr scaled with the pool size (probabilities start at 1/32, not 1/200). Its length is
-    # the ICL baseline's demonstration count (icl_shots x labels) unless set.
-    "bbpl": {"popsize": 20, "lr": 1e-4, "prompt_length": 10},
-    "rlprompt": {"popsize": 16, "lr": 5e-5, "prompt_length": 5},
-    "icl_search": {"popsize": 20, "lr": 1e-3},
-}
+LossName = Literal[LOSSES]  # type: ignore[valid-type]
+MetricName = Literal[METRICS]  # type: ignore[valid-type]
 
 
-class ConfigError(ValueError):
-    """A run option is invalid; the message names the field and the fix."""
+class ConfigError(FieldError):
+    """A run option is invalid; `field` names it and the message says how to fix it."""
 
 
-@dataclass
+def _opt(description: str, **bounds: Any) -> Any:
+    return Field(description=description, **bounds)
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """One run. Defaults are the tuned settings reported in bench/quality.py (see README)."""
+    """One run. None: the method's default (`nograd.methods.METHODS`)."""
 
-    method: str = "bbt"
-    task: str | None = "mr"
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    method: Annotated[str, _opt("the method: manual, icl, bbt, bbtv2, bbpl, rlprompt or icl_search",
+                                max_length=32)] = "bbt"
+    task: Annotated[str | None, _opt("bundled task (mr, trec, sms, bbc)", max_length=100)] = "mr"
     # User dataset instead of a bundled task.
-    dataset: str | None = None
-    test_dataset: str | None = None
-    test_fraction: float = 0.0
-    template: str | None = None
-    verbalizer: str | None = None
-    text_field: str = "text"
-    text2_field: str | None = None
-    label_field: str = "label"
-    metric: str = "accuracy"
+    dataset: Annotated[str | None, _opt("your own JSONL/CSV file instead of a bundled task",
+                                        max_length=4096)] = None
+    test_dataset: Annotated[str | None, _opt("a JSONL/CSV file of test examples for the dataset",
+                                             max_length=4096)] = None
+    test_fraction: Annotated[float, _opt("share of the dataset held out as the test set", ge=0, lt=1)] = 0.0
+    template: Annotated[str | None, _opt("the dataset's template, e.g. 'Review: {text}\\nSentiment: {mask}'",
+                                         max_length=4000)] = None
+    verbalizer: Annotated[str | None, _opt("the dataset's label words as label:word pairs, e.g. "
+                                           "'neg:negative,pos:positive'", max_length=4000)] = None
+    text_field: Annotated[str, _opt("the dataset's text field", max_length=100)] = "text"
+    text2_field: Annotated[str | None, _opt("the dataset's second text field (pair tasks)", max_length=100)] = None
+    label_field: Annotated[str, _opt("the dataset's label field", max_length=100)] = "label"
+    metric: Annotated[MetricName, _opt("the dataset's metric")] = "accuracy"
     # Model.
-    model: str = "smollm2-135m"
-    dtype: str = "bf16"
-    device: str = "auto"
-    memory_cap_mb: float = 256.0
+    model: Annotated[str, _opt("the served model: a built-in name (smollm2-135m), a local folder, or fake[:latency]",
+                               max_length=200)] = "smollm2-135m"
+    dtype: Annotated[Literal["bf16", "fp16", "fp32"], _opt("the model's dtype")] = "bf16"
+    device: Annotated[str, _opt("auto (CUDA when present), cpu, cuda, cuda:1, ...", max_length=32)] = "auto"
+    memory_cap_mb: Annotated[float, _opt("activation memory one forward pass may use (scores do not depend on it)",
+                                         gt=0, le=1e7)] = DEFAULT_MEMORY_CAP_MB
     # Data.
-    k_shot: int = 16
-    seed: int = 0
+    k_shot: Annotated[int, _opt("training (and dev) examples per class", ge=1, le=1024)] = 16
+    seed: Annotated[int, _opt("seed of the few-shot split, the projection and the optimizer", ge=0,
+                              le=2**31 - 1)] = 0
     # Search.
-    budget: int = 600
-    popsize: int | None = None  # None: the method's default (METHOD_DEFAULTS)
-    optimizer: str = "cma"
-    sigma0: float = 1.0
-    bounds: float | None = None
-    loss: str = "ce"
-    dev_every: int = 100
+    budget: Annotated[int, _opt("model calls (candidates scored on the training batch)", ge=1, le=1_000_000)] = 600
+    popsize: Annotated[int | None, _opt("candidates per generation", ge=2, le=1000)] = None
+    optimizer: Annotated[str, _opt("cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt", max_length=64)] = "cma"
+    sigma0: Annotated[float, _opt("initial step size of the optimizer", gt=0, le=1000)] = 1.0
+    bounds: Annotated[float | None, _opt("symmetric box [-bounds, bounds] for z", gt=0, le=1e6)] = None
+    loss: Annotated[LossName, _opt("what the search minimizes: ce, hinge or perf (minus the metric)")] = "ce"
+    dev_every: Annotated[int, _opt("evaluate on dev every N calls", ge=1, le=1_000_000)] = 100
     # Prompt.
-    mode: str = "add"
-    n_tokens: int = 50
-    dim: int = 500
-    distribution: str = "normal"
-    alpha: float | None = None  # None: the method's default (METHOD_DEFAULTS)
-    init: str | None = None
+    mode: Annotated[Literal["cat", "add"], _opt("bbt prompt injection: add (A z added to placeholder embeddings) "
+                                                "or cat (A z + p0 inserted)")] = "add"
+    n_tokens: Annotated[int, _opt("soft prompt tokens", ge=1, le=256)] = 50
+    dim: Annotated[int, _opt("dimension d of z", ge=1, le=10_000)] = 500
+    distribution: Annotated[Literal["normal", "uniform"], _opt("the projection's distribution")] = "normal"
+    alpha: Annotated[float | None, _opt("projection scale", gt=0, le=1000)] = None
+    init: Annotated[str | None, _opt("text whose tokens seed the soft prompt", max_length=2000)] = None
+    chat_template: Annotated[bool | None, _opt(
+        "score under the model's chat template (the text is the user message, the label word starts the answer); "
+        "None: on for an endpoint with api chat, else off")] = None
     # Baselines; ICL search shows icl_shots x labels demonstrations unless prompt_length says otherwise.
-    icl_shots: int = 2
-    # Discrete prompts (bbpl, rlprompt, icl_search). None: the method's default (METHOD_DEFAULTS).
-    prompt_length: int | None = None
-    lr: float | None = None
-    vocab_size: int = 200
-    ngram_max: int = 5
-    ngram_min_count: int = 5
-    min_pmi: float = 1.0
-    policy_model: str = "smollm2-135m"
-    top_k: int = 256
-    mlp_hidden: int = 512
-    reward_correct: float = 200.0
-    reward_wrong: float = 180.0
-    # Where the served model lives: None for this service's workers, else a remote endpoint (see
-    # clients.remote.EndpointConfig: {"kind": "openai", "base_url": ..., "model": ..., "api_key_secret": ...}).
-    endpoint: dict | None = None
-
-    def validate(self) -> "RunConfig":
-        def fail(field: str, message: str):
-            raise ConfigError(f"{field}: {message}")
-
-        if self.method not in METHODS:
-            fail("method", f"{self.method!r} is unknown; use one of {', '.join(METHODS)}")
-        for name, value in {**METHOD_DEFAULTS["bbt"], **METHOD_DEFAULTS.get(self.method, {})}.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if self.lr is None:
-            self.lr = 1e-4
-        if self.prompt_length is None and self.method != "icl_search":  # icl_search: set from the task's labels
-            self.prompt_length = 10
-        if (self.task is None) == (self.dataset is None):
-            fail("task", "give exactly one of a bundled task (--task) or a dataset file (--dataset)")
-        if self.dataset is not None and (not self.template or not self.verbalizer):
-            fail("template", "a dataset file needs --template and --verbalizer")
-        for name in ("budget", "popsize", "k_shot", "dim", "n_tokens", "dev_every", "icl_shots", "prompt_length",
-                     "vocab_size", "ngram_max", "ngram_min_count", "top_k", "mlp_hidden"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                fail(name, f"must be >= 1 (got {getattr(self, name)})")
-        if self.method in SEARCH_METHODS and self.budget < self.popsize:
-            fail("budget", f"must be at least popsize ({self.popsize}) calls")
-        if self.method in DISCRETE_METHODS and self.popsize < 2:
-            fail("popsize", "discrete methods need at least 2 samples per step (the baseline is their mean)")
-        if not (self.lr > 0 and self.lr < 1):
-            fail("lr", f"must be in (0, 1) (got {self.lr})")
-        if self.endpoint is not None:
-            from clients.remote import EndpointConfig, EndpointConfigError
-
-            try:
-                EndpointConfig.from_dict(self.endpoint)
-            except EndpointConfigError as exc:
-                fail("endpoint", str(exc))
-            if self.method == "bbtv2":
-                fail("method", "bbtv2 injects prompts before every layer, which no remote endpoint accepts; run it on "
-                               "this service's workers, or use bbpl, rlprompt, icl_search, manual or icl")
-            if self.method == "bbt" and (self.endpoint.get("kind") != "vllm" or self.mode != "cat"):
-                fail("method", "bbt sends soft prompts (embeddings): a text-only endpoint cannot take them; use bbpl, "
-                               "rlprompt, icl_search, manual or icl, or a vllm endpoint with mode 'cat'")
-            if self.method == "bbt" and not self.endpoint.get("embedder_model"):
-                fail("endpoint", "bbt on vllm builds prompt_embeds here: set endpoint.embedder_model to the served "
-                                 "model's weights (a built-in model name or a local path)")
-        if self.sigma0 <= 0 or self.alpha <= 0:
-            fail("sigma0", "sigma0 and alpha must be > 0")
-        if self.loss not in ("ce", "hinge", "perf"):
-            fail("loss", f"{self.loss!r} is unknown; use ce, hinge or perf")
-        if self.mode not in ("cat", "add"):
-            fail("mode", f"{self.mode!r} is unknown for bbt; use cat or add (bbtv2 always injects deep prompts)")
-        if self.distribution not in ("normal", "uniform"):
-            fail("distribution", "use normal or uniform")
-        if self.dtype not in ("bf16", "fp16", "fp32"):
-            fail("dtype", "use bf16, fp16 or fp32")
-        if not (self.optimizer == "cma" or self.optimizer.startswith("ng:")):
-            fail("optimizer", f"{self.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt")
-        if self.optimizer.startswith("ng:") and self.method in SEARCH_METHODS:
-            from optimizers import check_nevergrad_name
-
-            try:
-                check_nevergrad_name(self.optimizer)
-            except ValueError as exc:
-                fail("optimizer", str(exc))
-        return self
+    icl_shots: Annotated[int, _opt("demonstrations per class (icl, icl_search)", ge=1, le=32)] = 2
+    # Discrete prompts (bbpl, rlprompt, icl_search).
+    prompt_length: Annotated[int | None, _opt("discrete prompt positions (bbpl: n-grams, rlprompt: tokens, "
+                                              "icl_search: demonstrations)", ge=1, le=64)] = None
+    lr: Annotated[float | None, _opt("learning rate (bbpl, rlprompt, icl_search)", gt=0, lt=1)] = None
+    vocab_size: Annotated[int, _opt("bbpl: candidate n-grams per position", ge=2, le=5000)] = 200
+    ngram_max: Annotated[int, _opt("bbpl: longest n-gram", ge=1, le=5)] = 5
+    ngram_min_count: Annotated[int, _opt("bbpl: least n-gram frequency", ge=1, le=1000)] = 5
+    min_pmi: Annotated[float, _opt("bbpl: least PMI to merge words into an n-gram", ge=0, le=100)] = 1.0
+    policy_model: Annotated[str, _opt("rlprompt: the frozen policy LM", max_length=200)] = "smollm2-135m"
+    top_k: Annotated[int, _opt("rlprompt: sampling cut-off", ge=1, le=50_000)] = 256
+    mlp_hidden: Annotated[int, _opt("rlprompt: policy MLP width", ge=1, le=4096)] = 512
+    reward_correct: Annotated[float, _opt("rlprompt: reward weight when right", gt=0, le=1e4)] = 200.0
+    reward_wrong: Annotated[float, _opt("rlprompt: reward weight when wrong", gt=0, le=1e4)] = 180.0
+    # Where the served model lives: None for this machine's (or the service's) workers, else a remote endpoint
+    # (`nograd.clients.endpoint.EndpointConfig`).
+    endpoint: Annotated[dict[str, Any] | None, _opt(
+        "a remote endpoint as JSON, e.g. {\"kind\": \"openai\", \"base_url\": \"http://127.0.0.1:8080/v1\", "
+        "\"model\": \"m\", \"api_key_secret\": \"OPENAI_API_KEY\"}")] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown option; known options are {', '.join(sorted(known))}")
-        return cls(**data).validate()
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """A config from JSON-like data, every field's type and bounds checked; raises ConfigError."""
+        return validate(cls, data, what="a run option", error=ConfigError)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig(RunConfig):
+    """A `RunConfig` after `nograd.methods.resolve`: every method default filled in, checked as a whole. Only
+    `resolve` makes new ones; `from_dict` reloads a stored one as it is (never re-resolving)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResolvedConfig:
+        data = dict(data)
+        if data.get("chat_template") is None:  # written before the option existed: what those runs did
+            data["chat_template"] = (data.get("endpoint") or {}).get("api") == "chat"
+        return validate(cls, data, what="a run option", error=ConfigError)
+
+
+#: The options a service job takes at the top level of its body, and those it takes in `options` (the REST schema
+#: is generated from these fields); every other option belongs to the machine that runs the model or reads the data.
+JOB_FIELDS = ("method", "task", "model", "budget", "seed", "k_shot", "dev_every")
+JOB_OPTIONS = ("popsize", "optimizer", "sigma0", "alpha", "bounds", "loss", "mode", "n_tokens", "dim",
+               "distribution", "init", "chat_template", "icl_shots", "prompt_length", "lr", "vocab_size",
+               "ngram_max", "ngram_min_count", "min_pmi", "top_k", "mlp_hidden", "reward_correct", "reward_wrong")

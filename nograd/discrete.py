@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
-from optimizers import PolicyGradient
-from service.engine.losses import all_losses
+from nograd.clients.losses import all_losses
+from nograd.clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+from nograd.engine.factory import shared_handle
+from nograd.optimizers import PolicyGradient
 
-from .config import RunConfig
+from .config import ResolvedConfig
 from .search import PromptSearch
 from .vocab import pmi_ngrams
 
@@ -22,33 +23,37 @@ from .vocab import pmi_ngrams
 class DiscreteSearch(PromptSearch):
     """Shared pieces: the all -1 start, text requests, no projection. Subclasses set `optimizer`, `spec`."""
 
-    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int):
+    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, *,
+                 mode: str, init_x: np.ndarray | None = None, init_spec: PromptSpec | None = None):
+        if init_x is not None or init_spec is not None:
+            raise ValueError("init_from: only soft prompts (bbt, bbtv2) start from another job's prompt")
         self.config, self.task, self.train, self.dev = config, task, train, dev
         self.deep, self.n_layers, self.init_x = False, n_layers, None
+        self.spec = PromptSpec(mode=mode)
         self._reset_progress()
 
     def _zero(self) -> np.ndarray:
         return np.full(self.config.prompt_length, -1.0)
 
     def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
-                 layer: int | None = None, base: np.ndarray | None = None) -> EvalRequest:
+                 layer: int | None = None, base: np.ndarray | None = None,
+                 generation: int | None = None) -> EvalRequest:
         rows = np.asarray(x)[None] if x is not None else np.asarray(population)
         return EvalRequest(self.task, examples, self.spec, texts=[self.prompt_text(row) for row in rows],
-                           loss=self.config.loss)
+                           loss=self.config.loss, generation=self.generation if generation is None else generation)
 
 
 class BBPLSearch(DiscreteSearch):
     """BBPL: one categorical distribution per prompt position over PMI n-grams of the training text."""
 
-    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int):
-        super().__init__(config, task, train, dev, n_layers)
+    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, **kw):
+        super().__init__(config, task, train, dev, n_layers, **kw)
         texts = list(train.texts) + list(train.texts2 or [])
         self.vocab = pmi_ngrams(texts, max_n=config.ngram_max, min_count=config.ngram_min_count,
                                 min_pmi=config.min_pmi, top=config.vocab_size)
         if len(self.vocab) < 2:
             raise ValueError("vocab_size: the training text gives fewer than 2 candidate n-grams; lower "
                              "ngram_min_count or use more training examples")
-        self.spec = PromptSpec(mode="text")
         self.optimizer = PolicyGradient(config.prompt_length, len(self.vocab), config.popsize, lr=config.lr,
                                         seed=config.seed, budget=config.budget)
 
@@ -71,11 +76,10 @@ class ICLSearch(DiscreteSearch):
     it shows. Positions that repeat an earlier choice are dropped.
     """
 
-    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int):
-        super().__init__(config, task, train, dev, n_layers)
+    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, **kw):
+        super().__init__(config, task, train, dev, n_layers, **kw)
         if len(task.demos) != len(train):
             raise ValueError("icl_search: the task's demonstration pool must be the training examples")
-        self.spec = PromptSpec(mode="demos")
         self.optimizer = PolicyGradient(config.prompt_length, len(task.demos), config.popsize, lr=config.lr,
                                         seed=config.seed, budget=config.budget)
 
@@ -88,10 +92,11 @@ class ICLSearch(DiscreteSearch):
         return np.asarray(out, dtype=np.float64)
 
     def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
-                 layer: int | None = None, base: np.ndarray | None = None) -> EvalRequest:
+                 layer: int | None = None, base: np.ndarray | None = None,
+                 generation: int | None = None) -> EvalRequest:
         rows = np.asarray(x)[None] if x is not None else np.asarray(population)
         return EvalRequest(self.task, examples, self.spec, z=np.stack([self._unique(r) for r in rows]),
-                           loss=self.config.loss)
+                           loss=self.config.loss, generation=self.generation if generation is None else generation)
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
         labels = np.asarray(self.train.labels)
@@ -103,6 +108,11 @@ class ICLSearch(DiscreteSearch):
             out.append(float(losses[self.config.loss][0]))
         return np.asarray(out)
 
+    def result(self) -> dict:
+        """As `PromptSearch.result`, with the chosen row as it was scored (repeated choices dropped)."""
+        outcome = super().result()
+        return {**outcome, "x": self._unique(outcome["x"])}
+
     def prompt_text(self, x: np.ndarray) -> str:
         chosen = [int(i) for i in self._unique(x) if i >= 0]
         return "demonstrations: " + (", ".join(f"train #{i}" for i in chosen) if chosen else "none")
@@ -111,18 +121,18 @@ class ICLSearch(DiscreteSearch):
 class RLPromptSearch(DiscreteSearch):
     """RLPrompt: prompts sampled from a frozen small LM with a trainable MLP (see `nograd.rlprompt`)."""
 
-    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int):
-        super().__init__(config, task, train, dev, n_layers)
-        from .rlprompt import RLPromptPolicy
+    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, **kw):
+        super().__init__(config, task, train, dev, n_layers, **kw)
+        from .rlprompt import RLPromptPolicy  # torch: loaded only when an RLPrompt search runs
 
-        self._model, self._tokenizer = _policy_model(config.policy_model)
-        self.spec = PromptSpec(mode="text")
+        policy = shared_handle(config.policy_model)  # fp32 on the CPU: it only scores a few short sequences
+        self._model, self._tokenizer = policy.model, policy.tokenizer
         self.optimizer = RLPromptPolicy(self._model, self._tokenizer, length=config.prompt_length,
                                         popsize=config.popsize, top_k=config.top_k, lr=config.lr,
                                         hidden=config.mlp_hidden, seed=config.seed)
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
-        from .rlprompt import reward
+        from .rlprompt import reward  # torch: see __init__
 
         return -reward(np.asarray(result.logits), np.asarray(self.train.labels), self.config.reward_correct,
                        self.config.reward_wrong)
@@ -134,32 +144,9 @@ class RLPromptSearch(DiscreteSearch):
         return self.optimizer.text(x)
 
     def _optimizer_from_state(self, state: dict):
-        from .rlprompt import RLPromptPolicy
+        from .rlprompt import RLPromptPolicy  # torch: see __init__
 
         return RLPromptPolicy.from_state(state, self._model, self._tokenizer)
 
 
-_POLICY_MODELS: dict[str, tuple] = {}
-
-
-def _policy_model(name: str):
-    """The frozen policy LM (fp32, CPU: it only scores a handful of short sequences), loaded once per process."""
-    if name not in _POLICY_MODELS:
-        from service.engine import load_model
-
-        handle = load_model(name, dtype="fp32", device="cpu")
-        _POLICY_MODELS[name] = (handle.model, handle.tokenizer)
-    return _POLICY_MODELS[name]
-
-
-SEARCHES = {"bbpl": BBPLSearch, "icl_search": ICLSearch, "rlprompt": RLPromptSearch}
-
-
-def make_search(config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, **kw):
-    """The search a method runs: BBT/BBTv2's `PromptSearch`, or a discrete one."""
-    if config.method in SEARCHES:
-        return SEARCHES[config.method](config, task, train, dev, n_layers)
-    return PromptSearch(config, task, train, dev, n_layers, **kw)
-
-
-__all__ = ["BBPLSearch", "DiscreteSearch", "ICLSearch", "RLPromptSearch", "SEARCHES", "make_search"]
+__all__ = ["BBPLSearch", "DiscreteSearch", "ICLSearch", "RLPromptSearch"]

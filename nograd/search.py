@@ -13,19 +13,19 @@ from dataclasses import replace
 
 import numpy as np
 
-from clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
-from optimizers import make_deep_optimizer, make_optimizer, optimizer_from_state
+from nograd.clients.protocol import ModelClient
+from nograd.clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
+from nograd.optimizers import make_deep_optimizer, make_optimizer, optimizer_from_state
 
-from .config import RunConfig
+from .config import ResolvedConfig
 
 STATE_VERSION = 1
 
 
-def prompt_spec(config: RunConfig) -> PromptSpec:
-    """The prompt a run optimizes: BBT's `cat`/`add` soft prompt, or BBTv2's deep prompt."""
+def prompt_spec(config: ResolvedConfig, mode: str) -> PromptSpec:
+    """The prompt a run optimizes: BBT's `cat`/`add` soft prompt, or BBTv2's `deep` prompt."""
     projection = ProjectionSpec(seed=config.seed, dim=config.dim, distribution=config.distribution,
                                 alpha=config.alpha, sigma0=config.sigma0)
-    mode = "deep" if config.method == "bbtv2" else config.mode
     return PromptSpec(mode=mode, n_tokens=config.n_tokens, projection=projection, init=config.init)
 
 
@@ -36,18 +36,19 @@ def _dev_key(metric: float, ce: float) -> tuple[float, float]:
 class PromptSearch:
     """Black-box search over z for one run.
 
-    `init_x`/`init_spec` start from an earlier run's prompt (transfer between tasks, as in SPoT): the search
-    reuses that run's projection and starts its distribution at that run's z.
+    `mode` is the prompt mode the method optimizes (`nograd.methods.Method.prompt_mode`). `init_x`/`init_spec` start
+    from an earlier run's prompt (transfer between tasks, as in SPoT): the search reuses that run's projection and
+    starts its distribution at that run's z.
 
     Invariants: `calls` counts exactly the candidates scored on the training batch (never more than the
     budget); dev evaluations are not charged. The candidate with the best dev metric (ties: lower dev CE) is
     the result; the initial prompt (z = 0) is always a contender, so the result is never worse on dev.
     """
 
-    def __init__(self, config: RunConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int,
-                 init_x: np.ndarray | None = None, init_spec: PromptSpec | None = None):
+    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, *,
+                 mode: str, init_x: np.ndarray | None = None, init_spec: PromptSpec | None = None):
         self.config, self.task, self.train, self.dev = config, task, train, dev
-        self.spec = init_spec if init_spec is not None else prompt_spec(config)
+        self.spec = init_spec if init_spec is not None else prompt_spec(config, mode)
         self.deep = self.spec.mode == "deep"
         self.n_layers = n_layers
         self.init_x = None if init_x is None else np.asarray(init_x, dtype=np.float64)
@@ -81,14 +82,18 @@ class PromptSearch:
         return np.zeros((self.n_layers, self.config.dim) if self.deep else self.config.dim)
 
     def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
-                 layer: int | None = None, base: np.ndarray | None = None) -> EvalRequest:
-        """A request for full candidates `x` (one) or for a population varying one layer (deep) / all of z."""
+                 layer: int | None = None, base: np.ndarray | None = None,
+                 generation: int | None = None) -> EvalRequest:
+        """A request for full candidates `x` (one) or for a population varying one layer (deep) / all of z, in
+        `generation` (default: the last completed one)."""
+        generation = self.generation if generation is None else generation
         if x is not None:
             if self.deep:
-                return EvalRequest(self.task, examples, self.spec, base=x, loss=self.config.loss)
+                return EvalRequest(self.task, examples, self.spec, base=x, loss=self.config.loss,
+                                   generation=generation)
             population = x[None]
         return EvalRequest(self.task, examples, self.spec, z=population, layer=layer, base=base,
-                           loss=self.config.loss)
+                           loss=self.config.loss, generation=generation)
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
         """What the optimizer minimizes for the scored population (the request's loss by default)."""
@@ -98,14 +103,14 @@ class PromptSearch:
         """Hook: extra fields for a generation's history record."""
         return {}
 
-    async def _score_dev(self, client, candidates: list[np.ndarray]) -> list[tuple[float, float]]:
+    async def _score_dev(self, client: ModelClient, candidates: list[np.ndarray]) -> list[tuple[float, float]]:
         if self.deep:
             results = [await client.evaluate(self._request(self.dev, x)) for x in candidates]
             return [(float(r.metric[0]), float(r.losses["ce"][0])) for r in results]
         result = await client.evaluate(self._request(self.dev, population=np.stack(candidates)))
         return [(float(m), float(c)) for m, c in zip(result.metric, result.losses["ce"])]
 
-    async def _dev_round(self, client, candidates: list[np.ndarray]) -> dict:
+    async def _dev_round(self, client: ModelClient, candidates: list[np.ndarray]) -> dict:
         scores = await self._score_dev(client, candidates)
         best_i = max(range(len(scores)), key=lambda i: _dev_key(*scores[i]))
         metric, ce = scores[best_i]
@@ -127,7 +132,7 @@ class PromptSearch:
     def done(self) -> bool:
         return self.started and self.calls >= self.config.budget
 
-    async def start(self, client) -> dict:
+    async def start(self, client: ModelClient) -> dict:
         """Score the initial prompt (z = 0) on train and dev; pin the projection scales the endpoint derived."""
         zero = self._zero()
         result = await client.evaluate(self._request(self.train, zero))
@@ -141,7 +146,7 @@ class PromptSearch:
         self.started = True
         return dict(self.initial)
 
-    async def step(self, client) -> dict:
+    async def step(self, client: ModelClient) -> dict:
         """One generation: returns its history record."""
         if not self.started:
             raise RuntimeError("call start() before step()")
@@ -154,7 +159,8 @@ class PromptSearch:
         remaining = self.config.budget - self.calls
         partial = remaining < len(population)
         scored = population[:remaining] if partial else population
-        result = await client.evaluate(self._request(self.train, population=scored, layer=layer, base=base))
+        result = await client.evaluate(self._request(self.train, population=scored, layer=layer, base=base,
+                                                     generation=self.generation + 1))
         losses = self._objective(result, scored)
         self.calls += len(scored)
         if not partial:

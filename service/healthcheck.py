@@ -1,4 +1,4 @@
-"""Container healthcheck of a worker: `python -m service.healthcheck FILE MAX_AGE_SECONDS` exits 0 when the worker
+"""Container healthcheck of a worker: `python -m nograd.service.healthcheck FILE MAX_AGE_SECONDS` exits 0 when the worker
 touched FILE (its `--heartbeat-file`, after every heartbeat the broker accepted) within MAX_AGE_SECONDS."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m service.healthcheck HEARTBEAT_FILE MAX_AGE_SECONDS", file=sys.stderr)
+        print("usage: python -m nograd.service.healthcheck HEARTBEAT_FILE MAX_AGE_SECONDS", file=sys.stderr)
         return 2
     path, max_age = argv[0], float(argv[1])
     try:

@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nograd.engine import DEFAULT_MEMORY_CAP_MB
+
 
 class Settings(BaseSettings):
     """Embedded defaults: SQLite in `data_dir`, no Redis (in-process queue and worker), auth on."""
@@ -32,7 +34,8 @@ class Settings(BaseSettings):
     run_jobs: bool = Field(True, description="run the job runner in the API process")
     dtype: str = "bf16"
     device: str = "auto"
-    memory_cap_mb: float = 256.0
+    memory_cap_mb: float = Field(DEFAULT_MEMORY_CAP_MB, gt=0, description="activation memory per forward pass "
+                                 "of an embedded worker (scores do not depend on it)")
     max_concurrent_jobs: int = Field(16, ge=1)
     batch_size: int | None = Field(None, ge=1, description="most candidates per queue batch (None: whole "
                                    "populations)")

@@ -1,7 +1,8 @@
 """Model workers: take evaluation batches from the queue, run the engine, write results, heartbeat.
 
-`process_one` has explicit outcomes: done -> result written and acknowledged; bad input (the engine's
-`ValueError`s: unknown verbalizer word, context too long, ...) -> an error result, since retrying cannot help;
+`process_one` has explicit outcomes: done -> result written and acknowledged; bad input (`InvalidRequest`: an
+unknown verbalizer word, a context too long, a malformed candidate, ...) -> an error result, since retrying cannot
+help;
 anything else -> the traceback is logged and the batch is handed back for a retry, dead-lettered after
 `max_deliveries`. A worker that dies mid-batch leaves it unacknowledged; another worker reclaims it.
 """
@@ -18,28 +19,17 @@ import uuid
 from collections import OrderedDict
 from dataclasses import asdict
 
-from clients.types import ModelInfo
+from nograd.clients.protocol import Evaluator
+from nograd.clients.types import InvalidRequest, ModelInfo
 
 from .queue import BatchQueue, BatchResult, Delivery
-from .wire import decode_context, decode_work, encode_result
+from .queue.wire import decode_context, decode_work, encode_result
 
 log = logging.getLogger("nograd.worker")
 
 
-def load_engine(model: str, *, dtype: str = "bf16", device: str = "auto", memory_cap_mb: float = 256.0):
-    """The engine for a model name: `fake[:latency]` (tests, benchmarks) or any model `load_model` accepts."""
-    from .engine.fake import parse_fake
-
-    fake = parse_fake(model)
-    if fake is not None:
-        return fake
-    from .engine import Engine, load_model
-
-    return Engine(load_model(model, dtype=dtype, device=device), memory_cap_mb=memory_cap_mb)
-
-
 class Worker:
-    """Serves `engines` (model name -> engine with `evaluate(EvalRequest)` and `describe()`), one batch at a time.
+    """Serves `engines` (model name -> `Evaluator`, built by `nograd.engine.build_engine`), one batch at a time.
 
     Args:
         queue: the batch queue.
@@ -50,7 +40,7 @@ class Worker:
         context_cache: how many job contexts (task data) to keep.
     """
 
-    def __init__(self, queue: BatchQueue, engines: dict, *, worker_id: str | None = None, heartbeat: float = 2.0,
+    def __init__(self, queue: BatchQueue, engines: dict[str, Evaluator], *, worker_id: str | None = None, heartbeat: float = 2.0,
                  poll: float = 1.0, context_cache: int = 64, heartbeat_file: str | None = None):
         self.queue, self.engines = queue, dict(engines)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -136,10 +126,10 @@ class Worker:
                                                           worker=self.id, seconds=seconds))
             self.batches_done += 1
             return "done"
-        except ValueError as exc:  # the engine's input errors (EngineError is a ValueError): final
+        except InvalidRequest as exc:  # the request cannot be scored as sent: final
             self.errors += 1
             log.info("batch %s of job %s rejected: %s", batch.id, batch.job_id, exc)
-            await self.queue.finish(delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc),
+            await self.queue.finish(delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True,
                                                           worker=self.id))
             return "rejected"
         except Exception as exc:

@@ -19,13 +19,13 @@ def masked_tokenizer():
 
 @pytest.fixture(scope="session")
 def causal_handle(causal_tokenizer):
-    from service.engine.models import handle_from_model
+    from nograd.engine.models import handle_from_model
     return handle_from_model(make_causal(), causal_tokenizer, name="tiny-llama", kind="causal")
 
 
 @pytest.fixture(scope="session")
 def masked_handle(masked_tokenizer):
-    from service.engine.models import handle_from_model
+    from nograd.engine.models import handle_from_model
     return handle_from_model(make_masked(), masked_tokenizer, name="tiny-roberta", kind="masked")
 
 

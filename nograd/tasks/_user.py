@@ -30,26 +30,26 @@ def parse_verbalizer(spec: str) -> dict[str, str]:
             label, or two labels with the same word.
     """
     if not isinstance(spec, str):
-        raise DatasetError(f"verbalizer must be a string like 'neg:bad,pos:good', got {spec!r}")
+        raise DatasetError(f"verbalizer must be a string like 'neg:bad,pos:good', got {spec!r}", field="verbalizer")
     text = spec.strip()
     if text.startswith("{"):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"verbalizer {spec!r} is not valid JSON ({exc.msg}); write it as "
-                               "'label:word,label:word' or a JSON object") from None
+                               "'label:word,label:word' or a JSON object", field="verbalizer") from None
         return check_verbalizer(parsed)
     out: dict[str, str] = {}
     for item in text.split(","):
         label, sep, word = (part.strip() for part in item.rpartition(":"))
         if not item.strip():
             raise DatasetError(f"verbalizer {spec!r} has an empty entry; write "
-                               "'label:word,label:word' without stray commas")
+                               "'label:word,label:word' without stray commas", field="verbalizer")
         if not sep or not label:
             raise DatasetError(f"verbalizer entry {item.strip()!r} in {spec!r} is not "
-                               "'label:word'; write each entry as label:word")
+                               "'label:word'; write each entry as label:word", field="verbalizer")
         if label in out:
-            raise DatasetError(f"verbalizer {spec!r} gives label {label!r} twice; keep one")
+            raise DatasetError(f"verbalizer {spec!r} gives label {label!r} twice; keep one", field="verbalizer")
         out[label] = word
     return check_verbalizer(out)
 
@@ -62,17 +62,17 @@ def check_verbalizer(verbalizer: object) -> dict[str, str]:
     """
     if not isinstance(verbalizer, dict) or not verbalizer:
         raise DatasetError(f"verbalizer must be a non-empty mapping label -> word like "
-                           f"{{'neg': 'bad', 'pos': 'good'}}, got {verbalizer!r}")
+                           f"{{'neg': 'bad', 'pos': 'good'}}, got {verbalizer!r}", field="verbalizer")
     seen: dict[str, str] = {}
     for label, word in verbalizer.items():
         if not isinstance(label, str) or not label.strip():
-            raise DatasetError(f"verbalizer label {label!r} must be a non-empty string")
+            raise DatasetError(f"verbalizer label {label!r} must be a non-empty string", field="verbalizer")
         if not isinstance(word, str) or not word.strip():
             raise DatasetError(f"verbalizer word for label {label!r} is empty; give it a word, "
-                               f"e.g. {label}:good")
+                               f"e.g. {label}:good", field="verbalizer")
         if word.strip() in seen:
             raise DatasetError(f"labels {seen[word.strip()]!r} and {label!r} both map to the word "
-                               f"{word.strip()!r}; give each label its own word")
+                               f"{word.strip()!r}; give each label its own word", field="verbalizer")
         seen[word.strip()] = label
     return dict(verbalizer)
 
@@ -110,13 +110,13 @@ def load_user_dataset(path: str | Path, *, template: str, verbalizer: dict[str, 
     try:
         validate_template(template, fields)
     except TaskError as exc:
-        raise DatasetError(f"invalid template: {exc}") from None
+        raise DatasetError(f"invalid template: {exc}", field="template") from None
     if metric not in METRICS:
-        raise DatasetError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        raise DatasetError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", field="metric")
     if not 0.0 <= test_fraction < 1.0:
-        raise DatasetError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise DatasetError(f"test_fraction must be in [0, 1), got {test_fraction}", field="test_fraction")
     if test_path is not None and test_fraction:
-        raise DatasetError("give either test_path or test_fraction, not both")
+        raise DatasetError("give either test_path or test_fraction, not both", field="test_fraction")
     keys = {"text": text_field, "text2": text2_field, "label": label_field}
     pool = _read_examples(Path(path), keys, verbalizer, require_all_labels=True)
     if test_path is not None:
@@ -162,13 +162,13 @@ def _read_examples(path: Path, keys: dict[str, str | None], verbalizer: dict[str
         listed = ", ".join(f"{lab!r} (first at {first_seen[lab]})" for lab in unknown)
         example = ",".join(f"{k}:{v}" for k, v in verbalizer.items())
         raise DatasetError(f"{path}: label(s) {listed} have no verbalizer word; add it to "
-                           f"--verbalizer, e.g. '{example},{unknown[0]}:WORD'")
+                           f"--verbalizer, e.g. '{example},{unknown[0]}:WORD'", field="verbalizer")
     missing = [lab for lab in verbalizer if lab not in first_seen]
     if require_all_labels and missing:
         raise DatasetError(f"{path}: unknown label(s) {', '.join(map(repr, missing))} in the "
                            f"verbalizer never occur in the data (labels found: "
                            f"{', '.join(map(repr, first_seen))}); remove them from the "
-                           "verbalizer or check the spelling")
+                           "verbalizer or check the spelling", field="verbalizer")
     return examples
 
 

@@ -12,12 +12,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.jobs import JobRunner
-from service.queue import BatchQueue, queue_from_settings
-from service.secrets import SecretBox
-from service.settings import Settings, get_settings
-from service.store import Store
-from service.worker import Worker, load_engine
+from nograd.engine import build_engine
+
+from ..executor import JobExecutor
+from ..queue import BatchQueue, queue_from_settings
+from ..secrets import SecretBox
+from ..settings import Settings, get_settings
+from ..store import Store
+from ..worker import Worker
 
 from . import errors
 from .routes import catalog, datasets, jobs, secrets
@@ -64,14 +66,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             if loaded is None:
                 loaded = {}
                 for name in settings.models:
-                    loaded[name] = await asyncio.to_thread(load_engine, name, dtype=settings.dtype,
+                    loaded[name] = await asyncio.to_thread(build_engine, name, dtype=settings.dtype,
                                                            device=settings.device,
                                                            memory_cap_mb=settings.memory_cap_mb)
             # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
             worker = Worker(app.state.queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
             background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
         if settings.run_jobs:
-            runner = JobRunner.from_settings(app.state.store, app.state.queue, settings,
+            runner = JobExecutor.from_settings(app.state.store, app.state.queue, settings,
                                              on_batch=app.state.metrics.on_batch)
             app.state.runner = runner
             background.append(asyncio.create_task(runner.run(stop), name="job-runner"))

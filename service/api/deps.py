@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.queue import BatchQueue
-from service.settings import Settings
-from service.store import Store
+from nograd.service.queue import BatchQueue
+from nograd.service.settings import Settings
+from nograd.service.store import Store
 
 from .errors import Unauthorized
 

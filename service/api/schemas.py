@@ -1,86 +1,65 @@
-"""Request and response models of the REST API (JobCreate / JobPublic / JobsPublic, ...)."""
+"""Request and response models of the REST API (JobCreate / JobPublic / JobsPublic, ...).
+
+A job's fields, its `options` and its `endpoint` are generated from the dataclasses that declare them once
+(`nograd.config.RunConfig`, `nograd.clients.endpoint.EndpointConfig`) and from the method and endpoint-kind
+registries, so the schema, the CLI and validation never disagree.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
+import dataclasses
 import time
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
 
-from nograd.config import METHODS
+from nograd.clients.endpoint import EndpointConfig
+from nograd.clients.kinds import ENDPOINT_KINDS
+from nograd.config import JOB_FIELDS, JOB_OPTIONS, RunConfig
+from nograd.methods import METHODS
 
-
-class JobOptions(BaseModel):
-    """Method and optimizer options; unset fields take the method's defaults (see README, Methods)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    popsize: int | None = Field(None, ge=2, le=1000, description="candidates per generation")
-    optimizer: str | None = Field(None, max_length=64, description="cma or ng:<nevergrad optimizer>")
-    sigma0: float | None = Field(None, gt=0, le=1000)
-    alpha: float | None = Field(None, gt=0, le=1000, description="projection scale")
-    bounds: float | None = Field(None, gt=0, le=1e6)
-    loss: Literal["ce", "hinge", "perf"] | None = None
-    mode: Literal["cat", "add"] | None = Field(None, description="bbt prompt injection")
-    n_tokens: int | None = Field(None, ge=1, le=256)
-    dim: int | None = Field(None, ge=1, le=10_000)
-    distribution: Literal["normal", "uniform"] | None = None
-    init: str | None = Field(None, max_length=2000, description="text whose tokens seed the prompt")
-    icl_shots: int | None = Field(None, ge=1, le=32, description="demonstrations per class (icl, icl_search)")
-    prompt_length: int | None = Field(None, ge=1, le=64, description="discrete prompt positions (bbpl: n-grams, "
-                                      "rlprompt: tokens, icl_search: demonstrations)")
-    lr: float | None = Field(None, gt=0, lt=1, description="learning rate (bbpl, rlprompt, icl_search)")
-    vocab_size: int | None = Field(None, ge=2, le=5000, description="bbpl: candidate n-grams per position")
-    ngram_max: int | None = Field(None, ge=1, le=5, description="bbpl: longest n-gram")
-    ngram_min_count: int | None = Field(None, ge=1, le=1000, description="bbpl: least n-gram frequency")
-    min_pmi: float | None = Field(None, ge=0, le=100, description="bbpl: least PMI to merge words into an n-gram")
-    top_k: int | None = Field(None, ge=1, le=50_000, description="rlprompt: sampling cut-off")
-    mlp_hidden: int | None = Field(None, ge=1, le=4096, description="rlprompt: policy MLP width")
-    reward_correct: float | None = Field(None, gt=0, le=1e4, description="rlprompt: reward weight when right")
-    reward_wrong: float | None = Field(None, gt=0, le=1e4, description="rlprompt: reward weight when wrong")
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class EndpointSpec(BaseModel):
-    """A remote model endpoint the job scores prompts on instead of this service's workers."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["openai", "vllm"] = Field(description="openai: any OpenAI-compatible server (OpenAI, llama.cpp, "
-                                                        "vLLM's text API); vllm: also soft prompts via prompt_embeds")
-    base_url: str = Field(max_length=500, description="e.g. https://api.openai.com/v1")
-    model: str = Field(max_length=200, description="the model name the endpoint expects")
-    api: Literal["completions", "chat"] = "completions"
-    api_key_secret: str | None = Field(None, max_length=100, description="name of a secret (POST /v1/secrets)")
-    top_logprobs: int | None = Field(None, ge=1, le=100)
-    concurrency: int | None = Field(None, ge=1, le=64)
-    timeout: float | None = Field(None, gt=0, le=600)
-    max_retries: int | None = Field(None, ge=0, le=20)
-    embedder_model: str | None = Field(None, max_length=500, description="vllm + bbt: the served model's weights "
-                                       "here (built-in name or path), to build prompt_embeds")
-    exact_label_ids: bool | None = Field(None, description="vllm: exact label-word scores via logprob_token_ids")
-    rescore_missing: bool | None = Field(None, description="ask again with logit_bias for a label word without an "
-                                         "exact match in the top list (default true)")
-    label_token_ids: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
-        None, max_length=1000, description="label word -> the endpoint's id of its first token (else the server's "
-                                           "tokenizer route is asked)")
+def _fields(cls: type, names: tuple[str, ...], *, optional: bool) -> dict[str, Any]:
+    """`create_model` field definitions for `names` of dataclass `cls`: each field's annotation (with its bounds
+    and description) and default, or `X | None = None` when `optional` (unset: the default applies later)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    out = {}
+    for name in names:
+        annotation = hints[name]
+        if optional:
+            out[name] = (annotation | None, None)
+        else:
+            out[name] = (annotation, defaults[name] if defaults[name] is not dataclasses.MISSING else ...)
+    return out
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+JobOptions = create_model(
+    "JobOptions", __config__=_STRICT, __doc__="Method and optimizer options; unset fields take the method's "
+    "defaults (see README, Methods).", **_fields(RunConfig, JOB_OPTIONS, optional=True))
 
-    method: Literal[METHODS] = Field(description=", ".join(METHODS))  # type: ignore[valid-type]
-    task: str | None = Field(None, max_length=100, description="bundled task name (GET /v1/tasks)")
-    dataset_id: str | None = Field(None, max_length=40, description="an uploaded dataset (POST /v1/datasets)")
-    model: str = Field("smollm2-135m", max_length=200, description="GET /v1/models")
-    budget: int = Field(600, ge=1, le=1_000_000, description="model calls (candidates scored on train)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    k_shot: int = Field(16, ge=1, le=1024, description="training (and dev) examples per class")
-    dev_every: int = Field(100, ge=1, le=1_000_000, description="dev evaluation every N calls")
-    init_from: str | None = Field(None, max_length=40, description="a finished job whose prompt is the start")
-    options: JobOptions = Field(default_factory=JobOptions)
-    endpoint: EndpointSpec | None = Field(None, description="score on a remote API instead of this service's "
-                                                              "workers (model is then ignored)")
+_kind_help = "; ".join(f"{name}: {cls.description}" for name, cls in ENDPOINT_KINDS.items())
+EndpointSpec = create_model(
+    "EndpointSpec", __config__=_STRICT, __doc__="A remote model endpoint the job scores prompts on instead of this "
+    "service's workers.",
+    kind=(Literal[tuple(ENDPOINT_KINDS)], Field(description=_kind_help)),  # type: ignore[valid-type]
+    **{name: spec for name, spec in _fields(EndpointConfig, tuple(f.name for f in dataclasses.fields(EndpointConfig)),
+                                              optional=False).items() if name != "kind"})
+
+_top = _fields(RunConfig, JOB_FIELDS, optional=False)
+_top["method"] = (Literal[tuple(METHODS)],  # type: ignore[valid-type]
+                  Field(description="; ".join(f"{m.name}: {m.description}" for m in METHODS.values())))
+_top["task"] = (_top["task"][0], None)
+JobCreate = create_model(
+    "JobCreate", __config__=_STRICT, **_top,
+    dataset_id=(str | None, Field(None, max_length=40, description="an uploaded dataset (POST /v1/datasets)")),
+    init_from=(str | None, Field(None, max_length=40, description="a finished job whose prompt is the start")),
+    options=(JobOptions, Field(default_factory=JobOptions)),
+    endpoint=(EndpointSpec | None, Field(None, description="score on a remote API instead of this service's "
+                                                             "workers (model is then ignored)")))
 
 
 class JobPublic(BaseModel):

@@ -2,7 +2,7 @@
 
 Runner side: `put_context` (task data, once per job and example set), `submit` (batches), `wait` (results).
 Worker side: `take` (a delivery for one of its models), `finish` (idempotent result write, then ack), `retry`
-(hand the batch back after an error), `heartbeat`. A batch's id is the hash of its content (see `service.wire`),
+(hand the batch back after an error), `heartbeat`. A batch's id is the hash of its content (see `queue.wire`),
 so the same batch submitted twice, or delivered twice, produces one result.
 """
 
@@ -38,19 +38,21 @@ class Batch(_Json):
     generation: int
     model: str
     context: str  # context key: the job's task data travel once, not with every batch
-    work: dict  # service.wire.encode_work(...)
+    work: dict  # wire.encode_work(...)
     attempts: int = 0  # errors so far (workers retry a failed batch until max_deliveries)
     enqueued_at: float = field(default_factory=time.time)
 
 
 @dataclass
 class BatchResult(_Json):
-    """What a worker wrote for a batch: `data` (service.wire.encode_result) or a final `error`."""
+    """What a worker wrote for a batch: `data` (`queue.wire.encode_result`) or a final `error`; `rejected`: the
+    error is the request's own (`InvalidRequest`), not a failure of the workers."""
 
     batch_id: str
     ok: bool
     data: dict | None = None
     error: str | None = None
+    rejected: bool = False
     worker: str = ""
     seconds: float = 0.0
     finished_at: float = field(default_factory=time.time)

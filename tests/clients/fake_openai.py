@@ -6,7 +6,7 @@ consumed one per request: "429", "500", "timeout", "malformed", "nologprobs", "d
 the top list); with none left, requests succeed.
 
 `POST /tokenize` (vLLM's shape: {"model", "prompt"} -> {"tokens"}, with a BOS id 1 in front) gives each word of
-WORDS the id 100 + its index, when `tokenizer` is on. `logit_bias` makes the biased word the generated token; its
+WORDS, with or without its leading space, the id 100 + its index, when `tokenizer` is on. `logit_bias` makes the biased word the generated token; its
 log-probability is reported before the bias (`bias_reporting` "raw", as real servers do), after it ("biased"), or
 the bias is ignored ("ignore").
 """
@@ -71,7 +71,8 @@ class FakeOpenAI:
         if not self.tokenizer:
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         text = body["prompt"]
-        ids = [BOS] + ([100 + WORDS.index(text)] if text in WORDS else [7] * len(text.split()))
+        word = text if text in WORDS else " " + text  # a word starts the same token with or without its space
+        ids = [BOS] + ([100 + WORDS.index(word)] if word in WORDS else [7] * len(text.split()))
         return {"tokens": ids, "count": len(ids)}
 
     def _answer(self, prompt: str, body: dict) -> tuple[str, float, dict[str, float]]:

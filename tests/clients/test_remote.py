@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from fake_openai import FakeOpenAI
 
-from clients import ModelClient
-from clients.remote import (EndpointConfig, EndpointConfigError, OpenAIClient, RemoteError, check_url,
-                            label_scores)
-from clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+from nograd.clients import InvalidRequest, ModelClient
+from nograd.clients.endpoint import EndpointConfigError, RemoteError
+from nograd.clients.guard import check_url, guarded_transport
+from nograd.clients.kinds import parse_endpoint
+from nograd.clients.labels import label_scores
+from nograd.clients.openai import OpenAIClient
+from nograd.clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
 
 TASK = TaskSpec(template="Review: {text} It was {mask}.", labels=("neg", "pos"), verbalizer=("bad", "great"))
 EXAMPLES = Examples(texts=["a great film", "bad, bad acting", "it is what it is"], labels=[1, 0, 1])
@@ -39,11 +43,12 @@ def _reset(server):
 def _client(server, api="completions", **kw) -> OpenAIClient:
     options = dict(kind="openai", base_url=server.url, model="fake", api=api, backoff=0.01, timeout=1.0)
     options.update(kw)
-    return OpenAIClient(EndpointConfig.from_dict(options), KEY)
+    return OpenAIClient(parse_endpoint(options), KEY)
 
 
-def _text_request(texts=("", "great great")) -> EvalRequest:
-    return EvalRequest(TASK, EXAMPLES, PromptSpec(mode="text"), texts=list(texts))
+def _text_request(texts=("", "great great"), api="completions") -> EvalRequest:
+    """Under the chat API the job scores under the chat template (`TaskSpec.chat`), as resolution sets it."""
+    return EvalRequest(replace(TASK, chat=api == "chat"), EXAMPLES, PromptSpec(mode="text"), texts=list(texts))
 
 
 def _run(client, request):
@@ -59,7 +64,7 @@ def _run(client, request):
 def test_label_scores_come_from_first_token_logprobs(server, api):
     client = _client(server, api)
     assert isinstance(client, ModelClient)
-    result = _run(client, _text_request())
+    result = _run(client, _text_request(api=api))
     assert result.logits.shape == (2, 3, 2)
     # The same texts the fake scored: its log-probabilities of " bad" / " great" for each rendered input.
     prompts = [r["prompt"] if api == "completions" else r["messages"][-1]["content"] for r in server.requests]
@@ -90,14 +95,15 @@ def test_missing_label_word_gets_the_floor_and_is_counted(server):
 def test_missing_label_word_is_rescored_with_logit_bias(server, api, reporting):
     server.faults[:] = ["drop: bad"] * 6  # the first answer and the biased one both leave " bad" out of the list
     server.bias_reporting = reporting
-    result = _run(_client(server, api), _text_request(texts=[""]))
+    result = _run(_client(server, api), _text_request(texts=[""], api=api))
     assert result.usage["rescored_label_words"] == 3 and result.usage["missing_label_words"] == 0
     exact = [FakeOpenAI.top(f"Review: {t} It was")[" bad"] for t in EXAMPLES.texts]
     assert result.logits[0, :, 0] == pytest.approx(exact, abs=1e-6)
     biased = [r for r in server.requests if r.get("logit_bias")]
     assert len(biased) == 3 and all(r["logit_bias"] == {"101": 100.0} for r in biased)
-    # The tokenizer is asked once per word (and once for the empty string, to strip its BOS), then remembered.
-    assert sorted(r["prompt"] for r in server.tokenize_requests) == ["", " bad"]
+    # The tokenizer is asked once per word as it follows the text (no space under a chat template: it starts the
+    # answer), and once for the empty string, to strip its BOS; then remembered.
+    assert sorted(r["prompt"] for r in server.tokenize_requests) == ["", " bad" if api == "completions" else "bad"]
 
 
 def test_rescoring_falls_back_to_the_floor_when_the_bias_is_ignored(server):
@@ -160,16 +166,23 @@ def test_missing_logprobs_fails_at_once(server):
 def test_key_never_in_repr_or_errors(server):
     client = _client(server)
     assert KEY not in repr(client) and KEY not in repr(client.config)
-    bad = OpenAIClient(EndpointConfig.from_dict({"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+    bad = OpenAIClient(parse_endpoint({"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
                                                  "model": "m", "max_retries": 0, "timeout": 0.5}), KEY)
     with pytest.raises(RemoteError) as info:
         _run(bad, _text_request(texts=[""]))
     assert KEY not in str(info.value)
 
 
+def test_chat_api_and_chat_template_must_agree(server):
+    with pytest.raises(InvalidRequest, match="chat template"):
+        _run(_client(server, "chat"), _text_request(api="completions"))
+    with pytest.raises(InvalidRequest, match="chat template"):
+        _run(_client(server, "completions"), _text_request(api="chat"))
+
+
 def test_soft_prompts_are_refused_by_a_text_only_endpoint(server):
     request = EvalRequest(TASK, EXAMPLES, PromptSpec(mode="add", n_tokens=2), z=np.zeros((1, 500)))
-    with pytest.raises(RemoteError, match="text only"):
+    with pytest.raises(InvalidRequest, match="text only"):
         _run(_client(server), request)
 
 
@@ -202,18 +215,21 @@ def test_allowlist_admits_hosts_and_networks():
         check_url("http://gpu-box/v1", allow=("10.0.0.0/16",), resolve=_resolver("10.4.4.4"))
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"kind": "openai", "base_url": "ftp://x/v1", "model": "m"}, "http"),
-    ({"kind": "openai", "base_url": "https://u:p@x/v1", "model": "m"}, "credentials"),
-    ({"kind": "grpc", "base_url": "https://x/v1", "model": "m"}, "kind"),
-    ({"kind": "openai", "base_url": "https://x/v1"}, "model"),
-    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "api_key": "sk"}, "api_key is not"),
+@pytest.mark.parametrize("data, field, message", [
+    ({"kind": "openai", "base_url": "ftp://x/v1", "model": "m"}, "base_url", "http"),
+    ({"kind": "openai", "base_url": "https://u:p@x/v1", "model": "m"}, "base_url", "credentials"),
+    ({"kind": "grpc", "base_url": "https://x/v1", "model": "m"}, "kind", "openai, vllm"),
+    ({"kind": "openai", "base_url": "https://x/v1"}, "model", "required"),
+    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "api_key": "sk"}, "api_key", "not an endpoint"),
     ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "label_token_ids": {"pos": "12"}},
-     "label_token_ids"),
+     "label_token_ids", "integer"),
+    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "timeout": float("nan")}, "timeout", "finite"),
+    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "concurrency": 1000}, "concurrency", "64"),
 ])
-def test_endpoint_config_errors_name_the_field(data, message):
-    with pytest.raises(EndpointConfigError, match=message):
-        EndpointConfig.from_dict(data)
+def test_endpoint_config_errors_name_the_field(data, field, message):
+    with pytest.raises(EndpointConfigError, match=message) as info:
+        parse_endpoint(data)
+    assert info.value.field == field
 
 
 def test_floor_is_below_every_returned_score():
@@ -236,14 +252,12 @@ def test_every_connection_is_checked_against_the_allowlist(server):
 def test_dns_rebinding_is_caught_when_connecting(server):
     """A name that passed the submit-time check (public address then) and resolves to an internal one later is
     refused at connect time; an allowed address is connected to as resolved and checked."""
-    from clients.remote import guarded_transport
-
     check_url("http://api.example.com/v1", resolve=lambda host, port: [(2, 1, 6, "", ("93.184.216.34", 0))])
 
     async def rebound(host, port):
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
-    config = EndpointConfig.from_dict({"kind": "openai", "base_url": f"http://api.example.com:{server.port}/v1",
+    config = parse_endpoint({"kind": "openai", "base_url": f"http://api.example.com:{server.port}/v1",
                                        "model": "fake", "backoff": 0.01, "timeout": 2.0})
     with pytest.raises(RemoteError, match="'api.example.com' resolves to 127.0.0.1"):
         _run(OpenAIClient(config, transport=guarded_transport((), resolve=rebound)), _text_request(texts=[""]))

@@ -14,11 +14,13 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 
-from clients.local import LocalClient
-from clients.remote import EndpointConfig, VLLMClient
-from clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
 from procs import free_port
-from service.engine import Engine
+
+from nograd.clients.kinds import parse_endpoint
+from nograd.clients.local import LocalClient
+from nograd.clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
+from nograd.clients.vllm import VLLMClient
+from nograd.engine import Engine
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
 EXAMPLES = Examples(texts=["the movie was great", "a dull boring film", "terrible plot"], labels=[1, 0, 0])
@@ -58,16 +60,15 @@ class FakeVLLM:
 
 
 def test_bbt_candidates_through_prompt_embeds_match_the_local_engine(causal_handle):
-    exact = True
     engine = Engine(causal_handle)
     spec = PromptSpec(mode="cat", n_tokens=3, projection=ProjectionSpec(seed=1, dim=8))
     z = np.random.default_rng(0).normal(size=(2, 8))
     request = EvalRequest(TASK, EXAMPLES, spec, z=z)
     local = asyncio.run(LocalClient(engine).evaluate(request))
     with FakeVLLM(causal_handle) as fake:
-        client = VLLMClient(EndpointConfig.from_dict({"kind": "vllm", "base_url": f"http://127.0.0.1:{fake.port}/v1",
-                                                     "model": "tiny", "top_logprobs": 100}),
-                            embedder=engine, exact_label_ids=exact)
+        client = VLLMClient(parse_endpoint({"kind": "vllm", "base_url": f"http://127.0.0.1:{fake.port}/v1",
+                                            "model": "tiny", "top_logprobs": 100, "exact_label_ids": True}),
+                            embedder=engine)
 
         async def go():
             try:

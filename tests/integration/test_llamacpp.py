@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from clients.local import LocalClient
-from clients.remote import EndpointConfig, OpenAIClient
-from clients.types import EvalRequest, PromptSpec
-from nograd.runner import task_spec, to_examples
-from nograd.tasks import get_task
 from procs import llama_server, smollm2_gguf
-from service.api import create_app
-from service.settings import Settings
+
+from nograd.clients.kinds import parse_endpoint
+from nograd.clients.local import LocalClient
+from nograd.clients.openai import OpenAIClient
+from nograd.clients.types import EvalRequest, PromptSpec
+from nograd.engine import build_engine
+from nograd.pipeline import task_spec, to_examples
+from nograd.service.api import create_app
+from nograd.service.settings import Settings
+from nograd.tasks import get_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None,
@@ -39,8 +42,8 @@ def _mr(n: int = 24):
 
 
 def _remote(server, request, **options):
-    remote = OpenAIClient(EndpointConfig.from_dict({"kind": "openai", "base_url": server, "model": "smollm2",
-                                                    "concurrency": 2, **options}))
+    remote = OpenAIClient(parse_endpoint({"kind": "openai", "base_url": server, "model": "smollm2",
+                                          "concurrency": 2, **options}))
 
     async def go():
         try:
@@ -62,7 +65,7 @@ def _agree(far_margin, near_margin):
 def test_label_scores_agree_with_the_local_engine(server):
     spec, examples = _mr()
     request = EvalRequest(spec, examples, PromptSpec(mode="text"), texts=["", "a beautiful and moving film"])
-    near = asyncio.run(LocalClient.from_model("smollm2-135m", dtype="fp32").evaluate(request))
+    near = asyncio.run(LocalClient(build_engine("smollm2-135m", dtype="fp32")).evaluate(request))
     near_margin = (near.logits[..., 1] - near.logits[..., 0]).ravel()
 
     # Without rescoring, a label word outside the top 100 is floored (here 100 nats below the list, easy to spot)

@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from clients.local import LocalClient
-from nograd.artifacts import read_prompt
-from nograd.client import Client
-from nograd.config import RunConfig
-from nograd.runner import run
 from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
+from runs import resolved
+
+from nograd.artifacts import read_prompt
+from nograd.endpoints import local_client
+from nograd.pipeline import run
+from nograd.sdk import Client
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -44,9 +45,9 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
         for proc in procs:
             proc.kill()
         redis.stop()
-    config = RunConfig(method="bbt", task="trec", budget=20, seed=0, k_shot=4, dev_every=10, popsize=10, dim=50,
-                       memory_cap_mb=64).validate()
-    direct = asyncio.run(run(config, LocalClient.from_model("smollm2-135m", memory_cap_mb=64)))
+    config = resolved(method="bbt", task="trec", budget=20, seed=0, k_shot=4, dev_every=10, popsize=10, dim=50,
+                      memory_cap_mb=64)
+    direct = asyncio.run(run(config, local_client(config)))
     assert job["result"]["calls"] == direct["calls"] == 20
     # Same search and model; the queue carries whole populations, so the scores, and with them the selected
     # prompt and its metrics, are the ones the in-process run computes.

@@ -9,10 +9,12 @@ import pytest
 
 pytest.importorskip("safetensors")
 
-from clients.local import LocalClient  # noqa: E402
-from nograd.config import RunConfig  # noqa: E402
-from nograd.runner import prepare  # noqa: E402
-from nograd.search import PromptSearch  # noqa: E402
+from runs import resolved  # noqa: E402
+
+from nograd.clients.local import LocalClient  # noqa: E402
+from nograd.engine import build_engine  # noqa: E402
+from nograd.methods import make_search  # noqa: E402
+from nograd.pipeline import prepare  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +22,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def client():
     try:
-        return LocalClient.from_model("smollm2-135m", dtype="bf16", device="cpu", memory_cap_mb=128)
+        return LocalClient(build_engine("smollm2-135m", dtype="bf16", device="cpu", memory_cap_mb=128))
     except ValueError as exc:  # package with the model file not installed
         pytest.skip(str(exc))
 
 
 def test_bbt_training_loss_goes_down(client):
-    config = RunConfig(task="mr", method="bbt", k_shot=4, budget=80, popsize=10, alpha=1.0, seed=0,
-                       dev_every=40).validate()
+    config = resolved(task="mr", method="bbt", k_shot=4, budget=80, popsize=10, alpha=1.0, seed=0, dev_every=40)
     data = prepare(config)
-    search = PromptSearch(config, data.spec, data.train, data.dev, n_layers=30)
+    search = make_search(config, data.spec, data.train, data.dev, n_layers=30)
 
     async def go():
         initial = await search.start(client)
@@ -46,7 +47,7 @@ def test_bbt_training_loss_goes_down(client):
 
 
 def test_builtin_model_is_cached_as_safetensors(client):
-    from service.engine.models import builtin_model_path
+    from nograd.engine.models import builtin_model_path
 
     handle = client.engine.handle
     assert handle.n_layers == 30 and handle.hidden_size == 576 and handle.kind == "causal"

@@ -9,17 +9,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from clients.local import LocalClient
-from clients.render import render
-from clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+from runs import resolved
+
 from nograd import discrete
-from nograd.config import ConfigError, RunConfig
+from nograd.clients.local import LocalClient
+from nograd.clients.render import full_text, label_words, render
+from nograd.clients.types import EvalRequest, Examples, InvalidRequest, PromptSpec, TaskSpec
+from nograd.config import ConfigError
+from nograd.engine import Engine
+from nograd.methods import make_search
+from nograd.optimizers import state_from_json, state_to_json
 from nograd.rlprompt import reward
-from optimizers import state_from_json, state_to_json
-from service.engine import Engine
-from service.engine.errors import EngineError
-from service.queue import MemoryQueue
-from service.wire import decode_work, encode_work
+from nograd.service.queue import MemoryQueue
+from nograd.service.queue.wire import decode_work, encode_work
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
 TRAIN = Examples(texts=["the movie was great and superb", "a dull boring film", "terrible plot",
@@ -35,9 +37,11 @@ def client(causal_handle):
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_policy(causal_handle):
-    discrete._POLICY_MODELS["tiny"] = (causal_handle.model, causal_handle.tokenizer)
-    yield
-    discrete._POLICY_MODELS.pop("tiny", None)
+    """RLPrompt's policy LM "tiny" is the tiny test model."""
+    loaded = discrete.shared_handle
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(discrete, "shared_handle", lambda name: causal_handle if name == "tiny" else loaded(name))
+        yield
 
 
 def _evaluate(client, request):
@@ -85,7 +89,7 @@ def test_demos_mode_is_icl_with_those_demonstrations(client):
     ({"prompt": PromptSpec(mode="demos"), "z": np.array([[0.5]])}, "whole"),
 ])
 def test_bad_discrete_candidates_are_clear_errors(client, request_kw, message):
-    with pytest.raises(EngineError, match=message):
+    with pytest.raises(InvalidRequest, match=message):
         client.engine.evaluate(EvalRequest(POOL, DEV, **request_kw))
 
 
@@ -93,28 +97,32 @@ def test_texts_travel_on_the_wire_and_split_into_batches():
     request = EvalRequest(TASK, DEV, PromptSpec(mode="text"), texts=["a", "b", "c"])
     decoded = decode_work(encode_work(request), TASK, DEV)
     assert decoded.texts == ["a", "b", "c"] and decoded.population == 3
-    from clients.queued import QueueClient
+    from nograd.service.queue.client import QueueClient
 
     parts = QueueClient(MemoryQueue(), "job", "m", None, batch_size=2)._split(request)
     assert [p.texts for p in parts] == [["a", "b"], ["c"]]
 
 
-def test_render_matches_the_engine_layout_rules():
-    text, space = render(replace(TASK, demos=(("fine", None, 1),)), "be nice", "ok")
-    assert text == "be nice\nReview: fine\nSentiment: great\n\nReview: ok\nSentiment:" and space
+def test_the_renderer_places_prompts_demonstrations_and_label_words():
+    text = full_text(replace(TASK, demos=(("fine", None, 1),)), "ok", prompt="be nice")
+    assert text == "be nice\nReview: fine\nSentiment: great\n\nReview: ok\nSentiment:"
+    assert label_words(TASK) == (" bad", " great") and label_words(replace(TASK, chat=True)) == ("bad", "great")
     with_slot = replace(TASK, template="Q {prompt}: {text} A {mask}")
-    assert render(with_slot, "hi", "x")[0] == "Q hi: x A"
+    assert full_text(with_slot, "x", prompt="hi") == "Q hi: x A"
+    assert render(with_slot, "x") == ("Q ", ": x A")
+    braces = replace(TASK, template="{{JSON}} {text} -> {{{mask}}}")  # str.format escapes: literal braces
+    assert full_text(braces, "x") == "{JSON} x -> {" and label_words(braces) == ("bad", "great")
 
 
-def _config(method, **kw) -> RunConfig:
+def _config(method, **kw):
     options = dict(method=method, budget=30, popsize=4, dev_every=8, seed=1, ngram_min_count=2, vocab_size=20,
                    policy_model="tiny", top_k=20, mlp_hidden=16)
     options.update(kw)
-    return RunConfig(**options).validate()
+    return resolved(**options)
 
 
 async def _search(config, client, task, stop_after=None, state=None):
-    search = discrete.make_search(config, task, TRAIN, DEV, 3)
+    search = make_search(config, task, TRAIN, DEV, 3)
     entries = []
     if state is None:
         await search.start(client)
@@ -150,18 +158,18 @@ def test_resume_from_a_json_checkpoint_is_exact(client, method, task, kw):
 
 
 def test_bbpl_vocabulary_comes_from_the_training_text(client):
-    search = discrete.make_search(_config("bbpl"), TASK, TRAIN, DEV, 3)
+    search = make_search(_config("bbpl"), TASK, TRAIN, DEV, 3)
     joined = " ".join(TRAIN.texts).lower()
     assert 2 <= len(search.vocab) <= 20 and all(gram in joined for gram in search.vocab)
     assert search.prompt_text(np.array([0, -1, 1.0])) == f"{search.vocab[0]} {search.vocab[1]}"
 
 
 def test_icl_search_leaves_out_the_examples_a_candidate_shows(client):
-    search = discrete.make_search(_config("icl_search", prompt_length=2), POOL, TRAIN, DEV, 3)
+    search = make_search(_config("icl_search", prompt_length=2), POOL, TRAIN, DEV, 3)
     rows = np.array([[0.0, 1.0], [-1.0, -1.0]])
     result = _evaluate(client, search._request(TRAIN, population=rows))
     losses = search._objective(result, rows)
-    from service.engine.losses import all_losses
+    from nograd.clients.losses import all_losses
 
     keep = np.arange(len(TRAIN)) >= 2
     expected = all_losses(result.logits[0][keep][None], np.asarray(TRAIN.labels)[keep], "accuracy")[0]["ce"][0]
@@ -206,11 +214,25 @@ def test_rlprompt_soft_q_learning_fits_its_targets(causal_handle):
 
 
 def test_config_defaults_and_errors():
-    assert (_config("bbpl").lr, RunConfig(method="bbpl").validate().prompt_length) == (1e-4, 10)
-    assert RunConfig(method="rlprompt").validate().popsize == 16
-    with pytest.raises(ConfigError, match="lr"):
-        RunConfig(method="bbpl", lr=2.0).validate()
-    with pytest.raises(ConfigError, match="method: bbt sends soft prompts"):
-        RunConfig(method="bbt", endpoint={"kind": "openai", "base_url": "https://x/v1", "model": "m"}).validate()
-    with pytest.raises(ConfigError, match="endpoint"):
-        RunConfig(method="bbpl", endpoint={"kind": "openai", "base_url": "nope", "model": "m"}).validate()
+    assert (_config("bbpl").lr, resolved(method="bbpl").prompt_length) == (1e-4, 10)
+    assert resolved(method="rlprompt").popsize == 16
+    assert resolved(method="icl_search", task="trec").prompt_length == 2 * 6  # icl_shots x labels
+    for options, field, message in [
+        ({"method": "bbpl", "lr": 2.0}, "lr", "less than 1"),
+        ({"method": "bbt", "endpoint": {"kind": "openai", "base_url": "https://x/v1", "model": "m"}}, "method",
+         "bbt sends soft prompts"),
+        ({"method": "bbtv2", "endpoint": {"kind": "vllm", "base_url": "https://x/v1", "model": "m"}}, "method",
+         "every layer"),
+        ({"method": "bbt", "mode": "cat", "endpoint": {"kind": "vllm", "base_url": "https://x/v1", "model": "m"}},
+         "endpoint.embedder_model", "prompt_embeds"),
+        ({"method": "bbpl", "endpoint": {"kind": "openai", "base_url": "nope", "model": "m"}}, "endpoint.base_url",
+         "http"),
+        ({"method": "bbpl", "chat_template": True, "endpoint": {"kind": "openai", "base_url": "https://x/v1",
+                                                                 "model": "m"}}, "chat_template", "api"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            resolved(**options)
+        assert info.value.field == field
+    endpoint = {"kind": "openai", "base_url": "https://x/v1", "model": "m", "api": "chat"}
+    assert resolved(method="bbpl", endpoint=endpoint).chat_template  # the chat API scores under the template
+    assert resolved(method="bbpl", endpoint=endpoint).endpoint["top_logprobs"] == 20  # every setting stored

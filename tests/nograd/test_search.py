@@ -7,12 +7,15 @@ import asyncio
 import numpy as np
 import pytest
 
-from clients.local import LocalClient
-from clients.types import Examples, TaskSpec
+from runs import resolved
+
+from nograd.clients.local import LocalClient
+from nograd.clients.types import Examples, TaskSpec
 from nograd.config import ConfigError, RunConfig
-from nograd.search import PromptSearch
-from optimizers import state_from_json, state_to_json
-from service.engine import Engine
+from nograd.engine import Engine
+from nograd.methods import make_search
+from nograd.optimizers import state_from_json, state_to_json
+from nograd.pipeline import resolve_run
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
 TRAIN = Examples(texts=["the movie was great", "a dull boring film", "terrible plot", "a wonderful story"],
@@ -25,14 +28,14 @@ def client(causal_handle):
     return LocalClient(Engine(causal_handle))
 
 
-def _config(method="bbt", **kw) -> RunConfig:
+def _config(method="bbt", **kw):
     options = dict(method=method, budget=50, popsize=8, dim=6, n_tokens=3, dev_every=16, seed=1, sigma0=1.0)
     options.update(kw)
-    return RunConfig(**options).validate()
+    return resolved(**options)
 
 
 async def _search(config, client, n_layers=3, stop_after=None, state=None):
-    search = PromptSearch(config, TASK, TRAIN, DEV, n_layers)
+    search = make_search(config, TASK, TRAIN, DEV, n_layers)
     entries = []
     if state is None:
         await search.start(client)
@@ -83,7 +86,9 @@ def test_same_seed_same_result_other_seed_differs(client):
     ("optimizer", "adam", "optimizer"), ("popsize", 0, "popsize"), ("dtype", "int8", "dtype"),
 ])
 def test_config_errors_name_the_field(field, value, message):
-    with pytest.raises(ConfigError, match=message):
-        RunConfig(**{field: value}).validate()
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve_run(RunConfig.from_dict({field: value}))
+    assert info.value.field == field
+    with pytest.raises(ConfigError, match="is not a run option") as info:
         RunConfig.from_dict({"budgett": 3})
+    assert info.value.field == "budgett"

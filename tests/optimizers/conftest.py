@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizers import DivideAndConquer, Optimizer, make_optimizer
+from nograd.optimizers import DivideAndConquer, Optimizer, make_optimizer
 
 #: Every optimizer family the contract tests cover.
 NAMES = ["cma", "ng:NGOpt", "ng:TBPSA", "ng:CMA", "deep"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizers import CMA, make_optimizer
+from nograd.optimizers import CMA, make_optimizer
 
 
 def test_cma_minimises_shifted_quadratic() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizers import DivideAndConquer, make_deep_optimizer, optimizer_from_state
+from nograd.optimizers import DivideAndConquer, make_deep_optimizer, optimizer_from_state
 
 
 def _deep(**kw: object) -> DivideAndConquer:

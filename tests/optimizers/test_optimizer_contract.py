@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from optimizers import Optimizer, OptimizerError, make_optimizer
+from nograd.optimizers import Optimizer, OptimizerError, make_optimizer
 
 
 def _global_state_equal(a: tuple, b: tuple) -> bool:

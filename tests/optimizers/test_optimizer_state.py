@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optimizers import (
+from nograd.optimizers import (
     OptimizerError,
     make_optimizer,
     optimizer_from_state,
@@ -135,8 +135,8 @@ _CHILD = """
 import sys, numpy as np
 np.random.seed(0)
 global_before = np.random.get_state()
-from optimizers import make_optimizer
-from optimizers._state import candidates_digest
+from nograd.optimizers import make_optimizer
+from nograd.optimizers._state import candidates_digest
 out = []
 for name, kw in [("cma", {}), ("ng:NGOpt", {"budget": 2000}), ("ng:TBPSA", {})]:
     opt = make_optimizer(name, dim=10, popsize=20, seed=5, **kw)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from optimizers import OptimizerError, PolicyGradient, optimizer_from_state, project_simplex, state_from_json, \
+from nograd.optimizers import OptimizerError, PolicyGradient, optimizer_from_state, project_simplex, state_from_json, \
     state_to_json
 
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from nograd.artifacts import read_prompt
-from service.api import create_app
-from service.settings import Settings
+from nograd.service.api import create_app
+from nograd.service.settings import Settings
 
 FAST = {"method": "bbt", "task": "trec", "model": "fake", "budget": 40, "dev_every": 20,
         "options": {"dim": 8, "popsize": 10}}

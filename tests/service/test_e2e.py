@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nograd.artifacts import read_prompt
-from nograd.client import Client
+from nograd.sdk import Client
 from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
 
 pytestmark = pytest.mark.redis

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
-from service.engine import ContextLengthError, Engine, EngineError, VerbalizerError
-from service.engine.projection import Projections
+from nograd.clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
+from nograd.clients.types import InvalidRequest
+from nograd.engine import ContextLengthError, Engine, EngineError, VerbalizerError
+from nograd.engine.projection import Projections
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
 TEXTS = ["the movie was great", "a dull boring film with bad jokes and awful pacing", "terrible",
@@ -206,7 +207,7 @@ def test_text_beyond_context(causal_handle):
 ])
 def test_bad_candidates(causal_handle, request_kw, message):
     kw = {"z": _z(2), **request_kw}
-    with pytest.raises(EngineError, match=message):
+    with pytest.raises(InvalidRequest, match=message):
         Engine(causal_handle).evaluate(EvalRequest(TASK, EXAMPLES, _spec("add"), **kw))
 
 
@@ -214,7 +215,7 @@ def test_deep_needs_layer_and_bad_template(causal_handle):
     with pytest.raises(EngineError, match="layer"):
         Engine(causal_handle).evaluate(EvalRequest(TASK, EXAMPLES, _spec("deep"), z=_z(2)))
     bad = TaskSpec(template="{text} {prompt} {mask}", labels=TASK.labels, verbalizer=TASK.verbalizer)
-    with pytest.raises(EngineError, match="before"):
+    with pytest.raises(InvalidRequest, match="before"):
         Engine(causal_handle).evaluate(EvalRequest(bad, EXAMPLES, _spec("add"), z=_z(2)))
     with pytest.raises(EngineError, match="empty"):
         Engine(causal_handle).evaluate(EvalRequest(TASK, Examples(texts=[], labels=[]), _spec("none")))

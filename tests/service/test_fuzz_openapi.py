@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from procs import ROOT, free_port, serve
-from service.api import create_app
-from service.settings import Settings
+from nograd.service.api import create_app
+from nograd.service.settings import Settings
 
 SCHEMA = schemathesis.openapi.from_dict(create_app(Settings(data_dir=Path("/nonexistent"))).openapi())
 OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operations()}

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from service.queue import Batch, BatchResult, MemoryQueue
+from nograd.service.queue import Batch, BatchResult, MemoryQueue
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -23,7 +23,7 @@ def make_queue(request):
             if created:
                 return created[0]
         else:
-            from service.queue import RedisQueue
+            from nograd.service.queue import RedisQueue
 
             server = request.getfixturevalue("redis_server")
             queue = RedisQueue(server.url, namespace=namespace, **options)
@@ -132,7 +132,7 @@ def test_heartbeats_expire(make_queue):
 
 def test_redis_dead_worker_batch_is_reclaimed_then_dead_lettered(redis_server):
     """Redelivery after a crash is a Redis Streams feature (the in-process queue dies with its worker)."""
-    from service.queue import RedisQueue
+    from nograd.service.queue import RedisQueue
 
     async def scenario():
         queue = RedisQueue(redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}", claim_idle=0.2,
@@ -173,7 +173,7 @@ def test_identical_batches_of_two_jobs_each_get_a_result(make_queue):
 
 
 def test_redis_malformed_entry_is_dead_lettered_not_retried(redis_server):
-    from service.queue import RedisQueue
+    from nograd.service.queue import RedisQueue
 
     async def scenario():
         queue = RedisQueue(redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.store import JobStateError, Status, Store
+from nograd.service.store import JobStateError, Status, Store
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from nograd.tasks import load_user_dataset
+from nograd.tasks import TaskError, load_user_dataset
 
 from ..deps import CurrentTenant, SettingsDep, StoreDep
 from ..errors import Invalid, NotFound, TooLarge
@@ -27,11 +27,8 @@ def _validate(content: bytes, filename: str, options: dict) -> dict:
         path.write_bytes(content)
         try:
             task = load_user_dataset(path, name=Path(filename).stem, **options)
-        except ValueError as exc:
-            message = str(exc).replace(str(path), filename)
-            lowered = message.lower()
-            field = next((f for f in ("template", "verbalizer", "metric") if f in lowered), "file")
-            raise Invalid(field, message) from None
+        except TaskError as exc:
+            raise Invalid(exc.field or "file", str(exc).replace(str(path), filename)) from None
     counts = {label: sum(e.label == label for e in task.pool) for label in task.labels}
     return {"rows": len(task.pool) + len(task.test), "pool": len(task.pool), "test": len(task.test),
             "labels": list(task.labels), "per_label": counts, "fields": list(task.fields)}

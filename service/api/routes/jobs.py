@@ -5,57 +5,68 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from nograd.config import SEARCH_METHODS, ConfigError
-from nograd.runner import prepare
-from nograd.tasks import UnknownTaskError
-from service.jobs import job_config, transfer_options
-from service.store import TERMINAL, JobStateError, Status
+from nograd.artifacts import read_prompt
+from nograd.clients.endpoint import EndpointConfigError
+from nograd.clients.guard import check_url
+from nograd.clients.kinds import parse_endpoint
+from nograd.config import JOB_FIELDS, JOB_OPTIONS, ConfigError, ResolvedConfig, RunConfig
+from nograd.methods import METHODS
+from nograd.pipeline import located, resolve_run
 
+from ...executor import dataset_file, transfer_options
+from ...store import TERMINAL, JobStateError, Status
 from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-_FIELD_OF = {"dataset": "dataset_id", "template": "dataset_id", "verbalizer": "dataset_id"}
+#: Where a run option lives in the request body (`ConfigError.field` -> the 422's location).
+_DATASET_FIELDS = ("dataset", "test_dataset", "test_fraction", "template", "verbalizer", "text_field", "text2_field",
+                   "label_field", "metric")
 
 
-def _validated(body: JobCreate, store, tenant: str, settings) -> tuple[dict, str]:
-    """A submission's options to store, and the task's display name, once its RunConfig validates and its data
-    load and split."""
+def _location(field: str) -> str:
+    if field in JOB_FIELDS or field.startswith("endpoint"):
+        return field
+    if field in JOB_OPTIONS:
+        return f"options.{field}"
+    if field in _DATASET_FIELDS:
+        return "dataset_id"
+    return field
+
+
+def _resolved(body: JobCreate, store, tenant: str, settings) -> tuple[ResolvedConfig, str]:
+    """A submission's resolved config (to store: what the job runs with) and the task's display name; the data
+    load and split once here, so a job that is accepted can run."""
     if (body.task is None) == (body.dataset_id is None):
         raise Invalid("task", "give exactly one of task (a bundled task, GET /v1/tasks) or dataset_id")
     values = {k: v for k, v in body.options.model_dump().items() if v is not None}
-    values.update(method=body.method, model=body.model, budget=body.budget, seed=body.seed, k_shot=body.k_shot,
-                  dev_every=body.dev_every, task=body.task)
+    values.update({name: getattr(body, name) for name in JOB_FIELDS})
     if body.endpoint is not None:
         values.update(endpoint=_endpoint(body, store, tenant, settings), model=_remote_model(body))
-    name = body.task
+    name, path = body.task, None
     if body.dataset_id is not None:
         dataset = store.get_dataset(body.dataset_id, tenant)
         if dataset is None:
             raise Invalid("dataset_id", f"dataset {body.dataset_id} not found; upload one with POST /v1/datasets")
         name = dataset["name"]
+        values.update(dataset["options"], task=None)
+        path = dataset_file(store, settings.data_dir, body.dataset_id)
     if body.init_from is not None:
         values.update(_transfer(body, store, tenant))
     try:
-        config = job_config(store, settings.data_dir, values, body.dataset_id)
+        resolved, _ = resolve_run(located(RunConfig.from_dict(values), path))
     except ConfigError as exc:
-        field, _, message = str(exc).partition(": ")
-        raise Invalid(_FIELD_OF.get(field, field if field in JobCreate.model_fields else f"options.{field}"),
-                      message or str(exc)) from None
-    try:
-        prepare(config)  # unknown task, too few examples per class for k_shot, ...
-    except UnknownTaskError as exc:
-        raise Invalid("task", str(exc)) from None
-    except ValueError as exc:
-        raise Invalid("k_shot" if "k=" in str(exc) else "dataset_id", str(exc)) from None
-    return values, name
+        raise Invalid(_location(exc.field), exc.message) from None
+    # Stored without this replica's file path: the job's dataset_id says where its data come from.
+    return (replace(resolved, dataset=None) if path is not None else resolved), name
 
 
 def _remote_model(body: JobCreate) -> str:
@@ -64,14 +75,12 @@ def _remote_model(body: JobCreate) -> str:
 
 def _endpoint(body: JobCreate, store, tenant: str, settings) -> dict:
     """The endpoint settings to store: a URL the operator's allowlist admits, a secret the tenant has."""
-    from clients.remote import EndpointConfig, EndpointConfigError, check_url
-
     endpoint = body.endpoint.model_dump(exclude_none=True)
     try:
-        config = EndpointConfig.from_dict(endpoint)
+        config = parse_endpoint(endpoint)
         check_url(config.base_url, tuple(settings.remote_allow))
     except EndpointConfigError as exc:
-        raise Invalid("endpoint.base_url", str(exc)) from None
+        raise Invalid(f"endpoint.{exc.field or 'base_url'}", exc.message) from None
     if config.embedder_model and config.embedder_model not in settings.models:
         raise Invalid("endpoint.embedder_model", f"{config.embedder_model!r} is not one of this service's models "
                                                  f"({', '.join(settings.models)}); the operator adds it to NOGRAD_MODELS")
@@ -88,13 +97,11 @@ def _transfer(body: JobCreate, store, tenant: str) -> dict:
         raise Invalid("init_from", f"job {body.init_from} not found")
     if source["status"] != Status.succeeded.value:
         raise Invalid("init_from", f"job {body.init_from} is {source['status']}; start from a succeeded job")
-    if body.method not in SEARCH_METHODS or source["method"] != body.method:
+    if not METHODS[body.method].transfers or source["method"] != body.method:
         raise Invalid("init_from", f"a {source['method']} prompt can only start another {source['method']} job "
-                                   f"(this job is {body.method})")
+                                   f"of a method whose prompts transfer (bbt, bbtv2; this job is {body.method})")
     if source["model"] != body.model:
         raise Invalid("init_from", f"job {body.init_from} tuned {source['model']}, not {body.model}")
-    from nograd.artifacts import read_prompt
-
     return transfer_options(read_prompt(store.artifact(body.init_from))["spec"])
 
 
@@ -104,10 +111,10 @@ async def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, s
     """Submit an optimization (or baseline) job."""
     if body.endpoint is None and body.model not in model_names(settings, await queue.workers()):
         raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
-    values, name = await asyncio.to_thread(_validated, body, store, tenant, settings)
+    config, name = await asyncio.to_thread(_resolved, body, store, tenant, settings)
     job = await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
-                                  dataset_id=body.dataset_id, model=values["model"], config=values,
-                                  budget=body.budget if body.method in SEARCH_METHODS else 0,
+                                  dataset_id=body.dataset_id, model=config.model, config=config.to_dict(),
+                                  budget=body.budget if METHODS[body.method].is_search else 0,
                                   init_from=body.init_from)
     if request.app.state.runner is not None:
         request.app.state.runner.wake()

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from service.secrets import NAME
+from nograd.service.secrets import NAME
 
 from ..deps import CurrentTenant, StoreDep
 from ..errors import Invalid, NotFound

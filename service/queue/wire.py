@@ -12,11 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict
 
 import numpy as np
 
-from clients.types import EvalRequest, EvalResult, Examples, PromptSpec, TaskSpec
+from nograd.clients.types import EvalRequest, EvalResult, Examples, InvalidRequest, PromptSpec, TaskSpec
 
 
 def _array(value: np.ndarray | None) -> dict | None:
@@ -40,20 +39,20 @@ def dumps(obj) -> bytes:
 
 
 def encode_context(task: TaskSpec, examples: Examples) -> bytes:
-    return dumps({"task": asdict(task), "examples": {"texts": list(examples.texts),
+    return dumps({"task": task.to_dict(), "examples": {"texts": list(examples.texts),
                                                      "labels": [int(v) for v in examples.labels],
                                                      "texts2": None if examples.texts2 is None
                                                      else list(examples.texts2)}})
 
 
 def decode_context(data: bytes) -> tuple[TaskSpec, Examples]:
-    obj = json.loads(data)
-    task = obj["task"]
-    spec = TaskSpec(template=task["template"], labels=tuple(task["labels"]), verbalizer=tuple(task["verbalizer"]),
-                    metric=task["metric"], demos=tuple(tuple(d) for d in task["demos"]),
-                    demo_separator=task["demo_separator"])
-    ex = obj["examples"]
-    return spec, Examples(texts=ex["texts"], labels=ex["labels"], texts2=ex["texts2"])
+    """A job context's task and examples; raises InvalidRequest for a malformed one."""
+    try:
+        obj = json.loads(data)
+        ex = obj["examples"]
+        return TaskSpec.from_dict(obj["task"]), Examples(texts=ex["texts"], labels=ex["labels"], texts2=ex["texts2"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"malformed job context ({type(exc).__name__}: {exc})") from None
 
 
 def digest(data: bytes) -> str:
@@ -66,14 +65,18 @@ def encode_work(request: EvalRequest) -> dict:
                                                                                                     np.float64)),
             "layer": request.layer, "base": _array(None if request.base is None
                                                    else np.asarray(request.base, np.float64)),
-            "loss": request.loss, "return_logits": bool(request.return_logits),
+            "loss": request.loss,
             **({} if request.texts is None else {"texts": [str(t) for t in request.texts]})}
 
 
 def decode_work(work: dict, task: TaskSpec, examples: Examples) -> EvalRequest:
-    return EvalRequest(task=task, examples=examples, prompt=PromptSpec.from_dict(work["prompt"]),
-                       z=_unarray(work["z"]), layer=work["layer"], base=_unarray(work["base"]), loss=work["loss"],
-                       return_logits=work["return_logits"], texts=work.get("texts"))
+    """The request a batch's work stands for; raises InvalidRequest for a malformed one (retrying cannot help)."""
+    try:
+        return EvalRequest(task=task, examples=examples, prompt=PromptSpec.from_dict(work["prompt"]),
+                           z=_unarray(work["z"]), layer=work["layer"], base=_unarray(work["base"]),
+                           loss=work["loss"], texts=work.get("texts"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"malformed batch ({type(exc).__name__}: {exc})") from None
 
 
 def batch_id(context_key: str, work: dict) -> str:
@@ -84,7 +87,7 @@ def encode_result(result: EvalResult) -> dict:
     return {"loss": _array(np.asarray(result.loss, np.float64)), "metric": _array(np.asarray(result.metric,
                                                                                             np.float64)),
             "losses": {k: _array(np.asarray(v, np.float64)) for k, v in result.losses.items()},
-            "logits": _array(None if result.logits is None else np.asarray(result.logits, np.float64)),
+            "logits": _array(np.asarray(result.logits, np.float64)),
             "model_id": result.model_id, "seconds": float(result.seconds),
             "scales": None if result.scales is None else [float(s) for s in result.scales],
             **({} if result.usage is None else {"usage": {k: int(v) for k, v in result.usage.items()}})}
@@ -102,9 +105,9 @@ def merge_results(parts: list[EvalResult]) -> EvalResult:
     if len(parts) == 1:
         return parts[0]
     cat = np.concatenate
-    logits = None if any(p.logits is None for p in parts) else cat([p.logits for p in parts])
     return EvalResult(loss=cat([p.loss for p in parts]), metric=cat([p.metric for p in parts]),
-                      losses={k: cat([p.losses[k] for p in parts]) for k in parts[0].losses}, logits=logits,
+                      losses={k: cat([p.losses[k] for p in parts]) for k in parts[0].losses},
+                      logits=cat([p.logits for p in parts]),
                       model_id=parts[0].model_id, seconds=max(p.seconds for p in parts), scales=parts[0].scales,
                       usage=merge_usage([p.usage for p in parts]))
 

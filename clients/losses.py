@@ -1,8 +1,13 @@
-"""Losses and metrics on label-word logits, per candidate (numpy; logits (P, E, K), labels (E,))."""
+"""Losses and metrics on label-word logits, per candidate (numpy; logits (P, E, K), labels (E,)), and the one
+place an `EvalResult` is built from logits."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
+from .types import LOSSES, EvalRequest, EvalResult, InvalidRequest
 
 HINGE_MARGIN = 2.0
 
@@ -49,10 +54,22 @@ def metric(logits: np.ndarray, labels: np.ndarray, name: str) -> np.ndarray:
         return accuracy(predictions, labels)
     if name == "macro_f1":
         return macro_f1(predictions, labels, logits.shape[-1])
-    raise ValueError(f"metric {name!r} is unknown; use accuracy or macro_f1")
+    raise InvalidRequest(f"metric {name!r} is unknown; use accuracy or macro_f1")
 
 
 def all_losses(logits: np.ndarray, labels: np.ndarray, metric_name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """All loss kinds and the metric, each (P,)."""
     score = metric(logits, labels, metric_name)
     return {"ce": cross_entropy(logits, labels), "hinge": hinge(logits, labels), "perf": -score}, score
+
+
+def score_logits(request: EvalRequest, logits: np.ndarray, *, model_id: str, started: float,
+                 scales: tuple[float, ...] | None = None, usage: dict[str, int] | None = None) -> EvalResult:
+    """The `EvalResult` of `request` from its (P, E, K) label-word logits: every loss, the metric, the request's
+    loss; `started` is the `time.perf_counter()` reading when the evaluation began."""
+    if request.loss not in LOSSES:
+        raise InvalidRequest(f"loss {request.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+    logits = np.asarray(logits, dtype=np.float64)
+    losses, score = all_losses(logits, np.asarray(request.examples.labels), request.task.metric)
+    return EvalResult(loss=losses[request.loss], metric=score, losses=losses, logits=logits, model_id=model_id,
+                      seconds=time.perf_counter() - started, scales=scales, usage=usage)

@@ -1,4 +1,4 @@
-"""Tensor plumbing for the engine: materialized prompt sets, example-chunk bookkeeping, cache construction."""
+"""Tensor plumbing for the engine: materialized prompt sets, micro-batch ranges, cache construction."""
 
 from __future__ import annotations
 
@@ -34,21 +34,6 @@ class PromptSet:
 
 def ranges(total: int, step: int):
     return [(s, min(total, s + step)) for s in range(0, total, step)]
-
-
-def rows_of(pieces: list, e0: int, e1: int, width: int) -> torch.Tensor:
-    """Rows [e0, e1), first `width` positions, from hidden states stored in example chunks [(start, stop, t)].
-
-    Chunks were trimmed to their own longest example; positions past an example's end are padding that no real
-    token attends to, so cutting or zero-filling them changes nothing.
-    """
-    parts = []
-    for start, stop, tensor in pieces:
-        lo, hi = max(start, e0), min(stop, e1)
-        if lo < hi:
-            part = tensor[lo - start:hi - start, :width]
-            parts.append(torch.nn.functional.pad(part, (0, 0, 0, width - part.shape[1])))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]], config) -> DynamicCache:

@@ -1,7 +1,7 @@
 """A small Python client for the nograd REST API (httpx).
 
 Example:
-    >>> from nograd.client import Client
+    >>> from nograd.sdk import Client
     >>> with Client("http://127.0.0.1:8000", api_key="ng_...") as api:
     ...     job = api.submit(method="bbt", task="mr", budget=200)
     ...     for event, data in api.events(job["id"]):

@@ -1,14 +1,21 @@
-"""The evaluation engine: a whole population of candidate prompts scored on a batch of examples in as few
-padded forward passes as the memory cap allows.
+"""The evaluation engine: a whole population of candidate prompts scored on a batch of examples in batched
+forward passes.
+
+Scores never depend on the memory cap or on how a population is split: examples are sorted by length and taken in
+fixed micro-batches of `MICRO_BATCH` (padded to the micro-batch's own longest example), and the cap only decides
+how many candidates run in one pass over a micro-batch. Each row of a forward pass is computed independently of
+the others (tests/engine checks this holds bit for bit in bf16), so a candidate's scores are the same in one pass
+with many candidates, alone, or on another worker.
 
 Two exact reuses make it fast on causal LMs:
 - prefix reuse: the shared prefix (instruction, prompt, demonstrations) is encoded once per candidate and every
   example attends to its keys and values;
 - frozen-layer reuse (deep prompts): when only layer i's prompt varies across candidates, the hidden states
   entering layer i are computed once and only layers >= i run per candidate.
-On an accelerator, discrete prompts whose texts have the same number of tokens share one layout: their token
-embeddings go into the prompt slots and they run as one population (exact: the same tokens at the same positions).
-On CPU this bought nothing (bench/discrete.py: 1.00x BBPL, 0.87x RLPrompt populations), so there they run one by one.
+On an accelerator, discrete prompts whose token sequences differ only inside equally long prefixes share one
+layout: their prefix token embeddings go into the differing positions and they run as one population (exact: the
+same tokens at the same positions). On CPU this bought nothing (bench/discrete.py: 1.00x BBPL, 0.87x RLPrompt
+populations), so there they run one by one.
 The LM head is applied only at the scored position, restricted to the label-word rows.
 """
 
@@ -21,14 +28,15 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from clients.render import DISCRETE_MODES, CandidateError, candidates
-from clients.types import EvalRequest, EvalResult, ModelInfo, PromptSpec
+from nograd.clients.losses import score_logits
+from nograd.clients.render import candidates
+from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec
 
-from .batching import PromptSet, cache_from, ranges, rows_of, select
+from . import DEFAULT_MEMORY_CAP_MB, MICRO_BATCH
+from .batching import PromptSet, cache_from, ranges, select
 from .errors import EngineError
 from .injection import Injector, Plan
-from .layout import Layout, build_layout, text_ids
-from .losses import all_losses
+from .layout import Layout, build_layout
 from .models import ModelHandle
 from .projection import Projections
 
@@ -40,14 +48,15 @@ class Engine:
 
     Args:
         handle: the loaded model.
-        memory_cap_mb: activation memory a single forward may use; populations are chunked to fit.
+        memory_cap_mb: activation memory a single forward may use; candidates are chunked to fit (a single
+            candidate on one micro-batch always runs).
         prefix_reuse: encode the shared prefix once per candidate (causal LMs; exact).
         layer_reuse: in deep mode, share the layers below the varying one across candidates (exact).
         discrete_batching: score discrete prompts of equal token length as one population (exact); None: only
             when the model is not on the CPU.
     """
 
-    def __init__(self, handle: ModelHandle, *, memory_cap_mb: float = 1024.0, prefix_reuse: bool = True,
+    def __init__(self, handle: ModelHandle, *, memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, prefix_reuse: bool = True,
                  layer_reuse: bool = True, discrete_batching: bool | None = None):
         self.handle = handle
         self.discrete_batching = (handle.device.type != "cpu" if discrete_batching is None
@@ -63,63 +72,64 @@ class Engine:
     def describe(self) -> ModelInfo:
         h = self.handle
         return ModelInfo(model_id=h.model_id, kind=h.kind, hidden_size=h.hidden_size, n_layers=h.n_layers,
-                         max_length=h.max_length, supports_embeddings=True, device=str(h.device),
-                         dtype=_DTYPE_NAMES.get(h.dtype, str(h.dtype)))
+                         max_length=h.max_length, device=str(h.device), dtype=_DTYPE_NAMES.get(h.dtype, str(h.dtype)))
 
     # ------------------------------------------------------------------ public API
     def evaluate(self, request: EvalRequest) -> EvalResult:
         """Label-word logits, losses and metric for every candidate of `request`."""
         started = time.perf_counter()
         if request.prompt.mode in DISCRETE_MODES:
-            logits, labels, scales = self.discrete_logits(request), np.asarray(request.examples.labels), None
+            logits, scales = self.discrete_logits(request), None
         else:
             layout = self.layout(request)
             prompts = self.prompts(request, layout)
-            logits = self.population_logits(layout, prompts).numpy().astype(np.float64)
-            labels, scales = layout.labels.numpy(), prompts.scales
-        losses, score = all_losses(logits, labels, request.task.metric)
-        if request.loss not in losses:
-            raise EngineError(f"loss {request.loss!r} is unknown; use one of {', '.join(losses)}")
-        return EvalResult(loss=losses[request.loss], metric=score, losses=losses,
-                          logits=logits if request.return_logits else None, model_id=self.handle.model_id,
-                          seconds=time.perf_counter() - started, scales=scales)
+            logits, scales = self.population_logits(layout, prompts).numpy(), prompts.scales
+        return score_logits(request, logits, model_id=self.handle.model_id, started=started, scales=scales)
+
+    def _discrete_layouts(self, request: EvalRequest) -> list[tuple[Layout, list[int]]]:
+        """One layout per distinct concrete prompt of a `text`/`demos` request, with the candidates it scores."""
+        h = self.handle
+        members: dict[tuple, list[int]] = {}
+        for i, (task, text) in enumerate(candidates(request)):
+            members.setdefault((task, text), []).append(i)
+        return [(build_layout(h.tokenizer, h.kind, task, request.examples, PromptSpec(mode="none"), h.max_length,
+                              prompt_text=text), rows) for (task, text), rows in members.items()]
 
     def discrete_logits(self, request: EvalRequest) -> np.ndarray:
         """(P, E, K) logits for `text`/`demos` candidates: each is a concrete prefix (its prompt tokens and
         demonstrations), encoded once and shared by every example; identical candidates are scored once, and
-        distinct prompt texts of the same token length under the same demonstrations run as one population."""
-        try:
-            concrete = candidates(request)
-        except CandidateError as exc:
-            raise EngineError(str(exc)) from None
-        h = self.handle
-        groups: dict[tuple, dict[str, list[int]]] = {}  # (demos, prompt length) -> placed text -> candidates
-        ids: dict[str, list[int]] = {}  # placed text -> its tokens (batching only)
-        for i, (task, text) in enumerate(concrete):
-            placed = (text if "{prompt}" in task.template else text + "\n") if text else ""
-            if self.discrete_batching:
-                if placed not in ids:
-                    ids[placed] = text_ids(h.tokenizer, placed)
-                key = (task.demos, len(ids[placed]))
-            else:
-                key = (task.demos, placed)
-            groups.setdefault(key, {}).setdefault(placed, []).append(i)
-        out = np.empty((len(concrete), len(request.examples), len(request.task.labels)))
+        (with discrete batching) prompts whose token sequences differ only inside equally long prefixes run as
+        one population."""
+        out = np.empty((request.population, len(request.examples), len(request.task.labels)))
+        groups: dict[tuple, list[tuple[Layout, list[int]]]] = {}
+        for layout, rows in self._discrete_layouts(request):
+            key = (len(layout.prefix_ids), layout.body_ids.numpy().tobytes(), layout.body_mask.numpy().tobytes(),
+                   layout.score_pos.numpy().tobytes(), layout.label_ids.numpy().tobytes())
+            groups.setdefault(key if self.discrete_batching else (len(groups),), []).append((layout, rows))
         for members in groups.values():
-            texts = list(members)
-            task = concrete[members[texts[0]][0]][0]
-            spec = PromptSpec(mode="cat", init=texts[0]) if texts[0] else PromptSpec(mode="none")
-            layout = build_layout(h.tokenizer, h.kind, task, request.examples, spec, h.max_length)
-            if len(texts) == 1:
-                scored = self.population_logits(layout, PromptSet(population=1)).numpy()
-            else:  # the texts' own token embeddings at the slots (p0 = 0), one row per text
-                with torch.inference_mode():
-                    embed = h.embedding(torch.tensor([ids[t] for t in texts], device=h.device))
-                scored = self.population_logits(replace(layout, p0_ids=None),
-                                                PromptSet(population=len(texts), embed=embed)).numpy()
-            for row, text in enumerate(texts):
-                out[members[text]] = scored[row]
+            if len(members) == 1:
+                layout, rows = members[0]
+                out[rows] = self.population_logits(layout, PromptSet(population=1)).numpy()[0]
+                continue
+            prefixes = torch.stack([layout.prefix_ids for layout, _ in members])
+            slots = torch.nonzero((prefixes != prefixes[:1]).any(0)).flatten()
+            with torch.inference_mode():  # each prompt's own token embeddings at the positions where they differ
+                embed = self.handle.embedding(prefixes[:, slots].to(self.handle.device))
+            shared = replace(members[0][0], slots=slots, p0_ids=None, mode="cat")
+            scored = self.population_logits(shared, PromptSet(population=len(members), embed=embed)).numpy()
+            for row, (_, rows) in enumerate(members):
+                out[rows] = scored[row]
         return out
+
+    def scored_tokens(self, request: EvalRequest) -> tuple[list[list[list[int]]], list[int]]:
+        """The token ids the engine scores: per candidate and example, the sequence up to and including the scored
+        position (soft prompt slots as their placeholder ids), and the label words' token ids."""
+        if request.prompt.mode in DISCRETE_MODES:
+            layouts = self._discrete_layouts(request)
+            by_row = {row: layout for layout, rows in layouts for row in rows}
+            return [by_row[i].sequences() for i in range(request.population)], layouts[0][0].label_ids.tolist()
+        layout = self.layout(request)
+        return [layout.sequences()] * request.population, layout.label_ids.tolist()
 
     def input_embeddings(self, request: EvalRequest) -> tuple[list[list[np.ndarray]], list[int]]:
         """For endpoints that take whole inputs as embeddings (vLLM's prompt_embeds): per candidate and example,
@@ -141,21 +151,21 @@ class Engine:
         h = self.handle
         return build_layout(h.tokenizer, h.kind, request.task, request.examples, request.prompt, h.max_length)
 
-    def materialize(self, spec, z: np.ndarray | None, base: np.ndarray | None) -> np.ndarray:
-        """The prompt a candidate stands for ((n, H) for cat/add, (L, n, H) for deep), float32. Needs pinned
-        `spec.scales` for deep prompts."""
+    def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
+        """The prompt candidate `x` stands for, float32: (n, H) for cat/add (`x` is z), (L, n, H) for deep (`x` is
+        the (L, d) base; needs pinned `spec.scales`); (0, H) without a soft prompt."""
         h = self.handle
         n = spec.n_tokens if not spec.init else len(h.tokenizer(spec.init, add_special_tokens=False)["input_ids"])
         if spec.mode in ("cat", "add"):
             scale = spec.scales[0] if spec.scales else self._emb_std
-            vector = np.zeros((1, spec.projection.dim)) if z is None else np.asarray(z).reshape(1, -1)
+            vector = np.zeros((1, spec.projection.dim)) if x is None else np.asarray(x).reshape(1, -1)
             return self.projections.materialize(spec.projection, vector, 0, n, h.hidden_size, scale)[0].numpy()
         if spec.mode == "deep":
             if not spec.scales:
                 raise EngineError("materializing a deep prompt needs prompt.scales (returned by the first evaluation)")
-            return np.stack([self.projections.materialize(spec.projection, np.asarray(base)[i:i + 1], i, n,
-                                                          h.hidden_size, spec.scales[i])[0].numpy()
-                             for i in range(h.n_layers)])
+            base = np.zeros((h.n_layers, spec.projection.dim)) if x is None else np.asarray(x)
+            return np.stack([self.projections.materialize(spec.projection, base[i:i + 1], i, n, h.hidden_size,
+                                                          spec.scales[i])[0].numpy() for i in range(h.n_layers)])
         return np.zeros((0, h.hidden_size), dtype=np.float32)
 
     # ------------------------------------------------------------------ prompts
@@ -199,7 +209,7 @@ class Engine:
         if key not in self._layer_scales:
             plan = Plan(capture=set(range(1, self.handle.n_layers)))
             with torch.inference_mode():
-                self._full_logits(layout, PromptSet(population=1), 0, 1, 0, layout.n_examples, plan, None)
+                self._full_logits(layout, PromptSet(population=1), 0, 1, 0, layout.n_examples, plan)
             width = int(layout.body_mask.sum(1).max())
             lp = int(layout.prefix_ids.numel())
             real = torch.cat([torch.ones(layout.n_examples, lp, dtype=torch.bool), layout.body_mask[:, :width]], 1)
@@ -217,8 +227,8 @@ class Engine:
     def _uses_prefix_reuse(self, layout: Layout) -> bool:
         return self.prefix_reuse and self.handle.kind == "causal" and layout.prefix_ids.numel() > 0
 
-    def _chunks(self, layout: Layout, population: int) -> tuple[int, int]:
-        """(candidates, examples) per forward pass so one pass stays under the memory cap."""
+    def _candidates_per_pass(self, layout: Layout, population: int) -> int:
+        """Candidates per forward pass over one micro-batch so a pass stays under the memory cap (at least 1)."""
         cfg, h = self.handle.config, self.handle
         elem = torch.finfo(h.dtype).bits // 8
         lp, lb = int(layout.prefix_ids.numel()), int(layout.body_ids.shape[1])
@@ -226,35 +236,55 @@ class Engine:
         inter = getattr(cfg, "intermediate_size", 4 * h.hidden_size)
         per_row = ((lp + lb) * 2 * h.n_layers * kv_dim * elem + lb * (6 * h.hidden_size + 3 * inter) * elem
                    + cfg.num_attention_heads * lb * (lp + lb) * 4)
-        rows = max(1, int(self.memory_cap // per_row))
-        examples = layout.n_examples
-        if rows >= examples:
-            return min(population, rows // examples), examples
-        return 1, rows
+        rows = int(self.memory_cap // per_row)
+        return max(1, min(population, rows // min(MICRO_BATCH, layout.n_examples)))
 
     @torch.inference_mode()
     def population_logits(self, layout: Layout, prompts: PromptSet) -> torch.Tensor:
         """(P, E, K) float32 label-word logits for every candidate on every example."""
-        population, examples = prompts.population, layout.n_examples
-        out = torch.empty(population, examples, int(layout.label_ids.numel()))
+        population = prompts.population
+        out = torch.empty(population, layout.n_examples, int(layout.label_ids.numel()))
         order = torch.argsort(layout.body_mask.sum(1), descending=True, stable=True)  # similar lengths together
-        sorted_layout = select(layout, order)
-        shared = self._shared_states(sorted_layout, prompts)
-        per_cand, per_ex = self._chunks(sorted_layout, population)
+        layout = select(layout, order)
+        groups = ranges(layout.n_examples, MICRO_BATCH)
+        shared = self._shared_states(layout, prompts, groups)
+        per_cand = self._candidates_per_pass(layout, population)
         for c0 in range(0, population, per_cand):
             c1 = min(population, c0 + per_cand)
-            for e0 in range(0, examples, per_ex):
-                e1 = min(examples, e0 + per_ex)
-                out[c0:c1, order[e0:e1]] = self._forward_rows(sorted_layout, prompts, c0, c1, e0, e1, shared=shared)
+            for (e0, e1), logits in zip(groups, self._candidate_logits(layout, prompts, c0, c1, groups, shared)):
+                out[c0:c1, order[e0:e1]] = logits
         return out
+
+    def _candidate_logits(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, groups: list,
+                          shared: dict | None):
+        """Candidates [c0, c1) on each micro-batch of `groups` in turn -> (c1-c0, group size, K) logits each; with
+        prefix reuse the candidates' prefix is encoded once for all micro-batches."""
+        n_cand = c1 - c0
+        layer = shared["layer"] if shared else 0
+        if not self._uses_prefix_reuse(layout):
+            for g, (e0, e1) in enumerate(groups):
+                yield self._full_logits(layout, prompts, c0, c1, e0, e1, Plan(), layer,
+                                        shared["full_hidden"][g] if shared else None)
+            return
+        plan = Plan()
+        if shared:
+            plan.replace[layer] = shared["prefix_hidden"].expand(n_cand, -1, -1)
+        cache = self._prefix_cache(layout, prompts, c0, c1, plan, skip=layer)
+        for g, (e0, e1) in enumerate(groups):
+            plan = Plan()
+            if shared:
+                plan.replace[layer] = shared["body_hidden"][g].repeat(n_cand, 1, 1)
+            yield self._body_logits(layout, cache, n_cand, e0, e1, plan, skip=layer,
+                                    shared_kv=shared["prefix_kv"] if shared else None)
 
     def _frozen_layer(self, prompts: PromptSet) -> int:
         if self.layer_reuse and prompts.varying_layer:
             return prompts.varying_layer
         return 0
 
-    def _shared_states(self, layout: Layout, prompts: PromptSet) -> dict | None:
-        """For frozen-layer reuse: the hidden states entering the varying layer, computed once with base prompts."""
+    def _shared_states(self, layout: Layout, prompts: PromptSet, groups: list) -> dict | None:
+        """For frozen-layer reuse: the hidden states entering the varying layer, computed once with base prompts
+        (one tensor per micro-batch of `groups`)."""
         layer = self._frozen_layer(prompts)
         if layer == 0:
             return None
@@ -267,17 +297,17 @@ class Engine:
             state["prefix_hidden"] = plan.captured[layer]
             state["prefix_kv"] = [(lay.keys, lay.values) for lay in cache.layers[:layer]]
             hidden = []
-            for e0, e1 in ranges(layout.n_examples, self._chunks(layout, 1)[1]):
+            for e0, e1 in groups:
                 plan = Plan(capture={layer})
                 self._body_logits(layout, cache, 1, e0, e1, plan, skip=0)
-                hidden.append((e0, e1, plan.captured[layer]))
+                hidden.append(plan.captured[layer])
             state["body_hidden"] = hidden
         else:
             hidden = []
-            for e0, e1 in ranges(layout.n_examples, self._chunks(layout, 1)[1]):
+            for e0, e1 in groups:
                 plan = Plan(capture={layer})
-                self._forward_rows(layout, base, 0, 1, e0, e1, plan=plan)
-                hidden.append((e0, e1, plan.captured[layer]))
+                self._full_logits(layout, base, 0, 1, e0, e1, plan)
+                hidden.append(plan.captured[layer])
             state["full_hidden"] = hidden
         return state
 
@@ -334,26 +364,10 @@ class Engine:
         picked = hidden[torch.arange(rows, device=h.device), pos]
         return h.label_logits(picked, layout.label_ids.to(h.device)).view(n_cand, n_ex, -1).cpu()
 
-    def _forward_rows(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, e0: int, e1: int,
-                      plan: Plan | None = None, shared: dict | None = None) -> torch.Tensor:
-        """Candidates [c0, c1) x examples [e0, e1) -> (c1-c0, e1-e0, K) logits."""
-        plan = plan or Plan()
-        n_cand = c1 - c0
-        layer = shared["layer"] if shared else 0
-        if self._uses_prefix_reuse(layout):
-            if shared:
-                plan.replace[layer] = shared["prefix_hidden"].expand(n_cand, -1, -1)
-            cache = self._prefix_cache(layout, prompts, c0, c1, plan, skip=layer)
-            if shared:
-                width = int(layout.body_mask[e0:e1].sum(1).max())
-                plan.replace[layer] = rows_of(shared["body_hidden"], e0, e1, width).repeat(n_cand, 1, 1)
-            return self._body_logits(layout, cache, n_cand, e0, e1, plan, skip=layer,
-                                     shared_kv=shared["prefix_kv"] if shared else None)
-        return self._full_logits(layout, prompts, c0, c1, e0, e1, plan, shared)
-
     def _full_logits(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, e0: int, e1: int, plan: Plan,
-                     shared: dict | None) -> torch.Tensor:
-        """Without prefix reuse (masked LMs, or switched off): whole sequences, one row per (candidate, example)."""
+                     layer: int = 0, shared_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Without prefix reuse (masked LMs, or switched off): whole sequences, one row per (candidate, example);
+        with `shared_hidden` (frozen-layer reuse) the layers below `layer` are skipped."""
         h = self.handle
         n_cand, n_ex = c1 - c0, e1 - e0
         lp = int(layout.prefix_ids.numel())
@@ -364,10 +378,9 @@ class Engine:
         mask = layout.body_mask[e0:e1, :width].to(h.device).repeat(n_cand, 1).long()
         attention = torch.cat([torch.ones(n_cand * n_ex, lp, dtype=torch.long, device=h.device), mask], dim=1)
         plan.prompts, plan.slots = prompts.deep_for(c0, c1), layout.slots.to(h.device)
-        layer = shared["layer"] if shared else 0
-        if shared:
-            plan.replace[layer] = rows_of(shared["full_hidden"], e0, e1, lp + width).repeat(n_cand, 1, 1)
-        with self.injector.active(plan, layer):
+        if shared_hidden is not None:
+            plan.replace[layer] = shared_hidden.repeat(n_cand, 1, 1)
+        with self.injector.active(plan, layer if shared_hidden is not None else 0):
             hidden = h.base(inputs_embeds=emb, attention_mask=attention).last_hidden_state
         pos = lp + layout.score_pos[e0:e1].to(h.device).repeat(n_cand)
         picked = hidden[torch.arange(n_cand * n_ex, device=h.device), pos]

@@ -1,4 +1,5 @@
-"""`nograd serve | worker | submit | status | watch | jobs | keys`: the service and its command-line client."""
+"""`nograd serve | runner | worker | submit | status | watch | jobs | secret | keys`: the service and its
+command-line client."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import os
 import signal
 import sys
 
+from nograd.engine import DEFAULT_MEMORY_CAP_MB
+
 
 def _settings(args: argparse.Namespace):
-    from service.settings import Settings
+    from nograd.service.settings import Settings
 
     overrides = {name: getattr(args, name) for name in ("host", "port", "data_dir", "redis_url", "database_url",
                                                         "models", "max_concurrent_jobs", "lease_seconds",
@@ -49,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from service.api import create_app
+    from nograd.service.api import create_app
 
     _log_to_stderr()
     try:
@@ -64,10 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_runner(args: argparse.Namespace) -> int:
-    """The job runner alone (no HTTP): for deployments that keep API latency independent of the optimizer work."""
-    from service.jobs import JobRunner
-    from service.queue import queue_from_settings
-    from service.store import Store
+    """A job runner process (a `JobExecutor`, no HTTP): for deployments that keep API latency independent of the
+    optimizer work."""
+    from nograd.service.executor import JobExecutor
+    from nograd.service.queue import queue_from_settings
+    from nograd.service.store import Store
 
     _log_to_stderr()
     settings = _settings(args)
@@ -83,15 +87,16 @@ def cmd_runner(args: argparse.Namespace) -> int:
             await queue.close()
             store.close()
         # On a signal the runner hands its jobs back; another runner resumes them from their checkpoints.
-        await _until_signal(JobRunner.from_settings(store, queue, settings).run, cleanup=cleanup)
+        await _until_signal(JobExecutor.from_settings(store, queue, settings).run, cleanup=cleanup)
 
     asyncio.run(main())
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from service.queue import queue_from_settings
-    from service.worker import Worker, load_engine
+    from nograd.engine import build_engine
+    from nograd.service.queue import queue_from_settings
+    from nograd.service.worker import Worker
 
     args.models = args.model  # --model is repeatable; Settings reads NOGRAD_MODELS when it is not given
     settings = _settings(args)
@@ -100,8 +105,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _log_to_stderr()
 
     async def main() -> None:
-        engines = {m: load_engine(m, dtype=settings.dtype, device=settings.device,
-                                  memory_cap_mb=settings.memory_cap_mb) for m in settings.models}
+        engines = {m: build_engine(m, dtype=settings.dtype, device=settings.device,
+                                   memory_cap_mb=settings.memory_cap_mb) for m in settings.models}
         queue = queue_from_settings(settings)
         worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat,
                         heartbeat_file=args.heartbeat_file)
@@ -112,7 +117,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .client import Client
+    from nograd.sdk import Client
 
     return Client(args.url, args.api_key)
 
@@ -203,8 +208,8 @@ def cmd_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from service.settings import Settings
-    from service.store import Store
+    from nograd.service.settings import Settings
+    from nograd.service.store import Store
 
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("database_url", args.database_url)) if v}
     settings = Settings(**overrides)
@@ -259,7 +264,8 @@ def add_commands(sub) -> None:
                         help="model to serve (repeatable; default $NOGRAD_MODELS, comma-separated, or smollm2-135m)")
     worker.add_argument("--device", help="default $NOGRAD_DEVICE or auto")
     worker.add_argument("--dtype", help="default $NOGRAD_DTYPE or bf16")
-    worker.add_argument("--memory-cap-mb", dest="memory_cap_mb", type=float, help="default 256")
+    worker.add_argument("--memory-cap-mb", dest="memory_cap_mb", type=float,
+                        help=f"activation memory per forward pass (default {DEFAULT_MEMORY_CAP_MB:g})")
     worker.add_argument("--namespace")
     worker.add_argument("--claim-idle", dest="claim_idle", type=float,
                         help="take over batches unacknowledged this long (a few batch times; default 60)")

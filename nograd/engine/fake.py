@@ -12,17 +12,17 @@ import time
 
 import numpy as np
 
-from clients.render import DISCRETE_MODES, CandidateError, candidates
-from clients.types import EvalRequest, EvalResult, ModelInfo
+from nograd.clients.losses import score_logits
+from nograd.clients.render import candidates
+from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec
 
 from .errors import EngineError
-from .losses import all_losses
 
 FAKE_PREFIX = "fake"
 
 
 class FakeEngine:
-    """Implements the engine's `evaluate` / `describe` with `latency` seconds of sleep per call.
+    """An `Evaluator` (`evaluate` / `describe` / `materialize`) with `latency` seconds of sleep per call.
 
     Args:
         latency: seconds each `evaluate` call sleeps (the stand-in for a forward pass).
@@ -35,7 +35,7 @@ class FakeEngine:
 
     def describe(self) -> ModelInfo:
         return ModelInfo(model_id=self.model_id, kind="fake", hidden_size=16, n_layers=self.n_layers,
-                         max_length=4096, supports_embeddings=True, device="cpu", dtype="fp64")
+                         max_length=4096, device="cpu", dtype="fp64")
 
     def _candidates(self, request: EvalRequest) -> np.ndarray:
         dim = request.prompt.projection.dim
@@ -75,32 +75,24 @@ class FakeEngine:
         offsets = np.stack([_example_offsets(text, n_labels) for text in request.examples.texts])  # (E, K)
         gold = np.eye(n_labels)[labels]  # (E, K)
         logits = offsets[None] + 4.0 * quality[:, None, None] * gold[None]
-        losses, score = all_losses(logits, labels, request.task.metric)
-        if request.loss not in losses:
-            raise EngineError(f"loss {request.loss!r} is unknown; use one of {', '.join(losses)}")
         scales = None
         if request.prompt.mode not in ("none", *DISCRETE_MODES) and request.prompt.scales is None:
             scales = (1.0,) * (self.n_layers if request.prompt.mode == "deep" else 1)
-        return EvalResult(loss=losses[request.loss], metric=score, losses=losses,
-                          logits=logits if request.return_logits else None, model_id=self.model_id,
-                          seconds=time.perf_counter() - started, scales=scales)
+        return score_logits(request, logits, model_id=self.model_id, started=started, scales=scales)
 
     @staticmethod
     def _discrete_quality(request: EvalRequest) -> np.ndarray:
         """Discrete candidates: every prompt word and every demonstration has a fixed hidden value; a candidate's
         quality is the mean of its values (0 for the empty prompt), so some choices are better than others."""
-        try:
-            concrete = candidates(request)
-        except CandidateError as exc:
-            raise EngineError(str(exc)) from None
         quality = []
-        for task, text in concrete:
+        for task, text in candidates(request):
             items = text.split() + [d[0] for d in task.demos]
             quality.append(float(np.mean([_example_offsets(item, 1)[0] * 0.3 for item in items])) if items else 0.0)
         return np.asarray(quality)
 
-    def materialize(self, spec, z, base) -> np.ndarray:
-        return np.zeros((spec.n_tokens, 16), dtype=np.float32)
+    def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
+        shape = (self.n_layers, spec.n_tokens, 16) if spec.mode == "deep" else (spec.n_tokens, 16)
+        return np.zeros(shape, dtype=np.float32)
 
 
 def _example_offsets(text: str, n_labels: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The queue-backed endpoint: `ModelClient` over a `service.queue.BatchQueue` and remote workers.
+"""The queue-backed endpoint: `ModelClient` over a `BatchQueue` and the workers behind it.
 
 A population is split into batches of at most `batch_size` candidates, so several workers can share one
 generation. The job's task data go to the queue once per example set (content-addressed); each batch carries
@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from types import MappingProxyType
 
+import numpy as np
 
-from service.queue import Batch, BatchQueue
-from service.wire import batch_id, decode_result, digest, encode_context, encode_work, merge_results
+from nograd.clients.types import EvalRequest, EvalResult, InvalidRequest, ModelInfo, PromptSpec
 
-from .types import EvalRequest, EvalResult, ModelInfo
-
+from ._base import Batch, BatchQueue
+from .wire import batch_id, decode_result, digest, encode_context, encode_work, merge_results
 
 log = logging.getLogger("nograd.queue_client")
 
 
-class EvaluationError(ValueError):
-    """A worker rejected a batch (bad input) or the batch was dead-lettered; the message says why."""
+class EvaluationError(RuntimeError):
+    """A batch failed for good on the workers (dead-lettered after repeated errors); the message says why. A batch
+    the workers reject as bad input raises `InvalidRequest` instead."""
 
 
 class QueueClient:
@@ -35,15 +38,23 @@ class QueueClient:
         check_every: seconds between checks for a broker restart while waiting (then the work is resubmitted).
     """
 
+    usage = MappingProxyType({})  # this service's workers charge nothing
+
     def __init__(self, queue: BatchQueue, job_id: str, model: str, info: ModelInfo, *, batch_size: int | None = None,
-                 on_batch=None, check_every: float = 2.0):
+                 on_batch: Callable[[float, int], None] | None = None, check_every: float = 2.0):
         self.queue, self.job_id, self.model, self.info = queue, job_id, model, info
         self.batch_size, self.on_batch, self.check_every = batch_size, on_batch, check_every
-        self.generation = 0
         self._contexts: dict[str, bytes] = {}
 
     async def describe(self) -> ModelInfo:
         return self.info
+
+    async def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray | None:
+        """None: the workers hold the model; prompt tensors are not sent back through the queue."""
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
     def _split(self, request: EvalRequest) -> list[EvalRequest]:
         if (request.z is None and request.texts is None) or self.batch_size is None \
@@ -65,7 +76,7 @@ class QueueClient:
         batches = []
         for part in self._split(request):
             work = encode_work(part)
-            batches.append(Batch(id=batch_id(key, work), job_id=self.job_id, generation=self.generation,
+            batches.append(Batch(id=batch_id(key, work), job_id=self.job_id, generation=request.generation,
                                  model=self.model, context=key, work=work))
         ids = [b.id for b in batches]
         epoch = self.queue.epoch
@@ -82,6 +93,9 @@ class QueueClient:
                     await self._put_contexts()
                     await self.queue.submit(batches)
         failed = [r for r in results.values() if not r.ok]
+        for result in failed:
+            if result.rejected:
+                raise InvalidRequest(f"model {self.model!r}: {result.error}")
         if failed:
             raise EvaluationError(f"model {self.model!r}: {failed[0].error}")
         merged = merge_results([decode_result(results[i].data) for i in ids])

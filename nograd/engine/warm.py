@@ -1,4 +1,4 @@
-"""`python -m service.engine.warm MODEL [MODEL ...]`: load each model once, so that a built-in model's converted
+"""`python -m nograd.engine.warm MODEL [MODEL ...]`: load each model once, so that a built-in model's converted
 copy lands in $NOGRAD_CACHE_DIR (used at image build time; later loads take under a second)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from clients.types import ProjectionSpec
+from nograd.clients.types import ProjectionSpec
 
 from .errors import EngineError
 

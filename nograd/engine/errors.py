@@ -1,7 +1,9 @@
 """Errors raised by the evaluation engine. Every message names what is wrong and how to fix it."""
 
+from nograd.clients.types import InvalidRequest
 
-class EngineError(ValueError):
+
+class EngineError(InvalidRequest):
     """Base class: bad model, task, prompt or candidate input given to the engine."""
 
 

@@ -1,17 +1,19 @@
-"""The job runner: claims jobs from the store and runs each one's loop (ask -> queue -> results -> tell).
+"""The job executor (what `nograd serve` and `nograd runner` run): claims jobs from the store and runs each one's
+loop (ask -> queue -> results -> tell).
 
 Several jobs run at once as asyncio tasks (`max_concurrent`). Each job has at most one evaluation request in
 flight, so with a FIFO queue every running job gets one population through the workers per round: the workers
 are shared fairly. After every generation the search state, the history entry and the job's summary are written
 in one fenced transaction; a job picked up again (this process restarted, or another replica took over after the
 lease expired) resumes from its last completed generation with the same candidates, so its final prompt is the
-one an uninterrupted run would have produced.
+one an uninterrupted run would have produced. A job runs the resolved config stored at submit time
+(`nograd.methods.resolve`); the executor never resolves it again, so a release that changes a default does not
+change a job that already started.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -20,24 +22,26 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from clients.queued import EvaluationError, QueueClient
-from clients.types import ModelInfo
 from nograd.artifacts import prompt_bytes, read_prompt
-from nograd.config import SEARCH_METHODS, RunConfig
-from nograd.runner import finalize, prepare
-from clients.remote import RemoteError
-from nograd.discrete import make_search
+from nograd.clients.endpoint import RemoteError
+from nograd.clients.protocol import ModelClient
+from nograd.clients.types import ModelInfo
+from nograd.config import ResolvedConfig
+from nograd.endpoints import open_client
+from nograd.methods import make_search
+from nograd.optimizers import state_from_json, state_to_json
+from nograd.pipeline import RunData, finalize, located, prepare, scoring
 from nograd.search import PromptSearch
-from optimizers import state_from_json, state_to_json
 
 from .queue import BatchQueue, QueueError
+from .queue.client import EvaluationError, QueueClient
 from .secrets import SecretBox, SecretError, tenant_secret
 from .store import Status, Store
 
 log = logging.getLogger("nograd.jobs")
 
 
-class JobRunner:
+class JobExecutor:
     """Args:
         store: the persistent store (jobs, checkpoints, leases).
         queue: where evaluation batches go.
@@ -70,7 +74,7 @@ class JobRunner:
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="nograd-search")
 
     @classmethod
-    def from_settings(cls, store: Store, queue: BatchQueue, settings, **options) -> "JobRunner":
+    def from_settings(cls, store: Store, queue: BatchQueue, settings, **options) -> JobExecutor:
         """A runner configured by `service.settings.Settings` (options override, e.g. `on_batch`)."""
         return cls(store, queue, data_dir=settings.data_dir, max_concurrent=settings.max_concurrent_jobs,
                    lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
@@ -180,9 +184,6 @@ class JobRunner:
         except Exception:  # only cleanup: results and contexts expire anyway
             log.warning("could not drop job %s's queue data", job_id, exc_info=True)
 
-    def _config(self, job: dict) -> RunConfig:
-        return job_config(self.store, self.data_dir, job["config"], job.get("dataset_id"))
-
     async def _model_info(self, job_id: str, model: str) -> ModelInfo:
         deadline = time.monotonic() + self.worker_wait
         waiting = False
@@ -191,7 +192,7 @@ class JobRunner:
                 if model in worker.get("models", {}):
                     if waiting:
                         await asyncio.to_thread(self.store.set_message, job_id, self.owner, None)
-                    return ModelInfo(**worker["models"][model])
+                    return ModelInfo.from_dict(worker["models"][model])
             if time.monotonic() > deadline:
                 raise LookupError(f"no worker served model {model!r} within {self.worker_wait:.0f} s; start one "
                                   f"with `nograd worker --model {model}`")
@@ -201,63 +202,59 @@ class JobRunner:
                                         f"waiting for a worker serving {model}")
             await asyncio.sleep(0.5)
 
-    def _init_from(self, job: dict) -> tuple:
+    def _init_from(self, job: dict) -> dict:
         if not job.get("init_from"):
-            return None, None
+            return {}
         data = self.store.artifact(job["init_from"])
         if data is None:
             raise LookupError(f"init_from: job {job['init_from']} has no prompt")
         saved = read_prompt(data)
-        return saved["x"], saved["spec"]
+        return {"init_x": saved["x"], "init_spec": saved["spec"]}
 
-    async def _execute(self, job: dict) -> None:
-        job_id, started = job["id"], time.perf_counter()
-        config = await asyncio.to_thread(self._config, job)
-        data = await asyncio.to_thread(prepare, config)
-        timing = {"queue": 0.0}
+    def _api_key(self, job: dict, config: ResolvedConfig) -> str | None:
+        name = (config.endpoint or {}).get("api_key_secret")
+        if not name:
+            return None
+        if self.secret_box is None:
+            raise SecretError("this runner has no secrets key; set NOGRAD_SECRETS_KEY")
+        return tenant_secret(self.store, self.secret_box, job["tenant"], name)
 
+    async def _client(self, job: dict, config: ResolvedConfig, timing: dict) -> ModelClient:
         def on_batch(seconds: float, n: int) -> None:
             timing["queue"] += seconds
             if self.on_batch is not None:
                 self.on_batch(seconds, n)
 
-        if config.endpoint is not None:
-            client = await asyncio.to_thread(self._remote_client, job, config)
-            info = await client.describe()
-        else:
-            info = await self._model_info(job_id, config.model)
-            client = QueueClient(self.queue, job_id, config.model, info, batch_size=self.batch_size,
-                                 on_batch=on_batch)
+        async def workers() -> ModelClient:
+            info = await self._model_info(job["id"], config.model)
+            return QueueClient(self.queue, job["id"], config.model, info, batch_size=self.batch_size,
+                               on_batch=on_batch)
+
+        key = await asyncio.to_thread(self._api_key, job, config)
+        return await open_client(config, local=workers, api_key=key, allow=self.remote_allow,
+                                 **({} if self.remote_transport is None else {"transport": self.remote_transport}))
+
+    async def _execute(self, job: dict) -> None:
+        started = time.perf_counter()
+        config = ResolvedConfig.from_dict(job["config"])  # as resolved at submit time; never re-resolved
+        if job.get("dataset_id"):
+            path = await asyncio.to_thread(dataset_file, self.store, self.data_dir, job["dataset_id"])
+            config = located(config, path)
+        data = await asyncio.to_thread(prepare, config)
+        timing = {"queue": 0.0}
+        client = await self._client(job, config, timing)
         try:
-            await self._run_search(job, config, data, client, info, timing, started)
+            await self._run_search(job, config, data, client, timing, started)
         finally:
-            if hasattr(client, "aclose"):
-                await client.aclose()
+            await client.aclose()
 
-    def _remote_client(self, job: dict, config: RunConfig):
-        from clients.remote import EndpointConfig, check_url, make_client
-
-        endpoint = EndpointConfig.from_dict(config.endpoint)
-        check_url(endpoint.base_url, self.remote_allow)
-        key = None
-        if endpoint.api_key_secret:
-            if self.secret_box is None:
-                raise SecretError("this runner has no secrets key; set NOGRAD_SECRETS_KEY")
-            key = tenant_secret(self.store, self.secret_box, job["tenant"], endpoint.api_key_secret)
-        embedder = None
-        if endpoint.kind == "vllm" and endpoint.embedder_model and config.method == "bbt":
-            embedder = _embedder(endpoint.embedder_model)
-        return make_client(endpoint, key, embedder=embedder, transport=self.remote_transport,
-                           allow=self.remote_allow)
-
-    async def _run_search(self, job: dict, config: RunConfig, data, client, info, timing: dict,
-                          started: float) -> None:
+    async def _run_search(self, job: dict, config: ResolvedConfig, data: RunData, client: ModelClient,
+                          timing: dict, started: float) -> None:
         job_id = job["id"]
-        search = None
-        if config.method in SEARCH_METHODS:
-            init_x, init_spec = await asyncio.to_thread(self._init_from, job)
-            search = await asyncio.to_thread(make_search, config, data.spec, data.train, data.dev, info.n_layers,
-                                             init_x=init_x, init_spec=init_spec)
+        info = await client.describe()
+        init = await asyncio.to_thread(self._init_from, job)
+        search = await asyncio.to_thread(make_search, config, data.spec, data.train, data.dev, info.n_layers, **init)
+        if search is not None:
             search.executor = self._cpu
             if job.get("checkpoint"):
                 search.load_state(state_from_json(job["checkpoint"]))
@@ -267,19 +264,18 @@ class JobRunner:
                 await self._save(job_id, search, {"generation": 0, "calls": 0, "initial": initial,
                                                   "time": time.time()})
             while not search.done:
-                client.generation = search.generation + 1
                 timing["queue"] = 0.0
                 entry = await search.step(client)
                 entry.update(time=time.time(), roundtrip_seconds=timing["queue"])
-                if getattr(client, "usage", None):  # a remote endpoint's running token account
+                if client.usage:  # a remote endpoint's running token account
                     entry["usage"] = dict(client.usage)
                 if not await self._save(job_id, search, entry):
                     log.warning("job %s: lease lost; another runner continues it", job_id)
                     return
-        client.generation = (search.generation if search else 0) + 1
         result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
-        artifact = prompt_bytes(config=config, spec=prompt, x=x, materialized=None, task_spec=data.spec,
-                                model_id=info.model_id, text=result.get("prompt_text"))
+        artifact = prompt_bytes(config=config, spec=prompt, x=x, materialized=await client.materialize(prompt, x),
+                                task_spec=data.spec, model_id=info.model_id, scoring=scoring(config),
+                                text=result.get("prompt_text"))
         await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.succeeded, result=result,
                                 artifact=artifact, test_metric=result["test_metric"], calls=result["calls"],
                                 best_dev_metric=result["dev_metric"])
@@ -295,32 +291,20 @@ class JobRunner:
                                        best_train_loss=best_train, best_dev_metric=best_dev)
 
 
-@functools.lru_cache(maxsize=2)
-def _embedder(model: str):
-    """A local copy of a vLLM-served model (fp32, CPU) that turns BBT candidates into prompt_embeds."""
-    from service.engine import Engine, load_model
-
-    return Engine(load_model(model, dtype="fp32", device="cpu"))
-
-
-def job_config(store: Store, data_dir: Path, values: dict, dataset_id: str | None) -> RunConfig:
-    """A job's RunConfig: its stored options, plus for an uploaded dataset the file (written once into
-    `data_dir/datasets`) and the dataset's template, verbalizer and fields. Raises ConfigError / LookupError."""
-    values = dict(values)
-    if dataset_id:
-        dataset = store.get_dataset(dataset_id)
-        if dataset is None:
-            raise LookupError(f"dataset {dataset_id} no longer exists")
-        suffix = Path(dataset["filename"]).suffix
-        path = Path(data_dir) / "datasets" / f"{dataset['id']}-{dataset['sha256'][:12]}{suffix}"
-        if not path.exists():  # the content (up to the upload limit) is read only the first time
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-            tmp.write_bytes(store.get_dataset(dataset_id, with_content=True)["content"])
-            tmp.replace(path)
-        values.update(dataset["options"])
-        values.update(task=None, dataset=str(path))
-    return RunConfig.from_dict(values)
+def dataset_file(store: Store, data_dir: Path, dataset_id: str) -> Path:
+    """An uploaded dataset as a file in `data_dir/datasets` (written once, from the store, by whichever process
+    needs it first). Raises LookupError when the dataset is gone."""
+    dataset = store.get_dataset(dataset_id)
+    if dataset is None:
+        raise LookupError(f"dataset {dataset_id} no longer exists")
+    suffix = Path(dataset["filename"]).suffix
+    path = Path(data_dir) / "datasets" / f"{dataset['id']}-{dataset['sha256'][:12]}{suffix}"
+    if not path.exists():  # the content (up to the upload limit) is read only the first time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+        tmp.write_bytes(store.get_dataset(dataset_id, with_content=True)["content"])
+        tmp.replace(path)
+    return path
 
 
 def transfer_options(spec) -> dict:

@@ -1,0 +1,7 @@
+"""`python -m nograd.cli`: the `nograd` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

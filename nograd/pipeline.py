@@ -1,0 +1,198 @@
+"""One run end to end: task -> resolved settings -> few-shot split -> baseline or search -> test metric -> run
+directory. The CLI's `nograd run` and the service's jobs both go through here."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from nograd.clients.losses import all_losses
+from nograd.clients.protocol import ModelClient
+from nograd.clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+from nograd.engine import MICRO_BATCH
+from nograd.tasks import Example, Task, TaskError, UnknownTaskError, examples_hash, get_task, load_user_dataset
+
+from . import artifacts
+from .config import ConfigError, ResolvedConfig, RunConfig
+from .methods import METHODS, make_search, resolve
+from .search import PromptSearch
+
+C = TypeVar("C", bound=RunConfig)
+
+#: Examples per evaluation request when scoring a dev or test set (a fixed chunking, so every path scores the same
+#: requests; recorded in saved prompts).
+TEST_CHUNK = 256
+
+
+def scoring(config: ResolvedConfig) -> dict:
+    """What scoring a prompt the same way again needs beyond the model and the prompt file's task spec: the dtype,
+    the evaluation micro-batch and the examples per request (saved with every prompt)."""
+    return {"dtype": config.dtype, "micro_batch": MICRO_BATCH, "request_examples": TEST_CHUNK}
+
+
+@dataclass
+class RunData:
+    task: Task
+    spec: TaskSpec
+    train: Examples
+    dev: Examples
+    test: Examples
+    hashes: dict
+
+
+def load_task(config: RunConfig) -> Task:
+    """The bundled task or the user's dataset `config` names; raises ConfigError naming the field."""
+    if (config.task is None) == (config.dataset is None):
+        raise ConfigError("task", "give exactly one of a bundled task (--task) or a dataset file (--dataset)")
+    if config.task is not None:
+        try:
+            return get_task(config.task)
+        except UnknownTaskError as exc:
+            raise ConfigError("task", str(exc)) from None
+    if not config.template or not config.verbalizer:
+        raise ConfigError("template", "a dataset file needs --template and --verbalizer")
+    try:
+        return load_user_dataset(config.dataset, template=config.template, verbalizer=config.verbalizer,
+                                 text_field=config.text_field, text2_field=config.text2_field,
+                                 label_field=config.label_field, metric=config.metric,
+                                 test_path=config.test_dataset, test_fraction=config.test_fraction, seed=config.seed)
+    except TaskError as exc:  # the dataset's own fields keep their names; the rest is the file
+        raise ConfigError("dataset" if exc.field in (None, "file") else exc.field, str(exc)) from None
+
+
+def to_examples(task: Task, examples: list[Example] | tuple[Example, ...]) -> Examples:
+    pair = len(task.fields) == 2
+    return Examples(texts=[e.text for e in examples], labels=[task.label_index(e.label) for e in examples],
+                    texts2=[e.text2 for e in examples] if pair else None)
+
+
+def task_spec(task: Task, demos: list[Example] | None = None, *, chat: bool = False) -> TaskSpec:
+    return TaskSpec(template=task.template, labels=task.labels,
+                    verbalizer=tuple(task.verbalizer[label] for label in task.labels), metric=task.metric,
+                    demos=tuple((d.text, d.text2, task.label_index(d.label)) for d in (demos or [])), chat=chat)
+
+
+def icl_demos(task: Task, train: list[Example], shots_per_class: int, seed: int) -> list[Example]:
+    """`shots_per_class` training examples of every label, in a seeded random order."""
+    rng = np.random.default_rng([seed, 7])
+    chosen = [e for label in task.labels for e in [x for x in train if x.label == label][:shots_per_class]]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def prepare(config: ResolvedConfig, task: Task | None = None) -> RunData:
+    """The run's data: the few-shot split, the task spec with the method's demonstrations, the data hashes."""
+    task = task or load_task(config)
+    try:
+        train, dev = task.few_shot(config.k_shot, config.seed)
+    except TaskError as exc:
+        raise ConfigError("k_shot", str(exc)) from None
+    demos = METHODS[config.method].demos
+    demos = icl_demos(task, train, config.icl_shots, config.seed) if demos == "sample" else \
+        list(train) if demos == "pool" else None
+    hashes = {"train": examples_hash(train), "dev": examples_hash(dev), "test": examples_hash(task.test),
+              "task_version": task.version}
+    return RunData(task=task, spec=task_spec(task, demos, chat=config.chat_template), train=to_examples(task, train),
+                   dev=to_examples(task, dev), test=to_examples(task, task.test), hashes=hashes)
+
+
+def resolve_run(config: RunConfig) -> tuple[ResolvedConfig, RunData]:
+    """`config` resolved on its task (`nograd.methods.resolve`) and the run's data: every error a run would meet
+    before the model loads (unknown task, bad file, too few examples for k_shot, incompatible endpoint, ...)."""
+    task = load_task(config)
+    resolved = resolve(config, task)
+    return resolved, prepare(resolved, task)
+
+
+async def score(client: ModelClient, spec: TaskSpec, examples: Examples, prompt: PromptSpec, x: np.ndarray | None,
+                *, text: str | None = None, generation: int = 0, chunk: int = TEST_CHUNK) -> dict:
+    """Metric and CE of one prompt on many examples, in requests of `chunk` examples (the metric over all)."""
+    logits = []
+    for start in range(0, len(examples), chunk):
+        part = examples.part(start, start + chunk)
+        if prompt.mode == "deep":
+            request = EvalRequest(spec, part, prompt, base=x, generation=generation)
+        elif prompt.mode == "text":
+            request = EvalRequest(spec, part, prompt, texts=[text or ""], generation=generation)
+        else:
+            request = EvalRequest(spec, part, prompt, z=None if x is None or prompt.mode == "none" else x[None],
+                                  generation=generation)
+        logits.append((await client.evaluate(request)).logits[0])
+    stacked = np.concatenate(logits)[None]
+    losses, metric = all_losses(stacked, np.asarray(examples.labels), spec.metric)
+    return {"metric": float(metric[0]), "ce": float(losses["ce"][0]), "n": len(examples)}
+
+
+async def finalize(config: ResolvedConfig, data: RunData, client: ModelClient, model_id: str,
+                   search: PromptSearch | None, started: float) -> tuple[dict, PromptSpec, np.ndarray | None]:
+    """Score the run's prompt (the search's best-dev prompt, or no prompt for a baseline) on train and test.
+    Returns (result.json's data, the prompt spec, z)."""
+    generation = (search.generation if search else 0) + 1
+    if search is not None:
+        outcome = search.result()
+        prompt, x, text = outcome["spec"], outcome["x"], outcome["text"]
+        train = await score(client, data.spec, data.train, prompt, x, text=text, generation=generation)
+        dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
+        calls = search.calls
+        extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
+                 "initial": outcome["initial"], "generations": search.generation,
+                 **({} if text is None else {"prompt_text": text})}
+    else:
+        prompt, x, text = PromptSpec(mode="none"), None, None
+        train = await score(client, data.spec, data.train, prompt, x, generation=generation)
+        dev = await score(client, data.spec, data.dev, prompt, x, generation=generation)
+        calls, extra = 0, {}
+    test = None
+    if len(data.test):
+        test = await score(client, data.spec, data.test, prompt, x, text=text, generation=generation)
+    if client.usage:
+        extra["usage"] = dict(client.usage)
+    result = {
+        "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
+        "train_metric": train["metric"], "dev_metric": dev["metric"],
+        "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
+        "calls": calls, "budget": config.budget if METHODS[config.method].is_search else 0,
+        "wall_seconds": time.perf_counter() - started, "model_id": model_id, "data_hashes": data.hashes,
+        **extra,
+    }
+    return result, prompt, x
+
+
+async def run(config: ResolvedConfig, client: ModelClient, out_dir: Path | None = None,
+              on_generation: Callable[[dict], None] | None = None, data: RunData | None = None) -> dict:
+    """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data."""
+    started = time.perf_counter()
+    data = data or prepare(config)
+    info = await client.describe()
+    if out_dir is not None:
+        artifacts.start_run_dir(out_dir, config)
+    search = make_search(config, data.spec, data.train, data.dev, info.n_layers)
+    if search is not None:
+        initial = await search.start(client)
+        if on_generation:
+            on_generation({"generation": 0, "calls": 0, "initial": initial})
+        while not search.done:
+            entry = await search.step(client)
+            if out_dir is not None:
+                artifacts.append_history(out_dir, entry)
+            if on_generation:
+                on_generation(entry)
+    result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
+    if out_dir is not None:
+        materialized = await client.materialize(prompt, x) if prompt.mode in ("cat", "add", "deep") else None
+        artifacts.save_prompt(out_dir / "prompt.safetensors", config=config, spec=prompt, x=x,
+                              materialized=materialized, task_spec=data.spec, model_id=info.model_id,
+                              scoring=scoring(config), text=result.get("prompt_text"))
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def located(config: C, dataset: Path | str | None) -> C:
+    """`config` with its dataset file at `dataset` on this machine (the service materializes uploads per runner);
+    the settings are unchanged."""
+    return config if dataset is None else replace(config, dataset=str(dataset))
