@@ -17,7 +17,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx  # noqa: E402
-
 from procs import Proc, RedisServer, answers, free_port, serve, wait_until, worker  # noqa: E402
 
 
@@ -30,24 +29,38 @@ def percentile(values, q: float) -> float:
 
 def create_key(data_dir: Path, tenant: str = "bench") -> str:
     """An API key made with the CLI (`nograd keys create`), as an operator would."""
-    out = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", tenant, "--data-dir",
-                          str(data_dir)], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", tenant, "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip().splitlines()[0]
 
 
 class Stack:
     """Args:
-        model: the model name the workers serve (and the service accepts).
-        workers: how many worker processes.
-        serve_args: extra `nograd serve` flags (e.g. --batch-size 2).
-        auth: False -> `--auth off`; True -> auth on and `self.api_key` is a key made with `nograd keys create`.
-        redis_persistent: AOF with fsync on every write (the tests' crash-safe setting) instead of no persistence.
-        split_runner: the API process runs no jobs (NOGRAD_RUN_JOBS=false); a second `nograd serve` on the same
-            store and Redis (another port, never queried) runs them.
+    model: the model name the workers serve (and the service accepts).
+    workers: how many worker processes.
+    serve_args: extra `nograd serve` flags (e.g. --batch-size 2).
+    auth: False -> `--auth off`; True -> auth on and `self.api_key` is a key made with `nograd keys create`.
+    redis_persistent: AOF with fsync on every write (the tests' crash-safe setting) instead of no persistence.
+    split_runner: the API process runs no jobs (NOGRAD_RUN_JOBS=false); a second `nograd serve` on the same
+        store and Redis (another port, never queried) runs them.
     """
 
-    def __init__(self, model: str, workers: int = 1, serve_args: tuple[str, ...] = (), *, auth: bool = False,
-                 redis_persistent: bool = False, worker_args: tuple[str, ...] = (), split_runner: bool = False):
+    def __init__(
+        self,
+        model: str,
+        workers: int = 1,
+        serve_args: tuple[str, ...] = (),
+        *,
+        auth: bool = False,
+        redis_persistent: bool = False,
+        worker_args: tuple[str, ...] = (),
+        split_runner: bool = False,
+    ):
         self.model, self.n_workers, self.serve_args = model, workers, tuple(serve_args)
         self.auth, self.redis_persistent, self.worker_args = auth, redis_persistent, tuple(worker_args)
         self.split_runner = split_runner
@@ -68,7 +81,7 @@ class Stack:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def start(self, worker_timeout: float = 300) -> "Stack":
+    def start(self, worker_timeout: float = 300) -> Stack:
         self.redis = RedisServer(self.root / "redis", persistent=self.redis_persistent).start()
         if self.auth:
             self.api_key = create_key(self.data_dir)
@@ -83,8 +96,19 @@ class Stack:
         return self
 
     def _serve(self, port: int, extra: list[str], env: dict) -> Proc:
-        args = ["serve", "--data-dir", str(self.data_dir), "--port", str(port), "--models", self.model, *extra,
-                "--redis-url", self.redis.url, "--no-embedded-worker"]
+        args = [
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(port),
+            "--models",
+            self.model,
+            *extra,
+            "--redis-url",
+            self.redis.url,
+            "--no-embedded-worker",
+        ]
         proc = Proc(args, self.root / f"serve-{port}.log", env=env).start()
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz", proc), 60, f"nograd serve on port {port}")
         return proc
@@ -97,8 +121,16 @@ class Stack:
     def add_workers(self, n: int, timeout: float = 300) -> None:
         for _ in range(n):
             i = len(self.workers)
-            self.workers.append(worker(self.redis.url, self.model, self.root / f"worker-{i}.log",
-                                       "--id", f"bench-worker-{i}", *self.worker_args))
+            self.workers.append(
+                worker(
+                    self.redis.url,
+                    self.model,
+                    self.root / f"worker-{i}.log",
+                    "--id",
+                    f"bench-worker-{i}",
+                    *self.worker_args,
+                )
+            )
         want = len(self.workers)
 
         def ready() -> bool:
@@ -152,7 +184,7 @@ class Stack:
             parts.append(f"--- worker {i}\n{w.output()[-chars:]}")
         return "\n".join(parts)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         try:
             return self.start()
         except BaseException:

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nograd.clients.types import EvalRequest, PromptSpec  # noqa: E402
+from nograd.engine import Engine, load_model  # noqa: E402
+from nograd.engine.layout import text_ids  # noqa: E402
 from nograd.pipeline import task_spec, to_examples  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
 from nograd.vocab import pmi_ngrams  # noqa: E402
-from nograd.engine import Engine, load_model  # noqa: E402
-from nograd.engine.layout import text_ids  # noqa: E402
 
 
 def populations(tokenizer, seed: int = 0) -> dict[str, EvalRequest]:
@@ -37,10 +37,14 @@ def populations(tokenizer, seed: int = 0) -> dict[str, EvalRequest]:
     rng = np.random.default_rng(seed)
     vocab = pmi_ngrams(list(examples.texts), max_n=5, min_count=5, min_pmi=1.0, top=200)
     bbpl = [" ".join(vocab[i] for i in rng.integers(0, len(vocab), 10)) for _ in range(20)]
-    rlprompt = [tokenizer.decode(rng.integers(1000, len(tokenizer) - 1, 5).tolist()).replace("{", "(").replace(
-        "}", ")") for _ in range(16)]
-    return {kind: EvalRequest(spec, examples, PromptSpec(mode="text"), texts=texts)
-            for kind, texts in (("bbpl", bbpl), ("rlprompt", rlprompt))}
+    rlprompt = [
+        tokenizer.decode(rng.integers(1000, len(tokenizer) - 1, 5).tolist()).replace("{", "(").replace("}", ")")
+        for _ in range(16)
+    ]
+    return {
+        kind: EvalRequest(spec, examples, PromptSpec(mode="text"), texts=texts)
+        for kind, texts in (("bbpl", bbpl), ("rlprompt", rlprompt))
+    }
 
 
 def main(argv=None) -> int:
@@ -51,9 +55,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     handle = load_model("smollm2-135m", dtype=args.dtype)
     batched, single = Engine(handle, discrete_batching=True), Engine(handle, discrete_batching=False)
-    lines = [f"smollm2-135m {args.dtype}, mr 16-shot (32 examples); best of {args.repeats} interleaved repeats", "",
-             "| population | candidates | forward groups | one at a time s | batched s | speedup | max |diff| |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"smollm2-135m {args.dtype}, mr 16-shot (32 examples); best of {args.repeats} interleaved repeats",
+        "",
+        "| population | candidates | forward groups | one at a time s | batched s | speedup | max |diff| |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, request in populations(handle.tokenizer).items():
         lengths = {len(text_ids(handle.tokenizer, t + "\n")) for t in request.texts}
         a, b = batched.discrete_logits(request), single.discrete_logits(request)  # warm-up, and the check
@@ -63,8 +70,10 @@ def main(argv=None) -> int:
                 started = time.perf_counter()
                 engine.discrete_logits(request)
                 best[name] = min(best[name], time.perf_counter() - started)
-        lines.append(f"| {kind} | {request.population} | {len(lengths)} | {best['single']:.2f} | "
-                     f"{best['batched']:.2f} | {best['single'] / best['batched']:.2f}x | {np.abs(a - b).max():.2g} |")
+        lines.append(
+            f"| {kind} | {request.population} | {len(lengths)} | {best['single']:.2f} | "
+            f"{best['batched']:.2f} | {best['single'] / best['batched']:.2f}x | {np.abs(a - b).max():.2g} |"
+        )
     text = "\n".join(lines)
     print(text)
     Path(args.out).write_text(text + "\n")

@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import ROOT, Stack, Tee, percentile  # noqa: E402
-
 import httpx  # noqa: E402
+from _stack import ROOT, Stack, Tee, percentile  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -102,8 +101,15 @@ async def drive(stack: Stack, args) -> dict:
         stop = asyncio.Event()
 
         def body(seed: int) -> dict:
-            return {"method": "bbt", "task": "mr", "model": stack.model, "budget": args.budget, "seed": seed,
-                    "dev_every": args.dev_every, "options": {"popsize": args.popsize, "dim": args.dim}}
+            return {
+                "method": "bbt",
+                "task": "mr",
+                "model": stack.model,
+                "budget": args.budget,
+                "seed": seed,
+                "dev_every": args.dev_every,
+                "options": {"popsize": args.popsize, "dim": args.dim},
+            }
 
         async def submit(i: int) -> None:
             response = await busy.request(http, "POST /v1/jobs", "POST", "/v1/jobs", json=body(i))
@@ -147,18 +153,25 @@ async def drive(stack: Stack, args) -> dict:
         await asyncio.sleep(args.idle)
         stop_idle.set()
         await asyncio.gather(*loops)
-    return {"busy": busy, "idle": idle, "jobs": jobs, "started": started, "submitted": submitted,
-            "finished": finished}
+    return {"busy": busy, "idle": idle, "jobs": jobs, "started": started, "submitted": submitted, "finished": finished}
 
 
-RUNNERS = {"api": "jobs run in the API process (the default deployment)",
-           "split": "jobs run in a separate runner process (API: NOGRAD_RUN_JOBS=false)"}
+RUNNERS = {
+    "api": "jobs run in the API process (the default deployment)",
+    "split": "jobs run in a separate runner process (API: NOGRAD_RUN_JOBS=false)",
+}
 
 
 def one_setup(runner: str, args, out: Tee) -> tuple[bool, list]:
     """Run the load against one setup; returns (jobs ok, table rows)."""
-    stack = Stack(args.model, workers=args.workers, auth=True, redis_persistent=args.redis_persistent,
-                  serve_args=("--max-concurrent-jobs", str(args.jobs)), split_runner=runner == "split")
+    stack = Stack(
+        args.model,
+        workers=args.workers,
+        auth=True,
+        redis_persistent=args.redis_persistent,
+        serve_args=("--max-concurrent-jobs", str(args.jobs)),
+        split_runner=runner == "split",
+    )
     try:
         stack.start(worker_timeout=120)
         got = asyncio.run(drive(stack, args))
@@ -167,10 +180,12 @@ def one_setup(runner: str, args, out: Tee) -> tuple[bool, list]:
     jobs = got["jobs"]
     durations = sorted(j["finished_at"] - j["created_at"] for j in jobs)
     wall = got["finished"] - got["started"]
-    out(f"[{runner}] {RUNNERS[runner]}: all {len(jobs)} jobs finished {wall:.1f} s after the first submission "
+    out(
+        f"[{runner}] {RUNNERS[runner]}: all {len(jobs)} jobs finished {wall:.1f} s after the first submission "
         f"(submissions took {got['submitted'] - got['started']:.1f} s); per job submit -> finished p50 "
         f"{percentile(durations, 50):.1f} s, max {durations[-1]:.1f} s; "
-        f"{sum(j['calls'] for j in jobs) / wall:.0f} candidates/s overall")
+        f"{sum(j['calls'] for j in jobs) / wall:.0f} candidates/s overall"
+    )
     rows = []
     for phase, rec, seconds in (("while jobs run", got["busy"], wall), ("idle (after)", got["idle"], args.idle)):
         for kind in ("POST /v1/jobs", "GET /v1/jobs/{id}", "GET /v1/jobs"):
@@ -184,8 +199,10 @@ def one_setup(runner: str, args, out: Tee) -> tuple[bool, list]:
     for j in bad[:10]:
         out(f"  job {j['id']}: {j['status']} calls {j['calls']}/{args.budget} error {j['error']}")
     ok = len(jobs) == args.jobs and not bad
-    out(f"  all {args.jobs} jobs succeeded with calls == budget ({args.budget}): {'yes' if ok else 'NO'}; "
-        f"failed requests: {sum(len(v) for v in errors.values())}")
+    out(
+        f"  all {args.jobs} jobs succeeded with calls == budget ({args.budget}): {'yes' if ok else 'NO'}; "
+        f"failed requests: {sum(len(v) for v in errors.values())}"
+    )
     return ok and not errors, rows
 
 
@@ -202,35 +219,51 @@ def main(argv=None) -> int:
     parser.add_argument("--submit-interval", type=float, default=0.1)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of the GET loop after the jobs finished")
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--runners", nargs="+", choices=list(RUNNERS), default=list(RUNNERS),
-                        help="api: jobs run in the API process; split: in a second `nograd serve` process "
-                             "(NOGRAD_RUN_JOBS=false on the API one)")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
-                        help="skip the warm-up job (measure a cold server: its first finishing job imports torch "
-                             "on the event loop)")
+    parser.add_argument(
+        "--runners",
+        nargs="+",
+        choices=list(RUNNERS),
+        default=list(RUNNERS),
+        help="api: jobs run in the API process; split: in a second `nograd serve` process "
+        "(NOGRAD_RUN_JOBS=false on the API one)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip the warm-up job (measure a cold server: its first finishing job imports torch on the event loop)",
+    )
     parser.add_argument("--redis-persistent", action="store_true", help="Redis AOF, fsync always")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.txt"))
     args = parser.parse_args(argv)
 
     out = Tee()
-    out(f"load: {args.jobs} concurrent bbt jobs (budget {args.budget}, popsize {args.popsize}, dim {args.dim}) on "
+    out(
+        f"load: {args.jobs} concurrent bbt jobs (budget {args.budget}, popsize {args.popsize}, dim {args.dim}) on "
         f"{args.model}; Redis queue ({'AOF fsync always' if args.redis_persistent else 'no persistence'}) + "
         f"{args.workers} worker processes; auth on; GETs at {args.rate:g}/s (open loop), "
         f"one submission every {args.submit_interval * 1000:.0f} ms; {os.cpu_count()} CPUs; "
-        f"{'warm server (one job ran to completion first)' if args.warmup else 'COLD server (no warm-up job)'}")
+        f"{'warm server (one job ran to completion first)' if args.warmup else 'COLD server (no warm-up job)'}"
+    )
     ok, rows = True, []
     for runner in args.runners:
         good, got = one_setup(runner, args, out)
         ok, rows = ok and good, rows + got
     out("")
-    out(f"{'runner':6s} {'request':18s} {'phase':15s} {'n':>5s} {'req/s':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
-        f"{'max ms':>8s} {'errors':>6s}")
+    out(
+        f"{'runner':6s} {'request':18s} {'phase':15s} {'n':>5s} {'req/s':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'max ms':>8s} {'errors':>6s}"
+    )
     for runner, kind, phase, values, seconds, errors in rows:
-        out(f"{runner:6s} {kind:18s} {phase:15s} {len(values):5d} {len(values) / seconds:6.1f} "
+        out(
+            f"{runner:6s} {kind:18s} {phase:15s} {len(values):5d} {len(values) / seconds:6.1f} "
             f"{1000 * percentile(values, 50):8.1f} {1000 * percentile(values, 99):8.1f} {1000 * max(values):8.1f} "
-            f"{errors:6d}")
-    out(f"\nevery setup: all {args.jobs} jobs succeeded with calls == budget and no request failed: "
-        f"{'yes' if ok else 'NO'}")
+            f"{errors:6d}"
+        )
+    out(
+        f"\nevery setup: all {args.jobs} jobs succeeded with calls == budget and no request failed: "
+        f"{'yes' if ok else 'NO'}"
+    )
     out.save(Path(args.out))
     assert ok, "some jobs did not succeed with calls == budget, or requests failed"
     return 0

@@ -54,6 +54,7 @@ def _progress(name: str):
 
     def show(entry: dict) -> None:
         print(f"  {name}: {entry['calls']} calls, {time.perf_counter() - started:.0f} s", flush=True)
+
     return show
 
 
@@ -72,16 +73,29 @@ async def _run_all(args) -> dict:
         elif args.cached_only:
             continue
         else:
-            config, data = resolve_run(RunConfig(
-                task=task, method=method, seed=seed, budget=args.budget, model=args.model, dtype=args.dtype,
-                k_shot=args.k_shot, memory_cap_mb=args.memory_cap_mb, chat_template=args.chat_template,
-                **METHOD_OPTIONS[method]))
+            config, data = resolve_run(
+                RunConfig(
+                    task=task,
+                    method=method,
+                    seed=seed,
+                    budget=args.budget,
+                    model=args.model,
+                    dtype=args.dtype,
+                    k_shot=args.k_shot,
+                    memory_cap_mb=args.memory_cap_mb,
+                    chat_template=args.chat_template,
+                    **METHOD_OPTIONS[method],
+                )
+            )
             started = time.perf_counter()
             result = await run(config, client, on_generation=_progress(name) if args.verbose else None, data=data)
             result["config"] = config.to_dict()
             path.write_text(json.dumps(result, indent=2))
-            print(f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
         results.setdefault(task, {}).setdefault(method, []).append(result)
     if "bbt" in args.methods:
         for task in args.tasks:
@@ -97,23 +111,36 @@ async def _initial_prompt(client, name: str, out: Path, chat: bool) -> dict:
         return json.loads(path.read_text())
     task = get_task(name)
     config, _ = resolve_run(RunConfig(task=name, method="bbt", chat_template=chat, **METHOD_OPTIONS["bbt"]))
-    test = await score(client, task_spec(task, chat=chat), to_examples(task, task.test),
-                       prompt_spec(config, config.mode), np.zeros(config.dim))
+    test = await score(
+        client,
+        task_spec(task, chat=chat),
+        to_examples(task, task.test),
+        prompt_spec(config, config.mode),
+        np.zeros(config.dim),
+    )
     result = {"test_metric": test["metric"], "test_ce": test["ce"]}
     path.write_text(json.dumps(result, indent=2))
     return result
 
 
 def _table(results: dict, args) -> str:
-    lines = [f"smollm2-135m ({args.dtype}{', chat template' if args.chat_template else ''}), {args.k_shot}-shot, "
-             f"seeds {args.seeds}, budget {args.budget} calls for the searches; test metric x100, mean ± std over "
-             "seeds", ""]
+    lines = [
+        f"smollm2-135m ({args.dtype}{', chat template' if args.chat_template else ''}), {args.k_shot}-shot, "
+        f"seeds {args.seeds}, budget {args.budget} calls for the searches; test metric x100, mean ± std over "
+        "seeds",
+        "",
+    ]
     header = "| method | " + " | ".join(args.tasks) + " |"
     lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
     rows = list(args.methods) + (["bbt z=0"] if "bbt" in args.methods else [])
     for method in rows:
-        cells = [_fmt([r["test_metric"] for r in results.get(t, {}).get(method, [])],
-                      1 if method == "bbt z=0" else len(args.seeds)) for t in args.tasks]
+        cells = [
+            _fmt(
+                [r["test_metric"] for r in results.get(t, {}).get(method, [])],
+                1 if method == "bbt z=0" else len(args.seeds),
+            )
+            for t in args.tasks
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "gain over manual (mean test metric difference, x100):"]
     for method in rows:
@@ -124,7 +151,8 @@ def _table(results: dict, args) -> str:
             manual, mine = results.get(t, {}).get("manual"), results.get(t, {}).get(method)
             if manual and mine:
                 gain = statistics.mean(r["test_metric"] for r in mine) - statistics.mean(
-                    r["test_metric"] for r in manual)
+                    r["test_metric"] for r in manual
+                )
                 gains.append(f"{t} {100 * gain:+.1f}")
         lines.append(f"  {method}: " + ", ".join(gains))
     return "\n".join(lines)
@@ -133,8 +161,9 @@ def _table(results: dict, args) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["mr", "trec"])
-    parser.add_argument("--methods", nargs="+",
-                        default=["manual", "icl", "bbt", "bbtv2", "bbpl", "rlprompt", "icl_search"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["manual", "icl", "bbt", "bbtv2", "bbpl", "rlprompt", "icl_search"]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=300)
     parser.add_argument("--k-shot", type=int, default=16)

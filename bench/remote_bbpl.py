@@ -43,22 +43,42 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     out = args.out or str(ROOT / "bench" / "results" / f"remote_bbpl{'_floor' if args.no_rescore else ''}.txt")
-    job = {"method": "bbpl", "task": args.task, "budget": args.budget, "k_shot": args.k_shot, "seed": args.seed,
-           "dev_every": 50, "options": {"popsize": 10, "prompt_length": 5}}
+    job = {
+        "method": "bbpl",
+        "task": args.task,
+        "budget": args.budget,
+        "k_shot": args.k_shot,
+        "seed": args.seed,
+        "dev_every": 50,
+        "options": {"popsize": 10, "prompt_length": 5},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         llama, url = llama_server(tmp / "llama.log", threads=1)
         port = free_port()
-        api_proc = serve(tmp / "data", None, port, models="smollm2-135m",
-                         env={"NOGRAD_REMOTE_ALLOW": "127.0.0.1", "NOGRAD_DTYPE": "fp32"})
+        api_proc = serve(
+            tmp / "data",
+            None,
+            port,
+            models="smollm2-135m",
+            env={"NOGRAD_REMOTE_ALLOW": "127.0.0.1", "NOGRAD_DTYPE": "fp32"},
+        )
         try:
             key = create_key(tmp / "data")
             with Client(f"http://127.0.0.1:{port}", key) as api:
                 rows = []
-                remote = {"kind": "openai", "base_url": url, "model": "smollm2", "concurrency": 1,
-                          "top_logprobs": 100, "rescore_missing": not args.no_rescore}
-                for name, extra in [("llama.cpp (REST endpoint)", {"endpoint": remote}),
-                                    ("local engine", {"model": "smollm2-135m"})]:
+                remote = {
+                    "kind": "openai",
+                    "base_url": url,
+                    "model": "smollm2",
+                    "concurrency": 1,
+                    "top_logprobs": 100,
+                    "rescore_missing": not args.no_rescore,
+                }
+                for name, extra in [
+                    ("llama.cpp (REST endpoint)", {"endpoint": remote}),
+                    ("local engine", {"model": "smollm2-135m"}),
+                ]:
                     started = time.perf_counter()
                     done = _wait(api, api.submit(**job, **extra)["id"])
                     if done["status"] != "succeeded":
@@ -67,14 +87,20 @@ def main(argv=None) -> int:
         finally:
             api_proc.terminate()
             llama.terminate()
-    lines = [f"BBPL on {args.task}, {args.k_shot}-shot, seed {args.seed}, budget {args.budget} calls, popsize 10, "
-             f"5 n-grams; SmolLM2-135M (llama.cpp: Q4_1 GGUF; local: the same weights dequantized, fp32); missing "
-             f"label words {'floored' if args.no_rescore else 'rescored with logit_bias'}", "",
-             "| endpoint | dev | test | wall s | prompt |", "|---|---|---|---|---|"]
+    lines = [
+        f"BBPL on {args.task}, {args.k_shot}-shot, seed {args.seed}, budget {args.budget} calls, popsize 10, "
+        f"5 n-grams; SmolLM2-135M (llama.cpp: Q4_1 GGUF; local: the same weights dequantized, fp32); missing "
+        f"label words {'floored' if args.no_rescore else 'rescored with logit_bias'}",
+        "",
+        "| endpoint | dev | test | wall s | prompt |",
+        "|---|---|---|---|---|",
+    ]
     for name, done, seconds in rows:
         result = done["result"]
-        lines.append(f"| {name} | {100 * result['dev_metric']:.1f} | {100 * result['test_metric']:.1f} | "
-                     f"{seconds:.0f} | {result.get('prompt_text', '')!r} |")
+        lines.append(
+            f"| {name} | {100 * result['dev_metric']:.1f} | {100 * result['test_metric']:.1f} | "
+            f"{seconds:.0f} | {result.get('prompt_text', '')!r} |"
+        )
     usage = rows[0][1]["result"]["usage"]
     lines += ["", f"llama.cpp token account: {usage}"]
     text = "\n".join(lines)

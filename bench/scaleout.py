@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import ROOT, Stack, Tee  # noqa: E402
-
 import httpx  # noqa: E402
+from _stack import ROOT, Stack, Tee  # noqa: E402
 
 from nograd.sdk import Client  # noqa: E402
 
@@ -60,8 +59,14 @@ def measure(n: int, args) -> dict:
     try:
         stack.start(worker_timeout=120)
         with Client(stack.url, stack.api_key) as api:
-            body = {"method": "bbt", "task": "mr", "model": model, "budget": args.budget, "dev_every": 10 * args.budget,
-                    "options": {"popsize": args.popsize, "dim": args.dim}}
+            body = {
+                "method": "bbt",
+                "task": "mr",
+                "model": model,
+                "budget": args.budget,
+                "dev_every": 10 * args.budget,
+                "options": {"popsize": args.popsize, "dim": args.dim},
+            }
             ids = [api.submit(**body, seed=i)["id"] for i in range(args.jobs)]
 
             def warmed() -> bool:
@@ -102,9 +107,15 @@ def measure(n: int, args) -> dict:
         raise RuntimeError("fewer than 2 generations finished in the window; lengthen --window")
     span = events[-1][0] - events[0][0]
     calls = sum(c for _, c in events[1:])
-    return {"n": n, "rate": calls / span, "events": len(events), "span": span,
-            "busy": (busy1 - busy0) / (n * (t2 - t1)), "depth_min": min(depths) if depths else None,
-            "depth_mean": sum(depths) / len(depths) if depths else None}
+    return {
+        "n": n,
+        "rate": calls / span,
+        "events": len(events),
+        "span": span,
+        "busy": (busy1 - busy0) / (n * (t2 - t1)),
+        "depth_min": min(depths) if depths else None,
+        "depth_mean": sum(depths) / len(depths) if depths else None,
+    }
 
 
 def main(argv=None) -> int:
@@ -124,30 +135,40 @@ def main(argv=None) -> int:
 
     out = Tee()
     per_worker = args.batch_size / args.latency
-    out(f"scale-out: fake:{args.latency:g} ({args.latency * 1000:.0f} ms per batch), {args.jobs} concurrent bbt "
+    out(
+        f"scale-out: fake:{args.latency:g} ({args.latency * 1000:.0f} ms per batch), {args.jobs} concurrent bbt "
         f"jobs, popsize {args.popsize}, dim {args.dim}, batch size {args.batch_size} "
         f"({-(-args.popsize // args.batch_size)} batches per population), Redis "
-        f"{'AOF fsync always' if args.redis_persistent else 'no persistence'}; {os.cpu_count()} CPUs")
-    out(f"steady state: {args.window:.0f} s window after every job's first generation + {args.warmup:.0f} s; "
-        f"ideal {per_worker:.0f} candidates/s per worker")
+        f"{'AOF fsync always' if args.redis_persistent else 'no persistence'}; {os.cpu_count()} CPUs"
+    )
+    out(
+        f"steady state: {args.window:.0f} s window after every job's first generation + {args.warmup:.0f} s; "
+        f"ideal {per_worker:.0f} candidates/s per worker"
+    )
     rows = []
     for n in args.workers:
         row = measure(n, args)
         rows.append(row)
-        out(f"  {n} worker(s): {row['rate']:6.1f} candidates/s ({row['events']} generations over "
+        out(
+            f"  {n} worker(s): {row['rate']:6.1f} candidates/s ({row['events']} generations over "
             f"{row['span']:.1f} s), workers busy {100 * row['busy']:.0f}%, queue depth min/mean "
-            f"{row['depth_min']}/{row['depth_mean']:.1f}, load avg {os.getloadavg()[0]:.2f}")
+            f"{row['depth_min']}/{row['depth_mean']:.1f}, load avg {os.getloadavg()[0]:.2f}"
+        )
     base = next((r["rate"] for r in rows if r["n"] == 1), rows[0]["rate"] / rows[0]["n"])
     out("")
-    out(f"{'workers':>7s} {'cand/s':>8s} {'ideal':>7s} {'of ideal':>8s} {'speedup':>8s} {'efficiency':>10s} "
-        f"{'busy':>6s} {'depth min':>9s}")
+    out(
+        f"{'workers':>7s} {'cand/s':>8s} {'ideal':>7s} {'of ideal':>8s} {'speedup':>8s} {'efficiency':>10s} "
+        f"{'busy':>6s} {'depth min':>9s}"
+    )
     ok = True
     for r in rows:
         speedup = r["rate"] / base
         eff = speedup / r["n"]
         ok = ok and eff >= 0.9
-        out(f"{r['n']:7d} {r['rate']:8.1f} {r['n'] * per_worker:7.0f} {100 * r['rate'] / (r['n'] * per_worker):7.0f}% "
-            f"{speedup:7.2f}x {eff:10.2f} {100 * r['busy']:5.0f}% {r['depth_min']!s:>9s}")
+        out(
+            f"{r['n']:7d} {r['rate']:8.1f} {r['n'] * per_worker:7.0f} {100 * r['rate'] / (r['n'] * per_worker):7.0f}% "
+            f"{speedup:7.2f}x {eff:10.2f} {100 * r['busy']:5.0f}% {r['depth_min']!s:>9s}"
+        )
     out(f"\nefficiency >= 0.9 at every worker count: {'yes' if ok else 'NO'}")
     out.save(Path(args.out))
     return 0 if ok else 1

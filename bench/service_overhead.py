@@ -55,16 +55,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import ROOT, Stack, Tee, percentile  # noqa: E402
-
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
+from _stack import ROOT, Stack, Tee, percentile  # noqa: E402
 
 from nograd.clients.local import LocalClient  # noqa: E402
-from nograd.sdk import Client  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
 from nograd.engine import build_engine  # noqa: E402
 from nograd.pipeline import resolve_run, run  # noqa: E402
+from nograd.sdk import Client  # noqa: E402
 
 REAL_MODEL = "smollm2-135m"
 
@@ -80,7 +79,7 @@ class ResultCollector:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def start(self) -> "ResultCollector":
+    def start(self) -> ResultCollector:
         self._thread.start()
         return self
 
@@ -127,21 +126,44 @@ class TimedClient:
 
 
 def job_body(args, model: str, budget: int) -> dict:
-    return {"method": "bbt", "task": args.task, "model": model, "budget": budget, "seed": args.seed,
-            "dev_every": args.dev_every, "options": {"dim": args.dim, "popsize": args.popsize}}
+    return {
+        "method": "bbt",
+        "task": args.task,
+        "model": model,
+        "budget": budget,
+        "seed": args.seed,
+        "dev_every": args.dev_every,
+        "options": {"dim": args.dim, "popsize": args.popsize},
+    }
 
 
 def run_direct(local: LocalClient, model: str, budget: int, args) -> dict:
     client = TimedClient(local)
-    config, data = resolve_run(RunConfig(method="bbt", task=args.task, model=model, budget=budget, seed=args.seed,
-                                         dev_every=args.dev_every, dim=args.dim, popsize=args.popsize))
+    config, data = resolve_run(
+        RunConfig(
+            method="bbt",
+            task=args.task,
+            model=model,
+            budget=budget,
+            seed=args.seed,
+            dev_every=args.dev_every,
+            dim=args.dim,
+            popsize=args.popsize,
+        )
+    )
     entries: list[dict] = []
     load = os.getloadavg()[0]
     started = time.perf_counter()
     result = asyncio.run(run(config, client, on_generation=entries.append, data=data))
     wall = time.perf_counter() - started
-    return {"wall": wall, "result": result, "history": [e for e in entries if e["generation"] >= 1],
-            "load": load, "evaluating": client.evaluating, "evaluations": client.evaluations}
+    return {
+        "wall": wall,
+        "result": result,
+        "history": [e for e in entries if e["generation"] >= 1],
+        "load": load,
+        "evaluating": client.evaluating,
+        "evaluations": client.evaluations,
+    }
 
 
 def run_service(stack: Stack, model: str, budget: int, args, poll: float) -> dict:
@@ -171,11 +193,26 @@ def run_service(stack: Stack, model: str, budget: int, args, poll: float) -> dic
         mine = [r for r in results if lo < r["finished_at"] <= hi]
         compute = sum(r["data"]["seconds"] for r in mine if r["ok"])
         worker = sum(r["seconds"] for r in mine)
-        per_gen.append({"generation": entry["generation"], "batches": len(mine), "compute": compute,
-                        "worker": worker, "roundtrip": entry["roundtrip_seconds"]})
-    return {"wall": job["finished_at"] - job["created_at"], "runner_wall": job["result"]["wall_seconds"],
-            "result": job["result"], "history": gens, "per_gen": per_gen, "load": load, "job": job,
-            "evaluating": evaluating, "evaluations": evaluations}
+        per_gen.append(
+            {
+                "generation": entry["generation"],
+                "batches": len(mine),
+                "compute": compute,
+                "worker": worker,
+                "roundtrip": entry["roundtrip_seconds"],
+            }
+        )
+    return {
+        "wall": job["finished_at"] - job["created_at"],
+        "runner_wall": job["result"]["wall_seconds"],
+        "result": job["result"],
+        "history": gens,
+        "per_gen": per_gen,
+        "load": load,
+        "job": job,
+        "evaluating": evaluating,
+        "evaluations": evaluations,
+    }
 
 
 def compare(direct: dict, service: dict, budget: int) -> dict:
@@ -184,10 +221,18 @@ def compare(direct: dict, service: dict, budget: int) -> dict:
     for a, b in zip(direct["history"], service["history"]):
         loss_diff = max(loss_diff, float(np.max(np.abs(np.asarray(a["losses"]) - np.asarray(b["losses"])))))
     same_gens = len(direct["history"]) == len(service["history"])
-    return {"calls": (d["calls"], s["calls"]), "calls_ok": d["calls"] == s["calls"] == budget,
-            "dev": (d["dev_metric"], s["dev_metric"]), "test": (d["test_metric"], s["test_metric"]),
-            "loss_diff": loss_diff, "agree": same_gens and d["dev_metric"] == s["dev_metric"]
-            and d["test_metric"] == s["test_metric"] and loss_diff == 0.0 and d["calls"] == s["calls"] == budget}
+    return {
+        "calls": (d["calls"], s["calls"]),
+        "calls_ok": d["calls"] == s["calls"] == budget,
+        "dev": (d["dev_metric"], s["dev_metric"]),
+        "test": (d["test_metric"], s["test_metric"]),
+        "loss_diff": loss_diff,
+        "agree": same_gens
+        and d["dev_metric"] == s["dev_metric"]
+        and d["test_metric"] == s["test_metric"]
+        and loss_diff == 0.0
+        and d["calls"] == s["calls"] == budget,
+    }
 
 
 def bench_engine(kind: str, args, out: Tee) -> dict:
@@ -201,8 +246,10 @@ def bench_engine(kind: str, args, out: Tee) -> dict:
         warmup = args.warmup
         client = LocalClient(build_engine(model))
         worker_args = ()
-    out(f"\n== {model}: budget {budget}, popsize {args.popsize}, dim {args.dim}, dev_every {args.dev_every}, "
-        f"task {args.task}, seed {args.seed}, {repeats} repeat(s) after {warmup} uncounted warm-up pair(s) ==")
+    out(
+        f"\n== {model}: budget {budget}, popsize {args.popsize}, dim {args.dim}, dev_every {args.dev_every}, "
+        f"task {args.task}, seed {args.seed}, {repeats} repeat(s) after {warmup} uncounted warm-up pair(s) =="
+    )
     stack = Stack(model, workers=1, redis_persistent=args.redis_persistent, worker_args=worker_args)
     pairs = []
     try:
@@ -217,8 +264,7 @@ def bench_engine(kind: str, args, out: Tee) -> dict:
                 else:
                     got[path] = run_service(stack, model, budget, args, poll)
                 name = f"repeat {i + 1}" if i >= 0 else "warm-up "
-                out(f"  {name} {path:7s}: {got[path]['wall']:8.2f} s  (1-min load avg before: "
-                    f"{got[path]['load']:.2f})")
+                out(f"  {name} {path:7s}: {got[path]['wall']:8.2f} s  (1-min load avg before: {got[path]['load']:.2f})")
             if i >= 0:
                 pairs.append((got["direct"], got["service"]))
     finally:
@@ -249,39 +295,57 @@ def report(summary: dict, out: Tee) -> bool:
     out(f"  {'search only, service (sum gen s)':34s} {np.median(s_search):9.2f}")
     ratio = med[1] / med[0]
     ratios = [s / d for d, s in zip(direct, service)]
-    out(f"  ratio service / direct: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
-        f"search only {np.median(s_search) / np.median(d_search):.3f}")
+    out(
+        f"  ratio service / direct: {ratio:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"search only {np.median(s_search) / np.median(d_search):.3f}"
+    )
     claim = [s["job"]["started_at"] - s["job"]["created_at"] for _, s in pairs]
-    fixed = [s["wall"] - d["wall"] - sum(b["seconds"] - a["seconds"] for a, b in zip(d["history"], s["history"]))
-             for d, s in pairs]
-    out(f"  per job: submit -> claimed by the runner {1000 * np.median(claim):.0f} ms (median); service - direct "
+    fixed = [
+        s["wall"] - d["wall"] - sum(b["seconds"] - a["seconds"] for a, b in zip(d["history"], s["history"]))
+        for d, s in pairs
+    ]
+    out(
+        f"  per job: submit -> claimed by the runner {1000 * np.median(claim):.0f} ms (median); service - direct "
         f"outside the generations {1000 * np.median(fixed):.0f} ms (median; claim, prepare, checkpoints of "
-        f"generation 0, finalize)")
+        f"generation 0, finalize)"
+    )
     d_out = [d["wall"] - d["evaluating"] for d, _ in pairs]
     s_out = [s["wall"] - s["evaluating"] for _, s in pairs]
     added = float(np.median([b - a for a, b in zip(d_out, s_out)]))
     evals = ", ".join(f"{d['evaluations']}/{s['evaluations']}" for d, s in pairs)
-    out(f"  time outside model evaluation per job (wall - time evaluating; evaluations direct/service {evals}): "
+    out(
+        f"  time outside model evaluation per job (wall - time evaluating; evaluations direct/service {evals}): "
         f"direct {np.median(d_out):.2f} s, service {np.median(s_out):.2f} s -> the service adds {added:.2f} s = "
-        f"{100 * added / med[0]:.1f}% of the direct wall (ratio with equal compute: {1 + added / med[0]:.3f})")
+        f"{100 * added / med[0]:.1f}% of the direct wall (ratio with equal compute: {1 + added / med[0]:.3f})"
+    )
     out(f"  per generation (n = {n_gens} generations, {matched} matched to worker results):")
     out(f"    {'measure':52s} {'p50 ms':>8s} {'p99 ms':>8s}")
-    out(f"    {'engine compute (worker results)':52s} {1000 * percentile(compute, 50):8.1f} "
-        f"{1000 * percentile(compute, 99):8.1f}")
-    out(f"    {'queue overhead = roundtrip - engine compute':52s} {1000 * percentile(overhead, 50):8.1f} "
-        f"{1000 * percentile(overhead, 99):8.1f}")
-    out(f"    {'  of which in the worker outside the engine':52s} {1000 * percentile(worker_side, 50):8.1f} "
-        f"{1000 * percentile(worker_side, 99):8.1f}")
-    out(f"    {'step time service - direct (paired generations)':52s} {1000 * percentile(step_delta, 50):8.1f} "
-        f"{1000 * percentile(step_delta, 99):8.1f}")
+    out(
+        f"    {'engine compute (worker results)':52s} {1000 * percentile(compute, 50):8.1f} "
+        f"{1000 * percentile(compute, 99):8.1f}"
+    )
+    out(
+        f"    {'queue overhead = roundtrip - engine compute':52s} {1000 * percentile(overhead, 50):8.1f} "
+        f"{1000 * percentile(overhead, 99):8.1f}"
+    )
+    out(
+        f"    {'  of which in the worker outside the engine':52s} {1000 * percentile(worker_side, 50):8.1f} "
+        f"{1000 * percentile(worker_side, 99):8.1f}"
+    )
+    out(
+        f"    {'step time service - direct (paired generations)':52s} {1000 * percentile(step_delta, 50):8.1f} "
+        f"{1000 * percentile(step_delta, 99):8.1f}"
+    )
     ok = True
     for i, (d, s) in enumerate(pairs):
         c = compare(d, s, budget)
         ok = ok and c["agree"]
-        out(f"  repeat {i + 1} agreement: calls direct/service {c['calls'][0]}/{c['calls'][1]} (budget {budget}) "
+        out(
+            f"  repeat {i + 1} agreement: calls direct/service {c['calls'][0]}/{c['calls'][1]} (budget {budget}) "
             f"{'ok' if c['calls_ok'] else 'MISMATCH'}; best dev {c['dev'][0]:.4f}/{c['dev'][1]:.4f}; test "
             f"{c['test'][0]:.4f}/{c['test'][1]:.4f}; max |loss diff| {c['loss_diff']:.3g} -> "
-            f"{'identical' if c['agree'] else 'DIFFERENT'}")
+            f"{'identical' if c['agree'] else 'DIFFERENT'}"
+        )
     return ok
 
 
@@ -299,8 +363,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fake-model", default="fake:0.05")
     parser.add_argument("--fake-budget", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3, help="repeats with the fake engine")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted warm-up pairs, fake engine (the first "
-                        "job after startup pays one-time costs: lazy imports, connections)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="uncounted warm-up pairs, fake engine (the first "
+        "job after startup pays one-time costs: lazy imports, connections)",
+    )
     parser.add_argument("--memory-cap-mb", type=float, default=256.0)
     parser.add_argument("--redis-persistent", action="store_true", help="Redis AOF, fsync always")
     parser.add_argument("--out", default=None, help="default bench/results/service_overhead[-ENGINE].txt")
@@ -312,8 +381,10 @@ def main(argv=None) -> int:
     import torch
 
     out = Tee()
-    out(f"service overhead: direct run() vs REST + Redis + 1 worker process; {os.cpu_count()} CPUs, torch threads "
-        f"{torch.get_num_threads()}; Redis {'AOF fsync always' if args.redis_persistent else 'no persistence'}")
+    out(
+        f"service overhead: direct run() vs REST + Redis + 1 worker process; {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}; Redis {'AOF fsync always' if args.redis_persistent else 'no persistence'}"
+    )
     ok = True
     for kind in args.engines:
         ok = report(bench_engine(kind, args, out), out) and ok

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nograd.clients.types import EvalRequest, ProjectionSpec, PromptSpec  # noqa: E402
+from nograd.engine import Engine, load_model  # noqa: E402
 from nograd.pipeline import task_spec, to_examples  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
-from nograd.engine import Engine, load_model  # noqa: E402
 
 POPULATION, N_TOKENS, DIM = 20, 50, 500
 
@@ -98,31 +98,38 @@ def main(argv=None) -> int:
     t_loop = _timed(lambda: reference_loop(engine, request), args.repeats)
     t_engine = _timed(lambda: engine.evaluate(request), args.repeats)
     same = np.abs(reference_loop(engine, request) - engine.evaluate(request).logits).max()
-    print(f"model smollm2-135m {args.dtype}, {N_TOKENS} prompt tokens, {len(examples)} examples, population "
-          f"{POPULATION}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model smollm2-135m {args.dtype}, {N_TOKENS} prompt tokens, {len(examples)} examples, population "
+        f"{POPULATION}, torch threads {torch.get_num_threads()}"
+    )
     print(f"reference loop : {pairs / t_loop:8.1f} candidate x examples / s  ({t_loop:.2f} s per population)")
     print(f"engine         : {pairs / t_engine:8.1f} candidate x examples / s  ({t_engine:.2f} s per population)")
-    print(f"speedup engine / reference loop: {t_loop / t_engine:.2f}x   (max |logit diff| {same:.3g}, "
-          f"dtype rounding)")
+    print(f"speedup engine / reference loop: {t_loop / t_engine:.2f}x   (max |logit diff| {same:.3g}, dtype rounding)")
 
     deep = PromptSpec(mode="deep", n_tokens=N_TOKENS, projection=ProjectionSpec(dim=DIM))
-    reuse, plain = Engine(handle, memory_cap_mb=args.memory_cap_mb), Engine(
-        handle, memory_cap_mb=args.memory_cap_mb, layer_reuse=False)
+    reuse, plain = (
+        Engine(handle, memory_cap_mb=args.memory_cap_mb),
+        Engine(handle, memory_cap_mb=args.memory_cap_mb, layer_reuse=False),
+    )
     scales = reuse.evaluate(EvalRequest(spec, examples, deep)).scales
     deep = PromptSpec(mode="deep", n_tokens=N_TOKENS, projection=ProjectionSpec(dim=DIM), scales=scales)
     t_reuse = t_plain = 0.0
     for layer in (0, 10, 20):
         deep_request = EvalRequest(spec, examples, deep, z=z, layer=layer)
-        t_reuse += _timed(lambda: reuse.evaluate(deep_request), 1)
-        t_plain += _timed(lambda: plain.evaluate(deep_request), 1)
-    print(f"bbtv2 step (layers 0/10/20): frozen-layer reuse {t_reuse / 3:.2f} s vs without {t_plain / 3:.2f} s "
-          f"per population -> {t_plain / t_reuse:.2f}x")
+        t_reuse += _timed(lambda r=deep_request: reuse.evaluate(r), 1)
+        t_plain += _timed(lambda r=deep_request: plain.evaluate(r), 1)
+    print(
+        f"bbtv2 step (layers 0/10/20): frozen-layer reuse {t_reuse / 3:.2f} s vs without {t_plain / 3:.2f} s "
+        f"per population -> {t_plain / t_reuse:.2f}x"
+    )
 
     torch_dtype = handle.dtype
     peak = matmul_peak(torch_dtype)
     achieved = engine_flops(engine, request) / t_engine
-    print(f"engine achieved {achieved / 1e9:.1f} GFLOP/s vs measured matmul peak {peak / 1e9:.1f} GFLOP/s "
-          f"({args.dtype}) -> {100 * achieved / peak:.0f}% of peak")
+    print(
+        f"engine achieved {achieved / 1e9:.1f} GFLOP/s vs measured matmul peak {peak / 1e9:.1f} GFLOP/s "
+        f"({args.dtype}) -> {100 * achieved / peak:.0f}% of peak"
+    )
     return 0
 
 

@@ -21,6 +21,21 @@ from .types import (
     TaskSpec,
 )
 
-__all__ = ["DISCRETE_MODES", "LOSSES", "METRICS", "PROMPT_MODES", "SOFT_MODES", "EvalRequest", "EvalResult",
-           "Evaluator", "Examples", "InvalidRequest", "LocalClient", "ModelClient", "ModelInfo", "ProjectionSpec",
-           "PromptSpec", "TaskSpec"]
+__all__ = [
+    "DISCRETE_MODES",
+    "LOSSES",
+    "METRICS",
+    "PROMPT_MODES",
+    "SOFT_MODES",
+    "EvalRequest",
+    "EvalResult",
+    "Evaluator",
+    "Examples",
+    "InvalidRequest",
+    "LocalClient",
+    "ModelClient",
+    "ModelInfo",
+    "ProjectionSpec",
+    "PromptSpec",
+    "TaskSpec",
+]

@@ -28,24 +28,50 @@ class EndpointConfig:
     kind: Annotated[str, Field(description="the endpoint kind (clients.kinds.ENDPOINT_KINDS)")]
     base_url: Annotated[str, Field(min_length=1, max_length=500, description="e.g. https://api.openai.com/v1")]
     model: Annotated[str, Field(min_length=1, max_length=200, description="the model name the endpoint expects")]
-    api: Annotated[Literal["completions", "chat"], Field(
-        description="completions: the rendered text is the prompt; chat: it is the user message and the server "
-                    "applies the model's chat template (the job then scores under the chat template)")] = "completions"
-    api_key_secret: Annotated[str | None, Field(max_length=100, description="name of a secret holding the API key "
-                                                "(POST /v1/secrets; from the CLI an environment variable)")] = None
+    api: Annotated[
+        Literal["completions", "chat"],
+        Field(
+            description="completions: the rendered text is the prompt; chat: it is the user message and the server "
+            "applies the model's chat template (the job then scores under the chat template)"
+        ),
+    ] = "completions"
+    api_key_secret: Annotated[
+        str | None,
+        Field(
+            max_length=100,
+            description="name of a secret holding the API key (POST /v1/secrets; from the CLI an environment variable)",
+        ),
+    ] = None
     top_logprobs: Annotated[int, Field(ge=1, le=100, description="log-probabilities asked for per request")] = 20
     concurrency: Annotated[int, Field(ge=1, le=64, description="requests in flight at once")] = 4
     timeout: Annotated[float, Field(gt=0, le=600, description="seconds per request")] = 60.0
     max_retries: Annotated[int, Field(ge=0, le=20, description="retries of 429s, 5xx, timeouts")] = 6
     backoff: Annotated[float, Field(ge=0, le=60, description="first retry's backoff scale, seconds")] = 0.5
     max_backoff: Annotated[float, Field(ge=0, le=600, description="longest wait between retries, seconds")] = 30.0
-    floor_margin: Annotated[float, Field(ge=0, le=1000, description="a label word without a score gets the lowest "
-                                         "returned log-probability minus this")] = 1.0
-    rescore_missing: Annotated[bool, Field(description="ask again with logit_bias for a label word without an exact "
-                                           "match in the top list")] = True
-    label_token_ids: Annotated[dict[str, Annotated[int, Field(ge=0, strict=True)]] | None, Field(
-        max_length=1000, description="label word -> the endpoint's id of its first token (else the server's "
-                                     "tokenizer route is asked), e.g. {\"positive\": 3967}")] = None
-    embedder_model: Annotated[str | None, Field(max_length=500, description="vllm + bbt: the served model's weights "
-                                                "here (built-in name or path), to build prompt_embeds")] = None
+    floor_margin: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1000,
+            description="a label word without a score gets the lowest returned log-probability minus this",
+        ),
+    ] = 1.0
+    rescore_missing: Annotated[
+        bool, Field(description="ask again with logit_bias for a label word without an exact match in the top list")
+    ] = True
+    label_token_ids: Annotated[
+        dict[str, Annotated[int, Field(ge=0, strict=True)]] | None,
+        Field(
+            max_length=1000,
+            description="label word -> the endpoint's id of its first token (else the server's "
+            'tokenizer route is asked), e.g. {"positive": 3967}',
+        ),
+    ] = None
+    embedder_model: Annotated[
+        str | None,
+        Field(
+            max_length=500,
+            description="vllm + bbt: the served model's weights here (built-in name or path), to build prompt_embeds",
+        ),
+    ] = None
     exact_label_ids: Annotated[bool, Field(description="vllm: exact label-word scores via logprob_token_ids")] = False

@@ -29,13 +29,15 @@ def parse_endpoint(data: Mapping[str, Any]) -> EndpointConfig:
     if url.username or url.password:
         raise EndpointConfigError("base_url", "must not carry credentials; store the key as a secret")
     if any(not word.strip() for word in config.label_token_ids or {}):
-        raise EndpointConfigError("label_token_ids", "map each label word to its first token's id (an int >= 0), "
-                                                     "e.g. {\"positive\": 3967}")
+        raise EndpointConfigError(
+            "label_token_ids", 'map each label word to its first token\'s id (an int >= 0), e.g. {"positive": 3967}'
+        )
     return config
 
 
-def remote_client(config: EndpointConfig, api_key: str | None = None, *, embedder: Embedder | None = None,
-                  **options: Any) -> OpenAIClient:
+def remote_client(
+    config: EndpointConfig, api_key: str | None = None, *, embedder: Embedder | None = None, **options: Any
+) -> OpenAIClient:
     """The client of `config.kind` (`options`: `allow`, `transport`, `sleep`; see `OpenAIClient`)."""
     cls = ENDPOINT_KINDS[config.kind]
     if cls.embeds_locally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .endpoint import RemoteError
 
+
 def match_label(top: dict[str, float], word: str, exact_only: bool = False) -> float | None:
     """A label word's log-probability in one position's top list (token text -> logprob), or None when absent
     (the matching rules are in the module docstring; `exact_only`: the first rule only)."""
@@ -33,4 +34,3 @@ def with_floor(top: dict[str, float], found: list[float | None], floor_margin: f
         raise RemoteError("the endpoint returned an empty top_logprobs list")
     floor = min(top.values()) - floor_margin
     return [floor if v is None else v for v in found], sum(v is None for v in found)
-

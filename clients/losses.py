@@ -63,13 +63,28 @@ def all_losses(logits: np.ndarray, labels: np.ndarray, metric_name: str) -> tupl
     return {"ce": cross_entropy(logits, labels), "hinge": hinge(logits, labels), "perf": -score}, score
 
 
-def score_logits(request: EvalRequest, logits: np.ndarray, *, model_id: str, started: float,
-                 scales: tuple[float, ...] | None = None, usage: dict[str, int] | None = None) -> EvalResult:
+def score_logits(
+    request: EvalRequest,
+    logits: np.ndarray,
+    *,
+    model_id: str,
+    started: float,
+    scales: tuple[float, ...] | None = None,
+    usage: dict[str, int] | None = None,
+) -> EvalResult:
     """The `EvalResult` of `request` from its (P, E, K) label-word logits: every loss, the metric, the request's
     loss; `started` is the `time.perf_counter()` reading when the evaluation began."""
     if request.loss not in LOSSES:
         raise InvalidRequest(f"loss {request.loss!r} is unknown; use one of {', '.join(LOSSES)}")
     logits = np.asarray(logits, dtype=np.float64)
     losses, score = all_losses(logits, np.asarray(request.examples.labels), request.task.metric)
-    return EvalResult(loss=losses[request.loss], metric=score, losses=losses, logits=logits, model_id=model_id,
-                      seconds=time.perf_counter() - started, scales=scales, usage=usage)
+    return EvalResult(
+        loss=losses[request.loss],
+        metric=score,
+        losses=losses,
+        logits=logits,
+        model_id=model_id,
+        seconds=time.perf_counter() - started,
+        scales=scales,
+        usage=usage,
+    )

@@ -81,8 +81,15 @@ class OpenAIClient:
     #: Whether soft prompts go out as embeddings built here (from a local copy of the served weights).
     embeds_locally: ClassVar[bool] = False
 
-    def __init__(self, config: EndpointConfig, api_key: str | None = None, *, transport=None,
-                 allow: tuple[str, ...] | None = None, sleep=asyncio.sleep):
+    def __init__(
+        self,
+        config: EndpointConfig,
+        api_key: str | None = None,
+        *,
+        transport=None,
+        allow: tuple[str, ...] | None = None,
+        sleep=asyncio.sleep,
+    ):
         """`allow`: apply the operator allowlist to every connection (`GuardedBackend`); None: no check (the CLI,
         on the user's own machine). `transport` (tests) replaces the transport altogether."""
         self.config = config
@@ -92,8 +99,15 @@ class OpenAIClient:
         self._transport, self._sleep, self._guarded = transport, sleep, allow is not None
         self._client: httpx.AsyncClient | None = None
         self._slots = asyncio.Semaphore(config.concurrency)
-        self.usage: dict[str, int] = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                      "label_scores": 0, "rescored_label_words": 0, "missing_label_words": 0}
+        self.usage: dict[str, int] = {
+            "requests": 0,
+            "retries": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "label_scores": 0,
+            "rescored_label_words": 0,
+            "missing_label_words": 0,
+        }
         self._label_ids = {k.strip(): v for k, v in (config.label_token_ids or {}).items()}  # the user's, by word
         self._token_ids: dict[str, int | None] = {}  # the tokenizer route's, by the exact string that follows
         self._tokenizer_lock = asyncio.Lock()
@@ -104,10 +118,14 @@ class OpenAIClient:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.config.base_url.rstrip("/") + "/",
-                                             timeout=self.config.timeout, headers=self._headers,
-                                             transport=self._transport, follow_redirects=False,
-                                             trust_env=not self._guarded)  # no proxy that would bypass the check
+            self._client = httpx.AsyncClient(
+                base_url=self.config.base_url.rstrip("/") + "/",
+                timeout=self.config.timeout,
+                headers=self._headers,
+                transport=self._transport,
+                follow_redirects=False,
+                trust_env=not self._guarded,
+            )  # no proxy that would bypass the check
         return self._client
 
     async def aclose(self) -> None:
@@ -117,8 +135,16 @@ class OpenAIClient:
 
     async def describe(self) -> ModelInfo:
         host = urlsplit(self.config.base_url).hostname
-        return ModelInfo(model_id=f"{self.config.kind}:{self.config.model}@{host}", kind="remote", hidden_size=0,
-                         n_layers=0, max_length=0, prompt_modes=self.prompt_modes, device="remote", dtype="")
+        return ModelInfo(
+            model_id=f"{self.config.kind}:{self.config.model}@{host}",
+            kind="remote",
+            hidden_size=0,
+            n_layers=0,
+            max_length=0,
+            prompt_modes=self.prompt_modes,
+            device="remote",
+            dtype="",
+        )
 
     async def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray | None:
         """None: a remote endpoint does not hand out prompt tensors."""
@@ -135,8 +161,9 @@ class OpenAIClient:
                 if attempt == c.max_retries:
                     raise RemoteError(f"{c.base_url}: {exc} (gave up after {attempt + 1} attempts)") from None
                 self.usage["retries"] += 1
-                wait = exc.wait if exc.wait is not None else random.uniform(0, min(c.max_backoff,
-                                                                                   c.backoff * 2 ** attempt))
+                wait = (
+                    exc.wait if exc.wait is not None else random.uniform(0, min(c.max_backoff, c.backoff * 2**attempt))
+                )
                 log.info("remote %s: %s; retrying in %.2f s", urlsplit(c.base_url).hostname, exc, wait)
                 await self._sleep(min(wait, c.max_backoff))
         raise AssertionError("unreachable")
@@ -152,8 +179,9 @@ class OpenAIClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after(response))
         if response.status_code >= 400:
-            raise RemoteError(f"{self.config.base_url}{path} answered HTTP {response.status_code}: "
-                              f"{response.text[:300]}")
+            raise RemoteError(
+                f"{self.config.base_url}{path} answered HTTP {response.status_code}: {response.text[:300]}"
+            )
         try:
             data = response.json()
         except ValueError:
@@ -177,8 +205,10 @@ class OpenAIClient:
             else:
                 top = {str(t): float(v) for t, v in logprobs["top_logprobs"][0].items()}
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise RemoteError(f"{self.config.base_url} returned no top log-probabilities for the first token; the "
-                              f"endpoint must support logprobs (top_logprobs) on its {self.config.api} API") from None
+            raise RemoteError(
+                f"{self.config.base_url} returned no top log-probabilities for the first token; the "
+                f"endpoint must support logprobs (top_logprobs) on its {self.config.api} API"
+            ) from None
         if any(not math.isfinite(v) for v in top.values()):
             top = {t: v for t, v in top.items() if math.isfinite(v)}
         return top
@@ -186,11 +216,21 @@ class OpenAIClient:
     def _body(self, text: str) -> tuple[str, dict]:
         c = self.config
         if c.api == "chat":
-            return "chat/completions", {"model": c.model, "messages": [{"role": "user", "content": text}],
-                                        "max_tokens": 1, "temperature": 0, "logprobs": True,
-                                        "top_logprobs": min(c.top_logprobs, 20)}
-        return "completions", {"model": c.model, "prompt": text, "max_tokens": 1, "temperature": 0,
-                               "logprobs": c.top_logprobs}
+            return "chat/completions", {
+                "model": c.model,
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": min(c.top_logprobs, 20),
+            }
+        return "completions", {
+            "model": c.model,
+            "prompt": text,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": c.top_logprobs,
+        }
 
     async def _score_text(self, text: str, words: tuple[str, ...]) -> list[float]:
         c = self.config
@@ -264,17 +304,19 @@ class OpenAIClient:
         routes = [("/extras/tokenize", "input"), ("/tokenize", "prompt"), ("/tokenize", "content")]
         if self._tokenize_route is None:
             return None
-        for path, field in ([self._tokenize_route] if self._tokenize_route else routes):
+        for path, field in [self._tokenize_route] if self._tokenize_route else routes:
             ids = [await self._tokenize_at(root + path, field, t) for t in (text, "")]
             if ids[0] is None or ids[1] is None:
                 continue
             self._tokenize_route = (path, field)
-            special = len(ids[1]) if ids[0][:len(ids[1])] == ids[1] else 0
+            special = len(ids[1]) if ids[0][: len(ids[1])] == ids[1] else 0
             return ids[0][special:] or None
         if not self._tokenize_route:
             self._tokenize_route = None
-            log.info("remote %s: no tokenizer route; label words missing from the top list get the floor",
-                     urlsplit(self.config.base_url).hostname)
+            log.info(
+                "remote %s: no tokenizer route; label words missing from the top list get the floor",
+                urlsplit(self.config.base_url).hostname,
+            )
         return None
 
     async def _tokenize_at(self, url: str, field: str, text: str) -> list[int] | None:
@@ -294,16 +336,22 @@ class OpenAIClient:
         """(P, E) model inputs: each candidate's prompt rendered around each example (`clients.render`)."""
         mode = request.prompt.mode
         if mode not in self.prompt_modes:
-            raise InvalidRequest(f"prompt mode {mode!r} sends embeddings; this endpoint takes text only (use a "
-                                 "discrete method: bbpl, rlprompt, icl_search)")
+            raise InvalidRequest(
+                f"prompt mode {mode!r} sends embeddings; this endpoint takes text only (use a "
+                "discrete method: bbpl, rlprompt, icl_search)"
+            )
         if request.task.chat != (self.config.api == "chat"):
-            raise InvalidRequest(f"this endpoint's api is {self.config.api!r}, so the job must "
-                                 f"{'' if self.config.api == 'chat' else 'not '}score under the chat template "
-                                 "(option chat_template)")
+            raise InvalidRequest(
+                f"this endpoint's api is {self.config.api!r}, so the job must "
+                f"{'' if self.config.api == 'chat' else 'not '}score under the chat template "
+                "(option chat_template)"
+            )
         concrete = [(request.task, "")] if mode == "none" else candidates(request)
         texts2 = request.examples.texts2 or [None] * len(request.examples)
-        return [[full_text(task, text, text2, prompt=prompt) for text, text2 in zip(request.examples.texts, texts2)]
-                for task, prompt in concrete]
+        return [
+            [full_text(task, text, text2, prompt=prompt) for text, text2 in zip(request.examples.texts, texts2)]
+            for task, prompt in concrete
+        ]
 
     async def evaluate(self, request: EvalRequest) -> EvalResult:
         started = time.perf_counter()
@@ -319,5 +367,10 @@ class OpenAIClient:
                 task.cancel()
             raise
         logits = np.asarray([[scored[t] for t in row] for row in grid], dtype=np.float64)
-        return score_logits(request, logits, model_id=(await self.describe()).model_id, started=started,
-                            usage={k: self.usage[k] - before[k] for k in self.usage})
+        return score_logits(
+            request,
+            logits,
+            model_id=(await self.describe()).model_id,
+            started=started,
+            usage={k: self.usage[k] - before[k] for k in self.usage},
+        )

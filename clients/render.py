@@ -57,7 +57,7 @@ class Template:
         if fields.index("prompt") > fields.index("text"):
             raise InvalidRequest("{prompt} must come before {text} in the template (the prompt is a shared prefix)")
         cut = 2 * fields.index("prompt") + 1
-        return cls(head="".join(parts[:cut]), rest=tuple(parts[cut + 1:]), has_prompt=True)
+        return cls(head="".join(parts[:cut]), rest=tuple(parts[cut + 1 :]), has_prompt=True)
 
     @property
     def _mask_at(self) -> int:
@@ -74,7 +74,7 @@ class Template:
 
     def context(self, text: str, text2: str | None) -> str:
         """Everything after `{prompt}` up to `{mask}`, spaces right before `{mask}` removed (causal scoring)."""
-        upto = list(self.rest[:self._mask_at])
+        upto = list(self.rest[: self._mask_at])
         upto[-1] = upto[-1].rstrip(" ")
         return _join(upto, text, text2, "")
 
@@ -136,7 +136,8 @@ def candidates(request: EvalRequest) -> list[tuple[TaskSpec, str]]:
         if rows.ndim != 2 or not np.all(np.isfinite(rows)) or np.any(rows != np.round(rows)):
             raise CandidateError("z must be a (candidates, k) array of whole demonstration indices for 'demos'")
         if rows.size and (rows.min() < -1 or rows.max() >= len(pool)):
-            raise CandidateError(f"z holds demonstration indices outside [-1, {len(pool)}): the task has "
-                                 f"{len(pool)} demonstrations")
+            raise CandidateError(
+                f"z holds demonstration indices outside [-1, {len(pool)}): the task has {len(pool)} demonstrations"
+            )
         return [(replace(request.task, demos=tuple(pool[int(i)] for i in row if i >= 0)), "") for row in rows]
     raise CandidateError(f"prompt.mode {mode!r} is not a discrete mode ({', '.join(DISCRETE_MODES)})")

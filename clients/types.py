@@ -125,8 +125,11 @@ class Examples:
 
     def part(self, start: int, stop: int) -> Examples:
         """Examples [start, stop)."""
-        return Examples(texts=self.texts[start:stop], labels=self.labels[start:stop],
-                        texts2=None if self.texts2 is None else self.texts2[start:stop])
+        return Examples(
+            texts=self.texts[start:stop],
+            labels=self.labels[start:stop],
+            texts2=None if self.texts2 is None else self.texts2[start:stop],
+        )
 
 
 @dataclass
@@ -159,11 +162,17 @@ class EvalRequest:
 
     def part(self, start: int, stop: int) -> EvalRequest:
         """The same request for candidates [start, stop) only."""
-        return EvalRequest(self.task, self.examples, self.prompt,
-                           z=None if self.z is None else np.asarray(self.z)[start:stop], layer=self.layer,
-                           base=self.base, loss=self.loss,
-                           texts=None if self.texts is None else list(self.texts[start:stop]),
-                           generation=self.generation)
+        return EvalRequest(
+            self.task,
+            self.examples,
+            self.prompt,
+            z=None if self.z is None else np.asarray(self.z)[start:stop],
+            layer=self.layer,
+            base=self.base,
+            loss=self.loss,
+            texts=None if self.texts is None else list(self.texts[start:stop]),
+            generation=self.generation,
+        )
 
 
 @dataclass

@@ -39,8 +39,7 @@ class VLLMClient(OpenAIClient):
     #: Soft prompts are sent as embeddings built here from a local copy of the served weights.
     embeds_locally: ClassVar[bool] = True
 
-    def __init__(self, config: EndpointConfig, api_key: str | None = None, *, embedder: Embedder | None = None,
-                 **kw):
+    def __init__(self, config: EndpointConfig, api_key: str | None = None, *, embedder: Embedder | None = None, **kw):
         super().__init__(config, api_key, **kw)
         self.embedder = embedder
 
@@ -55,8 +54,13 @@ class VLLMClient(OpenAIClient):
         words = label_words(request.task)
 
         async def one(embeds: np.ndarray) -> list[float]:
-            body = {"model": self.config.model, "prompt_embeds": encode_embeds(embeds), "max_tokens": 1,
-                    "temperature": 0, "logprobs": self.config.top_logprobs}
+            body = {
+                "model": self.config.model,
+                "prompt_embeds": encode_embeds(embeds),
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": self.config.top_logprobs,
+            }
             if self.config.exact_label_ids:
                 body["logprob_token_ids"] = [int(i) for i in label_ids]
             data = await self._post("completions", body)
@@ -71,8 +75,13 @@ class VLLMClient(OpenAIClient):
 
         results = await asyncio.gather(*[one(e) for row in rows for e in row])
         logits = np.asarray(results, dtype=np.float64).reshape(len(rows), len(rows[0]), -1)
-        return score_logits(request, logits, model_id=(await self.describe()).model_id, started=started,
-                            usage={k: self.usage[k] - before[k] for k in self.usage})
+        return score_logits(
+            request,
+            logits,
+            model_id=(await self.describe()).model_id,
+            started=started,
+            usage={k: self.usage[k] - before[k] for k in self.usage},
+        )
 
 
 def encode_embeds(embeds: np.ndarray) -> str:

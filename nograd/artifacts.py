@@ -32,18 +32,33 @@ def save_prompt(path: Path, **fields) -> None:
     Path(path).write_bytes(prompt_bytes(**fields))
 
 
-def prompt_bytes(*, config: ResolvedConfig, spec: PromptSpec, x: np.ndarray | None, materialized: np.ndarray | None,
-                 task_spec: TaskSpec, model_id: str, scoring: dict, text: str | None = None) -> bytes:
+def prompt_bytes(
+    *,
+    config: ResolvedConfig,
+    spec: PromptSpec,
+    x: np.ndarray | None,
+    materialized: np.ndarray | None,
+    task_spec: TaskSpec,
+    model_id: str,
+    scoring: dict,
+    text: str | None = None,
+) -> bytes:
     """A safetensors file holding z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata
     the projection spec, the task template/verbalizer/demonstrations, the resolved run config and how it was
-    scored (`scoring`: see `nograd.pipeline.scoring`). Discrete prompts: z is the choice row (-1: empty position; for `demos` mode, indices into
-    the task's demonstrations) and `text` the prompt as the model reads it."""
+    scored (`scoring`: see `nograd.pipeline.scoring`). Discrete prompts: z is the choice row (-1: empty position;
+    for `demos` mode, indices into the task's demonstrations) and `text` the prompt as the model reads it."""
     tensors = {"z": np.zeros(0) if x is None else np.asarray(x, dtype=np.float64)}
     if materialized is not None:
         tensors["prompt"] = np.ascontiguousarray(materialized, dtype=np.float32)
-    metadata = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "task_spec": json.dumps(task_spec.to_dict()),
-                "config": json.dumps(config.to_dict()), "model_id": model_id,
-                "scoring": json.dumps(scoring), **({} if text is None else {"text": text})}
+    metadata = {
+        "format": FORMAT,
+        "spec": json.dumps(spec.to_dict()),
+        "task_spec": json.dumps(task_spec.to_dict()),
+        "config": json.dumps(config.to_dict()),
+        "model_id": model_id,
+        "scoring": json.dumps(scoring),
+        **({} if text is None else {"text": text}),
+    }
     return save(tensors, metadata=metadata)
 
 
@@ -61,7 +76,7 @@ def read_prompt(data: bytes) -> dict:
     """`load_prompt` for the bytes of a prompt file."""
     try:
         header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {})
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
         tensors = load(data)
     except Exception as exc:  # any corruption is the same user-facing problem
         raise ValueError(f"not a nograd prompt file: {exc}") from None
@@ -72,8 +87,13 @@ def _decode(metadata: dict, tensors: dict, where: str) -> dict:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{where} is not a nograd prompt file (format {metadata.get('format')!r})")
     z = tensors["z"]
-    return {"spec": PromptSpec.from_dict(json.loads(metadata["spec"])),
-            "task_spec": TaskSpec.from_dict(json.loads(metadata["task_spec"])),
-            "config": ResolvedConfig.from_dict(json.loads(metadata["config"])), "model_id": metadata["model_id"],
-            "x": None if z.size == 0 else z, "prompt": tensors.get("prompt"), "text": metadata.get("text"),
-            "scoring": json.loads(metadata.get("scoring", "{}"))}
+    return {
+        "spec": PromptSpec.from_dict(json.loads(metadata["spec"])),
+        "task_spec": TaskSpec.from_dict(json.loads(metadata["task_spec"])),
+        "config": ResolvedConfig.from_dict(json.loads(metadata["config"])),
+        "model_id": metadata["model_id"],
+        "x": None if z.size == 0 else z,
+        "prompt": tensors.get("prompt"),
+        "text": metadata.get("text"),
+        "scoring": json.loads(metadata.get("scoring", "{}")),
+    }

@@ -36,34 +36,39 @@ class RunConfig:
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    method: Annotated[str, _opt("the method: manual, icl, bbt, bbtv2, bbpl, rlprompt or icl_search",
-                                max_length=32)] = "bbt"
+    method: Annotated[str, _opt("the method: manual, icl, bbt, bbtv2, bbpl, rlprompt or icl_search", max_length=32)] = (
+        "bbt"
+    )
     task: Annotated[str | None, _opt("bundled task (mr, trec, sms, bbc)", max_length=100)] = "mr"
     # User dataset instead of a bundled task.
-    dataset: Annotated[str | None, _opt("your own JSONL/CSV file instead of a bundled task",
-                                        max_length=4096)] = None
-    test_dataset: Annotated[str | None, _opt("a JSONL/CSV file of test examples for the dataset",
-                                             max_length=4096)] = None
+    dataset: Annotated[str | None, _opt("your own JSONL/CSV file instead of a bundled task", max_length=4096)] = None
+    test_dataset: Annotated[str | None, _opt("a JSONL/CSV file of test examples for the dataset", max_length=4096)] = (
+        None
+    )
     test_fraction: Annotated[float, _opt("share of the dataset held out as the test set", ge=0, lt=1)] = 0.0
-    template: Annotated[str | None, _opt("the dataset's template, e.g. 'Review: {text}\\nSentiment: {mask}'",
-                                         max_length=4000)] = None
-    verbalizer: Annotated[str | None, _opt("the dataset's label words as label:word pairs, e.g. "
-                                           "'neg:negative,pos:positive'", max_length=4000)] = None
+    template: Annotated[
+        str | None, _opt("the dataset's template, e.g. 'Review: {text}\\nSentiment: {mask}'", max_length=4000)
+    ] = None
+    verbalizer: Annotated[
+        str | None,
+        _opt("the dataset's label words as label:word pairs, e.g. 'neg:negative,pos:positive'", max_length=4000),
+    ] = None
     text_field: Annotated[str, _opt("the dataset's text field", max_length=100)] = "text"
     text2_field: Annotated[str | None, _opt("the dataset's second text field (pair tasks)", max_length=100)] = None
     label_field: Annotated[str, _opt("the dataset's label field", max_length=100)] = "label"
     metric: Annotated[MetricName, _opt("the dataset's metric")] = "accuracy"
     # Model.
-    model: Annotated[str, _opt("the served model: a built-in name (smollm2-135m), a local folder, or fake[:latency]",
-                               max_length=200)] = "smollm2-135m"
+    model: Annotated[
+        str, _opt("the served model: a built-in name (smollm2-135m), a local folder, or fake[:latency]", max_length=200)
+    ] = "smollm2-135m"
     dtype: Annotated[Literal["bf16", "fp16", "fp32"], _opt("the model's dtype")] = "bf16"
     device: Annotated[str, _opt("auto (CUDA when present), cpu, cuda, cuda:1, ...", max_length=32)] = "auto"
-    memory_cap_mb: Annotated[float, _opt("activation memory one forward pass may use (scores do not depend on it)",
-                                         gt=0, le=1e7)] = DEFAULT_MEMORY_CAP_MB
+    memory_cap_mb: Annotated[
+        float, _opt("activation memory one forward pass may use (scores do not depend on it)", gt=0, le=1e7)
+    ] = DEFAULT_MEMORY_CAP_MB
     # Data.
     k_shot: Annotated[int, _opt("training (and dev) examples per class", ge=1, le=1024)] = 16
-    seed: Annotated[int, _opt("seed of the few-shot split, the projection and the optimizer", ge=0,
-                              le=2**31 - 1)] = 0
+    seed: Annotated[int, _opt("seed of the few-shot split, the projection and the optimizer", ge=0, le=2**31 - 1)] = 0
     # Search.
     budget: Annotated[int, _opt("model calls (candidates scored on the training batch)", ge=1, le=1_000_000)] = 600
     popsize: Annotated[int | None, _opt("candidates per generation", ge=2, le=1000)] = None
@@ -73,21 +78,29 @@ class RunConfig:
     loss: Annotated[LossName, _opt("what the search minimizes: ce, hinge or perf (minus the metric)")] = "ce"
     dev_every: Annotated[int, _opt("evaluate on dev every N calls", ge=1, le=1_000_000)] = 100
     # Prompt.
-    mode: Annotated[Literal["cat", "add"], _opt("bbt prompt injection: add (A z added to placeholder embeddings) "
-                                                "or cat (A z + p0 inserted)")] = "add"
+    mode: Annotated[
+        Literal["cat", "add"],
+        _opt("bbt prompt injection: add (A z added to placeholder embeddings) or cat (A z + p0 inserted)"),
+    ] = "add"
     n_tokens: Annotated[int, _opt("soft prompt tokens", ge=1, le=256)] = 50
     dim: Annotated[int, _opt("dimension d of z", ge=1, le=10_000)] = 500
     distribution: Annotated[Literal["normal", "uniform"], _opt("the projection's distribution")] = "normal"
     alpha: Annotated[float | None, _opt("projection scale", gt=0, le=1000)] = None
     init: Annotated[str | None, _opt("text whose tokens seed the soft prompt", max_length=2000)] = None
-    chat_template: Annotated[bool | None, _opt(
-        "score under the model's chat template (the text is the user message, the label word starts the answer); "
-        "None: on for an endpoint with api chat, else off")] = None
+    chat_template: Annotated[
+        bool | None,
+        _opt(
+            "score under the model's chat template (the text is the user message, the label word starts the answer); "
+            "None: on for an endpoint with api chat, else off"
+        ),
+    ] = None
     # Baselines; ICL search shows icl_shots x labels demonstrations unless prompt_length says otherwise.
     icl_shots: Annotated[int, _opt("demonstrations per class (icl, icl_search)", ge=1, le=32)] = 2
     # Discrete prompts (bbpl, rlprompt, icl_search).
-    prompt_length: Annotated[int | None, _opt("discrete prompt positions (bbpl: n-grams, rlprompt: tokens, "
-                                              "icl_search: demonstrations)", ge=1, le=64)] = None
+    prompt_length: Annotated[
+        int | None,
+        _opt("discrete prompt positions (bbpl: n-grams, rlprompt: tokens, icl_search: demonstrations)", ge=1, le=64),
+    ] = None
     lr: Annotated[float | None, _opt("learning rate (bbpl, rlprompt, icl_search)", gt=0, lt=1)] = None
     vocab_size: Annotated[int, _opt("bbpl: candidate n-grams per position", ge=2, le=5000)] = 200
     ngram_max: Annotated[int, _opt("bbpl: longest n-gram", ge=1, le=5)] = 5
@@ -100,9 +113,13 @@ class RunConfig:
     reward_wrong: Annotated[float, _opt("rlprompt: reward weight when wrong", gt=0, le=1e4)] = 180.0
     # Where the served model lives: None for this machine's (or the service's) workers, else a remote endpoint
     # (`nograd.clients.endpoint.EndpointConfig`).
-    endpoint: Annotated[dict[str, Any] | None, _opt(
-        "a remote endpoint as JSON, e.g. {\"kind\": \"openai\", \"base_url\": \"http://127.0.0.1:8080/v1\", "
-        "\"model\": \"m\", \"api_key_secret\": \"OPENAI_API_KEY\"}")] = None
+    endpoint: Annotated[
+        dict[str, Any] | None,
+        _opt(
+            'a remote endpoint as JSON, e.g. {"kind": "openai", "base_url": "http://127.0.0.1:8080/v1", '
+            '"model": "m", "api_key_secret": "OPENAI_API_KEY"}'
+        ),
+    ] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +146,28 @@ class ResolvedConfig(RunConfig):
 #: The options a service job takes at the top level of its body, and those it takes in `options` (the REST schema
 #: is generated from these fields); every other option belongs to the machine that runs the model or reads the data.
 JOB_FIELDS = ("method", "task", "model", "budget", "seed", "k_shot", "dev_every")
-JOB_OPTIONS = ("popsize", "optimizer", "sigma0", "alpha", "bounds", "loss", "mode", "n_tokens", "dim",
-               "distribution", "init", "chat_template", "icl_shots", "prompt_length", "lr", "vocab_size",
-               "ngram_max", "ngram_min_count", "min_pmi", "top_k", "mlp_hidden", "reward_correct", "reward_wrong")
+JOB_OPTIONS = (
+    "popsize",
+    "optimizer",
+    "sigma0",
+    "alpha",
+    "bounds",
+    "loss",
+    "mode",
+    "n_tokens",
+    "dim",
+    "distribution",
+    "init",
+    "chat_template",
+    "icl_shots",
+    "prompt_length",
+    "lr",
+    "vocab_size",
+    "ngram_max",
+    "ngram_min_count",
+    "min_pmi",
+    "top_k",
+    "mlp_hidden",
+    "reward_correct",
+    "reward_wrong",
+)

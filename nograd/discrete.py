@@ -23,8 +23,18 @@ from .vocab import pmi_ngrams
 class DiscreteSearch(PromptSearch):
     """Shared pieces: the all -1 start, text requests, no projection. Subclasses set `optimizer`, `spec`."""
 
-    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, *,
-                 mode: str, init_x: np.ndarray | None = None, init_spec: PromptSpec | None = None):
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        task: TaskSpec,
+        train: Examples,
+        dev: Examples,
+        n_layers: int,
+        *,
+        mode: str,
+        init_x: np.ndarray | None = None,
+        init_spec: PromptSpec | None = None,
+    ):
         if init_x is not None or init_spec is not None:
             raise ValueError("init_from: only soft prompts (bbt, bbtv2) start from another job's prompt")
         self.config, self.task, self.train, self.dev = config, task, train, dev
@@ -35,12 +45,25 @@ class DiscreteSearch(PromptSearch):
     def _zero(self) -> np.ndarray:
         return np.full(self.config.prompt_length, -1.0)
 
-    def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
-                 layer: int | None = None, base: np.ndarray | None = None,
-                 generation: int | None = None) -> EvalRequest:
+    def _request(
+        self,
+        examples: Examples,
+        x: np.ndarray | None = None,
+        *,
+        population: np.ndarray | None = None,
+        layer: int | None = None,
+        base: np.ndarray | None = None,
+        generation: int | None = None,
+    ) -> EvalRequest:
         rows = np.asarray(x)[None] if x is not None else np.asarray(population)
-        return EvalRequest(self.task, examples, self.spec, texts=[self.prompt_text(row) for row in rows],
-                           loss=self.config.loss, generation=self.generation if generation is None else generation)
+        return EvalRequest(
+            self.task,
+            examples,
+            self.spec,
+            texts=[self.prompt_text(row) for row in rows],
+            loss=self.config.loss,
+            generation=self.generation if generation is None else generation,
+        )
 
 
 class BBPLSearch(DiscreteSearch):
@@ -49,13 +72,21 @@ class BBPLSearch(DiscreteSearch):
     def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, **kw):
         super().__init__(config, task, train, dev, n_layers, **kw)
         texts = list(train.texts) + list(train.texts2 or [])
-        self.vocab = pmi_ngrams(texts, max_n=config.ngram_max, min_count=config.ngram_min_count,
-                                min_pmi=config.min_pmi, top=config.vocab_size)
+        self.vocab = pmi_ngrams(
+            texts,
+            max_n=config.ngram_max,
+            min_count=config.ngram_min_count,
+            min_pmi=config.min_pmi,
+            top=config.vocab_size,
+        )
         if len(self.vocab) < 2:
-            raise ValueError("vocab_size: the training text gives fewer than 2 candidate n-grams; lower "
-                             "ngram_min_count or use more training examples")
-        self.optimizer = PolicyGradient(config.prompt_length, len(self.vocab), config.popsize, lr=config.lr,
-                                        seed=config.seed, budget=config.budget)
+            raise ValueError(
+                "vocab_size: the training text gives fewer than 2 candidate n-grams; lower "
+                "ngram_min_count or use more training examples"
+            )
+        self.optimizer = PolicyGradient(
+            config.prompt_length, len(self.vocab), config.popsize, lr=config.lr, seed=config.seed, budget=config.budget
+        )
 
     def prompt_text(self, x: np.ndarray) -> str:
         return " ".join(self.vocab[int(i)] for i in x if i >= 0)
@@ -80,8 +111,9 @@ class ICLSearch(DiscreteSearch):
         super().__init__(config, task, train, dev, n_layers, **kw)
         if len(task.demos) != len(train):
             raise ValueError("icl_search: the task's demonstration pool must be the training examples")
-        self.optimizer = PolicyGradient(config.prompt_length, len(task.demos), config.popsize, lr=config.lr,
-                                        seed=config.seed, budget=config.budget)
+        self.optimizer = PolicyGradient(
+            config.prompt_length, len(task.demos), config.popsize, lr=config.lr, seed=config.seed, budget=config.budget
+        )
 
     @staticmethod
     def _unique(row: np.ndarray) -> np.ndarray:
@@ -91,12 +123,25 @@ class ICLSearch(DiscreteSearch):
             seen.add(int(i))
         return np.asarray(out, dtype=np.float64)
 
-    def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
-                 layer: int | None = None, base: np.ndarray | None = None,
-                 generation: int | None = None) -> EvalRequest:
+    def _request(
+        self,
+        examples: Examples,
+        x: np.ndarray | None = None,
+        *,
+        population: np.ndarray | None = None,
+        layer: int | None = None,
+        base: np.ndarray | None = None,
+        generation: int | None = None,
+    ) -> EvalRequest:
         rows = np.asarray(x)[None] if x is not None else np.asarray(population)
-        return EvalRequest(self.task, examples, self.spec, z=np.stack([self._unique(r) for r in rows]),
-                           loss=self.config.loss, generation=self.generation if generation is None else generation)
+        return EvalRequest(
+            self.task,
+            examples,
+            self.spec,
+            z=np.stack([self._unique(r) for r in rows]),
+            loss=self.config.loss,
+            generation=self.generation if generation is None else generation,
+        )
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
         labels = np.asarray(self.train.labels)
@@ -127,15 +172,26 @@ class RLPromptSearch(DiscreteSearch):
 
         policy = shared_handle(config.policy_model)  # fp32 on the CPU: it only scores a few short sequences
         self._model, self._tokenizer = policy.model, policy.tokenizer
-        self.optimizer = RLPromptPolicy(self._model, self._tokenizer, length=config.prompt_length,
-                                        popsize=config.popsize, top_k=config.top_k, lr=config.lr,
-                                        hidden=config.mlp_hidden, seed=config.seed)
+        self.optimizer = RLPromptPolicy(
+            self._model,
+            self._tokenizer,
+            length=config.prompt_length,
+            popsize=config.popsize,
+            top_k=config.top_k,
+            lr=config.lr,
+            hidden=config.mlp_hidden,
+            seed=config.seed,
+        )
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
         from .rlprompt import reward  # torch: see __init__
 
-        return -reward(np.asarray(result.logits), np.asarray(self.train.labels), self.config.reward_correct,
-                       self.config.reward_wrong)
+        return -reward(
+            np.asarray(result.logits),
+            np.asarray(self.train.labels),
+            self.config.reward_correct,
+            self.config.reward_wrong,
+        )
 
     def _entry_extra(self, result) -> dict:
         return {"objective": "-reward"}

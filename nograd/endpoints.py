@@ -23,15 +23,28 @@ from .config import ResolvedConfig
 from .methods import METHODS
 
 
-def local_client(config: ResolvedConfig, *, dtype: str | None = None, device: str | None = None) -> LocalClient:
-    """The run's model in this process (dtype/device: overrides of the config's)."""
-    return LocalClient(build_engine(config.model, dtype=dtype or config.dtype, device=device or config.device,
-                                    memory_cap_mb=config.memory_cap_mb))
+def local_client(
+    config: ResolvedConfig, *, dtype: str | None = None, device: str | None = None, memory_cap_mb: float | None = None
+) -> LocalClient:
+    """The run's model in this process (dtype, device, memory cap: overrides of the config's)."""
+    return LocalClient(
+        build_engine(
+            config.model,
+            dtype=dtype or config.dtype,
+            device=device or config.device,
+            memory_cap_mb=memory_cap_mb or config.memory_cap_mb,
+        )
+    )
 
 
-async def open_client(config: ResolvedConfig, *, local: Callable[[], Awaitable[ModelClient]],
-                      api_key: str | None = None, allow: tuple[str, ...] | None = None,
-                      **options: Any) -> ModelClient:
+async def open_client(
+    config: ResolvedConfig,
+    *,
+    local: Callable[[], Awaitable[ModelClient]],
+    api_key: str | None = None,
+    allow: tuple[str, ...] | None = None,
+    **options: Any,
+) -> ModelClient:
     """The client `config` scores on: `await local()` without an endpoint, else the remote endpoint's client.
 
     Args:

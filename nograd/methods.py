@@ -43,6 +43,7 @@ class Method:
         demos: the task's demonstrations: `sample` (icl_shots per class, seeded) or `pool` (every training
             example, for a search to choose from); None: none.
         transfers: its prompts can start another job of the same method (`init_from`).
+        options: the job options it reads (`nograd.config.JOB_OPTIONS`; the others do not change its result).
     """
 
     name: str
@@ -52,6 +53,7 @@ class Method:
     defaults: Mapping[str, Default] = field(default_factory=dict)
     demos: Literal["sample", "pool"] | None = None
     transfers: bool = False
+    options: tuple[str, ...] = ()
 
     @property
     def is_search(self) -> bool:
@@ -72,6 +74,33 @@ class Method:
         return tuple(name for name, cls in ENDPOINT_KINDS.items() if mode in cls.prompt_modes)
 
 
+_SOFT = (
+    "popsize",
+    "optimizer",
+    "sigma0",
+    "alpha",
+    "bounds",
+    "loss",
+    "n_tokens",
+    "dim",
+    "distribution",
+    "init",
+    "chat_template",
+)
+_BBPL = (
+    "popsize",
+    "loss",
+    "prompt_length",
+    "lr",
+    "vocab_size",
+    "ngram_max",
+    "ngram_min_count",
+    "min_pmi",
+    "chat_template",
+)
+_RLPROMPT = ("popsize", "prompt_length", "lr", "top_k", "mlp_hidden", "reward_correct", "reward_wrong", "chat_template")
+_ICL_SEARCH = ("popsize", "loss", "icl_shots", "prompt_length", "lr", "chat_template")
+
 #: Options every method falls back to when neither it nor the user sets them.
 COMMON_DEFAULTS: Mapping[str, Default] = {"alpha": 0.5, "popsize": 20, "lr": 1e-4, "prompt_length": 10}
 
@@ -79,21 +108,62 @@ COMMON_DEFAULTS: Mapping[str, Default] = {"alpha": 0.5, "popsize": 20, "lr": 1e-
 # README and a smaller population so a few hundred calls reach every layer; BBPL and RLPrompt: the papers'
 # defaults (../shared/algorithms.md); ICL search: BBPL's machinery over the training examples, lr scaled with the
 # pool size (probabilities start at 1/32, not 1/200), as many positions as the ICL baseline shows demonstrations.
-METHODS: Mapping[str, Method] = {m.name: m for m in (
-    Method("manual", "the task's template and verbalizer alone", "none"),
-    Method("icl", "icl_shots training demonstrations per class before the input", "none", demos="sample"),
-    Method("bbt", "a soft prompt A z (+ p0) at the input; CMA-ES or nevergrad over z", "soft", PromptSearch,
-           {"alpha": 0.5, "popsize": 20}, transfers=True),
-    Method("bbtv2", "deep prompts before every layer, one z per layer, optimized layer by layer", "deep",
-           PromptSearch, {"alpha": 0.2, "popsize": 10}, transfers=True),
-    Method("bbpl", "a categorical distribution per position over PMI n-grams, by policy gradient", "text",
-           BBPLSearch, {"popsize": 20, "lr": 1e-4, "prompt_length": 10}),
-    Method("rlprompt", "a frozen small LM plus a trained MLP samples discrete prompts", "text", RLPromptSearch,
-           {"popsize": 16, "lr": 5e-5, "prompt_length": 5}),
-    Method("icl_search", "which training examples to show as demonstrations, in which order", "demos", ICLSearch,
-           {"popsize": 20, "lr": 1e-3, "prompt_length": lambda config, task: config.icl_shots * len(task.labels)},
-           demos="pool"),
-)}
+METHODS: Mapping[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "bbt",
+            "a soft prompt A z (+ p0) at the input; CMA-ES or nevergrad over z",
+            "soft",
+            PromptSearch,
+            {"alpha": 0.5, "popsize": 20},
+            transfers=True,
+            options=(*_SOFT, "mode"),
+        ),
+        Method(
+            "bbtv2",
+            "deep prompts before every layer, one z per layer, optimized layer by layer",
+            "deep",
+            PromptSearch,
+            {"alpha": 0.2, "popsize": 10},
+            transfers=True,
+            options=_SOFT,
+        ),
+        Method(
+            "bbpl",
+            "a categorical distribution per position over PMI n-grams, by policy gradient",
+            "text",
+            BBPLSearch,
+            {"popsize": 20, "lr": 1e-4, "prompt_length": 10},
+            options=_BBPL,
+        ),
+        Method(
+            "rlprompt",
+            "a frozen small LM plus a trained MLP samples discrete prompts",
+            "text",
+            RLPromptSearch,
+            {"popsize": 16, "lr": 5e-5, "prompt_length": 5},
+            options=_RLPROMPT,
+        ),
+        Method(
+            "icl_search",
+            "which training examples to show as demonstrations, in which order",
+            "demos",
+            ICLSearch,
+            {"popsize": 20, "lr": 1e-3, "prompt_length": lambda config, task: config.icl_shots * len(task.labels)},
+            demos="pool",
+            options=_ICL_SEARCH,
+        ),
+        Method("manual", "the task's template and verbalizer alone", "none", options=("chat_template",)),
+        Method(
+            "icl",
+            "icl_shots training demonstrations per class before the input",
+            "none",
+            demos="sample",
+            options=("icl_shots", "chat_template"),
+        ),
+    )
+}
 
 
 def method_of(name: str) -> Method:
@@ -113,8 +183,9 @@ def resolve(config: RunConfig, task: Task) -> ResolvedConfig:
     if method.is_search and config.budget < values["popsize"]:
         raise ConfigError("budget", f"must be at least popsize ({values['popsize']}) calls")
     if config.optimizer != "cma" and not config.optimizer.startswith("ng:"):
-        raise ConfigError("optimizer", f"{config.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, "
-                                       "e.g. ng:NGOpt")
+        raise ConfigError(
+            "optimizer", f"{config.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt"
+        )
     if config.optimizer.startswith("ng:") and method.is_search:
         try:
             check_nevergrad_name(config.optimizer)
@@ -140,32 +211,47 @@ def _endpoint(method: Method, config: RunConfig) -> dict[str, Any]:
             why = f"{method.name} injects prompts before every layer, which no remote endpoint accepts"
         else:
             why = f"{method.name} sends soft prompts (embeddings): a {endpoint.kind} endpoint cannot take them"
-        takers = [f"a {name} endpoint with mode {m!r}" for name, cls in ENDPOINT_KINDS.items()
-                  for m in cls.prompt_modes if method.prompt == "soft" and m in ("cat", "add")]
-        raise ConfigError("method", f"{why}; run it on this service's workers{''.join(', ' + t for t in takers)}, "
-                                    f"or use {others}")
+        takers = [
+            f"a {name} endpoint with mode {m!r}"
+            for name, cls in ENDPOINT_KINDS.items()
+            for m in cls.prompt_modes
+            if method.prompt == "soft" and m in ("cat", "add")
+        ]
+        raise ConfigError(
+            "method", f"{why}; run it on this service's workers{''.join(', ' + t for t in takers)}, or use {others}"
+        )
     chat = config.chat_template
     if method.needs_embeddings:
         if kind.embeds_locally and not endpoint.embedder_model:
-            raise ConfigError("endpoint.embedder_model", f"{method.name} on {endpoint.kind} builds prompt_embeds "
-                              "here: set it to the served model's weights (a built-in model name or a local path)")
+            raise ConfigError(
+                "endpoint.embedder_model",
+                f"{method.name} on {endpoint.kind} builds prompt_embeds "
+                "here: set it to the served model's weights (a built-in model name or a local path)",
+            )
         if endpoint.api != "completions":
-            raise ConfigError("endpoint.api", "soft prompts go out as prompt_embeds on the completions API; set api "
-                                              "to completions (chat_template applies the chat template to them)")
+            raise ConfigError(
+                "endpoint.api",
+                "soft prompts go out as prompt_embeds on the completions API; set api "
+                "to completions (chat_template applies the chat template to them)",
+            )
         chat = bool(chat)
     else:
         served_chat = endpoint.api == "chat"
         if chat is None:
             chat = served_chat
         elif chat != served_chat:
-            raise ConfigError("chat_template", f"a {endpoint.api} endpoint scores "
-                              f"{'under' if served_chat else 'without'} the model's chat template; set endpoint.api "
-                              f"to {'chat' if chat else 'completions'} or leave chat_template unset")
+            raise ConfigError(
+                "chat_template",
+                f"a {endpoint.api} endpoint scores "
+                f"{'under' if served_chat else 'without'} the model's chat template; set endpoint.api "
+                f"to {'chat' if chat else 'completions'} or leave chat_template unset",
+            )
     return {"endpoint": asdict(endpoint), "chat_template": chat}
 
 
-def make_search(config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int,
-                **init: Any) -> PromptSearch | None:
+def make_search(
+    config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, **init: Any
+) -> PromptSearch | None:
     """The search `config.method` runs (None for a baseline); `init`: `init_x`/`init_spec` of a transfer."""
     method = METHODS[config.method]
     if method.search is None:

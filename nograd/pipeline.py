@@ -58,24 +58,40 @@ def load_task(config: RunConfig) -> Task:
     if not config.template or not config.verbalizer:
         raise ConfigError("template", "a dataset file needs --template and --verbalizer")
     try:
-        return load_user_dataset(config.dataset, template=config.template, verbalizer=config.verbalizer,
-                                 text_field=config.text_field, text2_field=config.text2_field,
-                                 label_field=config.label_field, metric=config.metric,
-                                 test_path=config.test_dataset, test_fraction=config.test_fraction, seed=config.seed)
+        return load_user_dataset(
+            config.dataset,
+            template=config.template,
+            verbalizer=config.verbalizer,
+            text_field=config.text_field,
+            text2_field=config.text2_field,
+            label_field=config.label_field,
+            metric=config.metric,
+            test_path=config.test_dataset,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+        )
     except TaskError as exc:  # the dataset's own fields keep their names; the rest is the file
         raise ConfigError("dataset" if exc.field in (None, "file") else exc.field, str(exc)) from None
 
 
 def to_examples(task: Task, examples: list[Example] | tuple[Example, ...]) -> Examples:
     pair = len(task.fields) == 2
-    return Examples(texts=[e.text for e in examples], labels=[task.label_index(e.label) for e in examples],
-                    texts2=[e.text2 for e in examples] if pair else None)
+    return Examples(
+        texts=[e.text for e in examples],
+        labels=[task.label_index(e.label) for e in examples],
+        texts2=[e.text2 for e in examples] if pair else None,
+    )
 
 
 def task_spec(task: Task, demos: list[Example] | None = None, *, chat: bool = False) -> TaskSpec:
-    return TaskSpec(template=task.template, labels=task.labels,
-                    verbalizer=tuple(task.verbalizer[label] for label in task.labels), metric=task.metric,
-                    demos=tuple((d.text, d.text2, task.label_index(d.label)) for d in (demos or [])), chat=chat)
+    return TaskSpec(
+        template=task.template,
+        labels=task.labels,
+        verbalizer=tuple(task.verbalizer[label] for label in task.labels),
+        metric=task.metric,
+        demos=tuple((d.text, d.text2, task.label_index(d.label)) for d in (demos or [])),
+        chat=chat,
+    )
 
 
 def icl_demos(task: Task, train: list[Example], shots_per_class: int, seed: int) -> list[Example]:
@@ -93,12 +109,27 @@ def prepare(config: ResolvedConfig, task: Task | None = None) -> RunData:
     except TaskError as exc:
         raise ConfigError("k_shot", str(exc)) from None
     demos = METHODS[config.method].demos
-    demos = icl_demos(task, train, config.icl_shots, config.seed) if demos == "sample" else \
-        list(train) if demos == "pool" else None
-    hashes = {"train": examples_hash(train), "dev": examples_hash(dev), "test": examples_hash(task.test),
-              "task_version": task.version}
-    return RunData(task=task, spec=task_spec(task, demos, chat=config.chat_template), train=to_examples(task, train),
-                   dev=to_examples(task, dev), test=to_examples(task, task.test), hashes=hashes)
+    demos = (
+        icl_demos(task, train, config.icl_shots, config.seed)
+        if demos == "sample"
+        else list(train)
+        if demos == "pool"
+        else None
+    )
+    hashes = {
+        "train": examples_hash(train),
+        "dev": examples_hash(dev),
+        "test": examples_hash(task.test),
+        "task_version": task.version,
+    }
+    return RunData(
+        task=task,
+        spec=task_spec(task, demos, chat=config.chat_template),
+        train=to_examples(task, train),
+        dev=to_examples(task, dev),
+        test=to_examples(task, task.test),
+        hashes=hashes,
+    )
 
 
 def resolve_run(config: RunConfig) -> tuple[ResolvedConfig, RunData]:
@@ -109,8 +140,17 @@ def resolve_run(config: RunConfig) -> tuple[ResolvedConfig, RunData]:
     return resolved, prepare(resolved, task)
 
 
-async def score(client: ModelClient, spec: TaskSpec, examples: Examples, prompt: PromptSpec, x: np.ndarray | None,
-                *, text: str | None = None, generation: int = 0, chunk: int = TEST_CHUNK) -> dict:
+async def score(
+    client: ModelClient,
+    spec: TaskSpec,
+    examples: Examples,
+    prompt: PromptSpec,
+    x: np.ndarray | None,
+    *,
+    text: str | None = None,
+    generation: int = 0,
+    chunk: int = TEST_CHUNK,
+) -> dict:
     """Metric and CE of one prompt on many examples, in requests of `chunk` examples (the metric over all)."""
     logits = []
     for start in range(0, len(examples), chunk):
@@ -120,16 +160,23 @@ async def score(client: ModelClient, spec: TaskSpec, examples: Examples, prompt:
         elif prompt.mode == "text":
             request = EvalRequest(spec, part, prompt, texts=[text or ""], generation=generation)
         else:
-            request = EvalRequest(spec, part, prompt, z=None if x is None or prompt.mode == "none" else x[None],
-                                  generation=generation)
+            request = EvalRequest(
+                spec, part, prompt, z=None if x is None or prompt.mode == "none" else x[None], generation=generation
+            )
         logits.append((await client.evaluate(request)).logits[0])
     stacked = np.concatenate(logits)[None]
     losses, metric = all_losses(stacked, np.asarray(examples.labels), spec.metric)
     return {"metric": float(metric[0]), "ce": float(losses["ce"][0]), "n": len(examples)}
 
 
-async def finalize(config: ResolvedConfig, data: RunData, client: ModelClient, model_id: str,
-                   search: PromptSearch | None, started: float) -> tuple[dict, PromptSpec, np.ndarray | None]:
+async def finalize(
+    config: ResolvedConfig,
+    data: RunData,
+    client: ModelClient,
+    model_id: str,
+    search: PromptSearch | None,
+    started: float,
+) -> tuple[dict, PromptSpec, np.ndarray | None]:
     """Score the run's prompt (the search's best-dev prompt, or no prompt for a baseline) on train and test.
     Returns (result.json's data, the prompt spec, z)."""
     generation = (search.generation if search else 0) + 1
@@ -139,9 +186,13 @@ async def finalize(config: ResolvedConfig, data: RunData, client: ModelClient, m
         train = await score(client, data.spec, data.train, prompt, x, text=text, generation=generation)
         dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
         calls = search.calls
-        extra = {"selected_at_calls": outcome["selected_at_calls"], "best_train_loss": outcome["best_train_loss"],
-                 "initial": outcome["initial"], "generations": search.generation,
-                 **({} if text is None else {"prompt_text": text})}
+        extra = {
+            "selected_at_calls": outcome["selected_at_calls"],
+            "best_train_loss": outcome["best_train_loss"],
+            "initial": outcome["initial"],
+            "generations": search.generation,
+            **({} if text is None else {"prompt_text": text}),
+        }
     else:
         prompt, x, text = PromptSpec(mode="none"), None, None
         train = await score(client, data.spec, data.train, prompt, x, generation=generation)
@@ -153,18 +204,30 @@ async def finalize(config: ResolvedConfig, data: RunData, client: ModelClient, m
     if client.usage:
         extra["usage"] = dict(client.usage)
     result = {
-        "method": config.method, "task": data.task.name, "metric_name": data.task.metric,
-        "train_metric": train["metric"], "dev_metric": dev["metric"],
-        "test_metric": test["metric"] if test else None, "test_ce": test["ce"] if test else None,
-        "calls": calls, "budget": config.budget if METHODS[config.method].is_search else 0,
-        "wall_seconds": time.perf_counter() - started, "model_id": model_id, "data_hashes": data.hashes,
+        "method": config.method,
+        "task": data.task.name,
+        "metric_name": data.task.metric,
+        "train_metric": train["metric"],
+        "dev_metric": dev["metric"],
+        "test_metric": test["metric"] if test else None,
+        "test_ce": test["ce"] if test else None,
+        "calls": calls,
+        "budget": config.budget if METHODS[config.method].is_search else 0,
+        "wall_seconds": time.perf_counter() - started,
+        "model_id": model_id,
+        "data_hashes": data.hashes,
         **extra,
     }
     return result, prompt, x
 
 
-async def run(config: ResolvedConfig, client: ModelClient, out_dir: Path | None = None,
-              on_generation: Callable[[dict], None] | None = None, data: RunData | None = None) -> dict:
+async def run(
+    config: ResolvedConfig,
+    client: ModelClient,
+    out_dir: Path | None = None,
+    on_generation: Callable[[dict], None] | None = None,
+    data: RunData | None = None,
+) -> dict:
     """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data."""
     started = time.perf_counter()
     data = data or prepare(config)
@@ -185,9 +248,17 @@ async def run(config: ResolvedConfig, client: ModelClient, out_dir: Path | None 
     result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
     if out_dir is not None:
         materialized = await client.materialize(prompt, x) if prompt.mode in ("cat", "add", "deep") else None
-        artifacts.save_prompt(out_dir / "prompt.safetensors", config=config, spec=prompt, x=x,
-                              materialized=materialized, task_spec=data.spec, model_id=info.model_id,
-                              scoring=scoring(config), text=result.get("prompt_text"))
+        artifacts.save_prompt(
+            out_dir / "prompt.safetensors",
+            config=config,
+            spec=prompt,
+            x=x,
+            materialized=materialized,
+            task_spec=data.spec,
+            model_id=info.model_id,
+            scoring=scoring(config),
+            text=result.get("prompt_text"),
+        )
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -67,9 +67,20 @@ class RLPromptPolicy:
 
     type_name = STATE_TYPE
 
-    def __init__(self, model, tokenizer, *, length: int = 5, popsize: int = 16, top_k: int = 256,
-                 lr: float = 5e-5, max_grad_norm: float = 5.0, hidden: int = 512, seed: int = 0,
-                 learning: str = "pg"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        length: int = 5,
+        popsize: int = 16,
+        top_k: int = 256,
+        lr: float = 5e-5,
+        max_grad_norm: float = 5.0,
+        hidden: int = 512,
+        seed: int = 0,
+        learning: str = "pg",
+    ):
         if length < 1 or popsize < 2 or top_k < 1 or hidden < 1:
             raise ValueError("length >= 1, popsize >= 2, top_k >= 1 and hidden >= 1 are required")
         if learning not in ("pg", "sql"):
@@ -77,9 +88,16 @@ class RLPromptPolicy:
         self.model, self.tokenizer = model.eval(), tokenizer
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.config = {"length": int(length), "popsize": int(popsize), "top_k": int(top_k), "lr": float(lr),
-                       "max_grad_norm": float(max_grad_norm), "hidden": int(hidden), "seed": int(seed),
-                       "learning": learning}
+        self.config = {
+            "length": int(length),
+            "popsize": int(popsize),
+            "top_k": int(top_k),
+            "lr": float(lr),
+            "max_grad_norm": float(max_grad_norm),
+            "hidden": int(hidden),
+            "seed": int(seed),
+            "learning": learning,
+        }
         self.popsize, self.dim = int(popsize), int(length)
         size = model.config.hidden_size
         torch.manual_seed(seed)  # reproducible MLP init (CPU generator)
@@ -103,7 +121,7 @@ class RLPromptPolicy:
             piece = self.tokenizer.decode([i])
             if i in special or not piece.strip() or any(c in piece for c in "\n\r{}"):
                 allowed[i] = False
-        allowed[len(self.tokenizer):] = False
+        allowed[len(self.tokenizer) :] = False
         return allowed
 
     # ------------------------------------------------------------------ policy
@@ -172,7 +190,7 @@ class RLPromptPolicy:
             loss = -(advantage * log_probs).sum(1).mean()
         params = list(self.mlp.parameters())
         grads = torch.autograd.grad(loss, params)
-        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        norm = torch.sqrt(sum((g**2).sum() for g in grads))
         scale = min(1.0, self.config["max_grad_norm"] / (float(norm) + 1e-12))
         self.steps += 1
         b1, b2, lr = 0.9, 0.999, self.config["lr"]
@@ -181,8 +199,8 @@ class RLPromptPolicy:
                 g = g * scale
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = m / (1 - b1 ** self.steps)
-                v_hat = v / (1 - b2 ** self.steps)
+                m_hat = m / (1 - b1**self.steps)
+                v_hat = v / (1 - b2**self.steps)
                 p.sub_(lr * m_hat / (v_hat.sqrt() + 1e-8))
         self.generation += 1
         self.last_loss = float(loss.detach())
@@ -190,12 +208,19 @@ class RLPromptPolicy:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         params = list(self.mlp.parameters())
-        return {"type": STATE_TYPE, "config": dict(self.config), "steps": self.steps, "generation": self.generation,
-                "params": [_pack(p) for p in params], "m": [_pack(t) for t in self._m],
-                "v": [_pack(t) for t in self._v], "rng": self._rng.bit_generator.state}
+        return {
+            "type": STATE_TYPE,
+            "config": dict(self.config),
+            "steps": self.steps,
+            "generation": self.generation,
+            "params": [_pack(p) for p in params],
+            "m": [_pack(t) for t in self._m],
+            "v": [_pack(t) for t in self._v],
+            "rng": self._rng.bit_generator.state,
+        }
 
     @classmethod
-    def from_state(cls, state: dict, model, tokenizer) -> "RLPromptPolicy":
+    def from_state(cls, state: dict, model, tokenizer) -> RLPromptPolicy:
         if state.get("type") != STATE_TYPE:
             raise ValueError(f"not an RLPrompt policy state (type {state.get('type')!r})")
         policy = cls(model, tokenizer, **state["config"])

@@ -33,19 +33,24 @@ class ApiError(RuntimeError):
 
 class Client:
     """Args:
-        url: the service's base URL (default $NOGRAD_URL or http://127.0.0.1:8000).
-        api_key: bearer key (default $NOGRAD_API_KEY); never printed.
-        timeout: seconds per request (the events stream has no read timeout).
+    url: the service's base URL (default $NOGRAD_URL or http://127.0.0.1:8000).
+    api_key: bearer key (default $NOGRAD_API_KEY); never printed.
+    timeout: seconds per request (the events stream has no read timeout).
     """
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.url = (url or os.environ.get("NOGRAD_URL") or "http://127.0.0.1:8000").rstrip("/")
         key = api_key if api_key is not None else os.environ.get("NOGRAD_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,8 +100,12 @@ class Client:
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[tuple[str, dict]]:
         """(event, data) pairs from the job's server-sent events until it ends."""
         headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                               timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as response:
+        with self._http.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/events",
+            headers=headers,
+            timeout=httpx.Timeout(self._http.timeout.connect, read=None),
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 self._json(response)
@@ -115,8 +124,11 @@ class Client:
     def upload(self, path: str | Path, *, template: str, verbalizer: str, **options: Any) -> dict:
         path = Path(path)
         with open(path, "rb") as fh:
-            form = {"template": template, "verbalizer": verbalizer,
-                    **{k: str(v) for k, v in options.items() if v is not None}}
+            form = {
+                "template": template,
+                "verbalizer": verbalizer,
+                **{k: str(v) for k, v in options.items() if v is not None},
+            }
             return self._json(self._http.post("/v1/datasets", data=form, files={"file": (path.name, fh)}))
 
     def datasets(self) -> dict:

@@ -24,8 +24,9 @@ STATE_VERSION = 1
 
 def prompt_spec(config: ResolvedConfig, mode: str) -> PromptSpec:
     """The prompt a run optimizes: BBT's `cat`/`add` soft prompt, or BBTv2's `deep` prompt."""
-    projection = ProjectionSpec(seed=config.seed, dim=config.dim, distribution=config.distribution,
-                                alpha=config.alpha, sigma0=config.sigma0)
+    projection = ProjectionSpec(
+        seed=config.seed, dim=config.dim, distribution=config.distribution, alpha=config.alpha, sigma0=config.sigma0
+    )
     return PromptSpec(mode=mode, n_tokens=config.n_tokens, projection=projection, init=config.init)
 
 
@@ -45,8 +46,18 @@ class PromptSearch:
     the result; the initial prompt (z = 0) is always a contender, so the result is never worse on dev.
     """
 
-    def __init__(self, config: ResolvedConfig, task: TaskSpec, train: Examples, dev: Examples, n_layers: int, *,
-                 mode: str, init_x: np.ndarray | None = None, init_spec: PromptSpec | None = None):
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        task: TaskSpec,
+        train: Examples,
+        dev: Examples,
+        n_layers: int,
+        *,
+        mode: str,
+        init_x: np.ndarray | None = None,
+        init_spec: PromptSpec | None = None,
+    ):
         self.config, self.task, self.train, self.dev = config, task, train, dev
         self.spec = init_spec if init_spec is not None else prompt_spec(config, mode)
         self.deep = self.spec.mode == "deep"
@@ -54,13 +65,22 @@ class PromptSearch:
         self.init_x = None if init_x is None else np.asarray(init_x, dtype=np.float64)
         shape = (n_layers, self.spec.projection.dim) if self.deep else (self.spec.projection.dim,)
         if self.init_x is not None and self.init_x.shape != shape:
-            raise ValueError(f"init_from: the starting prompt has shape {self.init_x.shape}, this run needs {shape}; "
-                             "start from a prompt of the same method, model and dim")
-        options = dict(dim=config.dim, popsize=config.popsize, sigma0=config.sigma0, seed=config.seed,
-                       bounds=config.bounds, **({} if self.init_x is None else {"x0": self.init_x}))
+            raise ValueError(
+                f"init_from: the starting prompt has shape {self.init_x.shape}, this run needs {shape}; "
+                "start from a prompt of the same method, model and dim"
+            )
+        options = dict(
+            dim=config.dim,
+            popsize=config.popsize,
+            sigma0=config.sigma0,
+            seed=config.seed,
+            bounds=config.bounds,
+            **({} if self.init_x is None else {"x0": self.init_x}),
+        )
         if self.deep:
-            self.optimizer = make_deep_optimizer(n_layers=n_layers, inner=config.optimizer, budget=config.budget,
-                                                 **options)
+            self.optimizer = make_deep_optimizer(
+                n_layers=n_layers, inner=config.optimizer, budget=config.budget, **options
+            )
         else:
             self.optimizer = make_optimizer(config.optimizer, budget=config.budget, **options)
         self._reset_progress()
@@ -81,19 +101,33 @@ class PromptSearch:
             return self.init_x.copy()
         return np.zeros((self.n_layers, self.config.dim) if self.deep else self.config.dim)
 
-    def _request(self, examples: Examples, x: np.ndarray | None = None, *, population: np.ndarray | None = None,
-                 layer: int | None = None, base: np.ndarray | None = None,
-                 generation: int | None = None) -> EvalRequest:
+    def _request(
+        self,
+        examples: Examples,
+        x: np.ndarray | None = None,
+        *,
+        population: np.ndarray | None = None,
+        layer: int | None = None,
+        base: np.ndarray | None = None,
+        generation: int | None = None,
+    ) -> EvalRequest:
         """A request for full candidates `x` (one) or for a population varying one layer (deep) / all of z, in
         `generation` (default: the last completed one)."""
         generation = self.generation if generation is None else generation
         if x is not None:
             if self.deep:
-                return EvalRequest(self.task, examples, self.spec, base=x, loss=self.config.loss,
-                                   generation=generation)
+                return EvalRequest(self.task, examples, self.spec, base=x, loss=self.config.loss, generation=generation)
             population = x[None]
-        return EvalRequest(self.task, examples, self.spec, z=population, layer=layer, base=base,
-                           loss=self.config.loss, generation=generation)
+        return EvalRequest(
+            self.task,
+            examples,
+            self.spec,
+            z=population,
+            layer=layer,
+            base=base,
+            loss=self.config.loss,
+            generation=generation,
+        )
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
         """What the optimizer minimizes for the scored population (the request's loss by default)."""
@@ -114,8 +148,9 @@ class PromptSearch:
         scores = await self._score_dev(client, candidates)
         best_i = max(range(len(scores)), key=lambda i: _dev_key(*scores[i]))
         metric, ce = scores[best_i]
-        improved = self.best_dev is None or _dev_key(metric, ce) > _dev_key(self.best_dev["metric"],
-                                                                           self.best_dev["ce"])
+        improved = self.best_dev is None or _dev_key(metric, ce) > _dev_key(
+            self.best_dev["metric"], self.best_dev["ce"]
+        )
         if improved:
             self.best_dev = {"metric": metric, "ce": ce, "x": candidates[best_i].copy(), "calls": self.calls}
         return {"metric": metric, "ce": ce, "improved": improved, "best_metric": self.best_dev["metric"]}
@@ -159,8 +194,9 @@ class PromptSearch:
         remaining = self.config.budget - self.calls
         partial = remaining < len(population)
         scored = population[:remaining] if partial else population
-        result = await client.evaluate(self._request(self.train, population=scored, layer=layer, base=base,
-                                                     generation=self.generation + 1))
+        result = await client.evaluate(
+            self._request(self.train, population=scored, layer=layer, base=base, generation=self.generation + 1)
+        )
         losses = self._objective(result, scored)
         self.calls += len(scored)
         if not partial:
@@ -174,11 +210,18 @@ class PromptSearch:
             if losses[i] < record["loss"]:
                 record.update(loss=float(losses[i]), x=x)
         self.generation += 1
-        entry = {"generation": self.generation, "calls": self.calls, "layer": layer,
-                 "losses": [float(v) for v in losses], "min_loss": float(losses.min()),
-                 "mean_loss": float(losses.mean()), "best_loss": self.best_train["loss"],
-                 "train_metric_max": float(np.max(result.metric)), "sigma": _sigma(self.optimizer),
-                 **self._entry_extra(result)}
+        entry = {
+            "generation": self.generation,
+            "calls": self.calls,
+            "layer": layer,
+            "losses": [float(v) for v in losses],
+            "min_loss": float(losses.min()),
+            "mean_loss": float(losses.mean()),
+            "best_loss": self.best_train["loss"],
+            "train_metric_max": float(np.max(result.metric)),
+            "sigma": _sigma(self.optimizer),
+            **self._entry_extra(result),
+        }
         if self.calls >= self._next_dev or self.done:
             while self._next_dev <= self.calls:
                 self._next_dev += self.config.dev_every
@@ -192,19 +235,35 @@ class PromptSearch:
 
     def result(self) -> dict:
         best = self.best_dev
-        return {"x": best["x"], "dev_metric": best["metric"], "dev_ce": best["ce"], "selected_at_calls": best["calls"],
-                "best_train_loss": self.best_train["loss"], "calls": self.calls, "spec": self.spec,
-                "initial": self.initial, "text": self.prompt_text(best["x"])}
+        return {
+            "x": best["x"],
+            "dev_metric": best["metric"],
+            "dev_ce": best["ce"],
+            "selected_at_calls": best["calls"],
+            "best_train_loss": self.best_train["loss"],
+            "calls": self.calls,
+            "spec": self.spec,
+            "initial": self.initial,
+            "text": self.prompt_text(best["x"]),
+        }
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """State after a completed generation (numpy arrays inside; `optimizers.state_to_json` writes it
         losslessly); `load_state` continues bit-identically."""
-        return {"version": STATE_VERSION, "calls": self.calls, "generation": self.generation,
-                "started": self.started, "spec": self.spec.to_dict(), "optimizer": self.optimizer.state_dict(),
-                "best_dev": self.best_dev, "best_train": dict(self.best_train),
-                "interval_best": dict(self._interval_best), "next_dev": self._next_dev,
-                "initial": getattr(self, "initial", None)}
+        return {
+            "version": STATE_VERSION,
+            "calls": self.calls,
+            "generation": self.generation,
+            "started": self.started,
+            "spec": self.spec.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best_dev": self.best_dev,
+            "best_train": dict(self.best_train),
+            "interval_best": dict(self._interval_best),
+            "next_dev": self._next_dev,
+            "initial": getattr(self, "initial", None),
+        }
 
     def _optimizer_from_state(self, state: dict):
         return optimizer_from_state(state)

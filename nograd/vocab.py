@@ -20,8 +20,9 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def pmi_ngrams(texts: list[str], *, max_n: int = 5, min_count: int = 5, min_pmi: float = 1.0,
-               top: int = 200) -> list[str]:
+def pmi_ngrams(
+    texts: list[str], *, max_n: int = 5, min_count: int = 5, min_pmi: float = 1.0, top: int = 200
+) -> list[str]:
     """The `top` most frequent candidate n-grams of `texts` (see the module docstring), most frequent first."""
     if max_n < 1 or min_count < 1 or top < 1:
         raise ValueError("max_n, min_count and top must be >= 1")
@@ -30,7 +31,7 @@ def pmi_ngrams(texts: list[str], *, max_n: int = 5, min_count: int = 5, min_pmi:
     for tokens in sentences:
         for n in range(1, max_n + 1):
             for i in range(len(tokens) - n + 1):
-                counts[n][tuple(tokens[i:i + n])] += 1
+                counts[n][tuple(tokens[i : i + n])] += 1
     totals = [sum(c.values()) for c in counts]
     if not totals[1]:
         return []
@@ -39,7 +40,11 @@ def pmi_ngrams(texts: list[str], *, max_n: int = 5, min_count: int = 5, min_pmi:
         joint = counts[len(gram)][gram] / totals[len(gram)]
         return math.log(joint) - sum(math.log(counts[1][(w,)] / totals[1]) for w in gram)
 
-    candidates = [(count, gram) for n in range(1, max_n + 1) for gram, count in counts[n].items()
-                  if count >= min_count and (n == 1 or pmi(gram) >= min_pmi)]
+    candidates = [
+        (count, gram)
+        for n in range(1, max_n + 1)
+        for gram, count in counts[n].items()
+        if count >= min_count and (n == 1 or pmi(gram) >= min_pmi)
+    ]
     candidates.sort(key=lambda item: (-item[0], item[1]))
     return [" ".join(gram) for _, gram in candidates[:top]]

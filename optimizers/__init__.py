@@ -20,7 +20,6 @@ from ._cma import CMA
 from ._deep import DivideAndConquer
 from ._nevergrad import NG_PREFIX, Nevergrad, check_nevergrad_name, nevergrad_names
 from ._registry import (
-    OPTIMIZERS,
     available_optimizers,
     make_deep_optimizer,
     make_optimizer,
@@ -34,7 +33,6 @@ __all__ = [
     "project_simplex",
     "CMA",
     "NG_PREFIX",
-    "OPTIMIZERS",
     "STATE_VERSION",
     "DivideAndConquer",
     "Nevergrad",

@@ -40,14 +40,12 @@ def _check_positive_int(name: str, value: int | None, *, allow_none: bool = Fals
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def check_search_space(dim: int, sigma0: float, seed: int, bounds: float | None,
-                       x0: np.ndarray | None) -> np.ndarray:
+def check_search_space(dim: int, sigma0: float, seed: int, bounds: float | None, x0: np.ndarray | None) -> np.ndarray:
     """Validates the arguments every flat optimizer shares; returns x0 as a float64 array (zeros if None)."""
     for label, value in (("sigma0", sigma0), ("bounds", bounds)):
         if value is None and label == "bounds":
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{label} must be a finite positive number, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -76,8 +74,9 @@ class Optimizer(abc.ABC):
     #: Registry name of the class (``"cma"``, ``"deep"``; nevergrad instances refine it via :attr:`name`).
     type_name: ClassVar[str] = ""
 
-    def __init__(self, dim: int, popsize: int, *, budget: int | None = None,
-                 max_generations: int | None = None) -> None:
+    def __init__(
+        self, dim: int, popsize: int, *, budget: int | None = None, max_generations: int | None = None
+    ) -> None:
         _check_positive_int("dim", dim)
         _check_positive_int("popsize", popsize)
         _check_positive_int("budget", budget, allow_none=True)
@@ -165,11 +164,13 @@ class Optimizer(abc.ABC):
         if self._pending is not None:
             raise OptimizerError(
                 f"{self.name}: ask() called twice without tell(); call tell(candidates, losses) with the "
-                "candidates of the previous ask() first")
+                "candidates of the previous ask() first"
+            )
         x = np.array(self._ask(), dtype=np.float64)
         if x.shape != (self._popsize, self._dim):
-            raise OptimizerError(f"{self.name}: internal ask produced shape {x.shape}, "
-                                 f"expected {(self._popsize, self._dim)}")
+            raise OptimizerError(
+                f"{self.name}: internal ask produced shape {x.shape}, expected {(self._popsize, self._dim)}"
+            )
         self._pending = x
         return x.copy()
 
@@ -190,11 +191,15 @@ class Optimizer(abc.ABC):
             raise OptimizerError(f"{self.name}: tell() without a pending ask(); call ask() first")
         x = np.asarray(candidates, dtype=np.float64)
         if x.shape != self._pending.shape:
-            raise ValueError(f"{self.name}: candidates must have shape {self._pending.shape} "
-                             f"(popsize, dim) as returned by ask(), got {x.shape}")
+            raise ValueError(
+                f"{self.name}: candidates must have shape {self._pending.shape} "
+                f"(popsize, dim) as returned by ask(), got {x.shape}"
+            )
         if not np.array_equal(x, self._pending):
-            raise ValueError(f"{self.name}: candidates differ from those returned by the last ask(); pass "
-                             "the asked array unmodified and in the same order")
+            raise ValueError(
+                f"{self.name}: candidates differ from those returned by the last ask(); pass "
+                "the asked array unmodified and in the same order"
+            )
         f = np.asarray(losses, dtype=np.float64)
         if f.size != self._popsize or f.ndim > 2:
             raise ValueError(f"{self.name}: losses must have shape ({self._popsize},), got {f.shape}")
@@ -203,7 +208,8 @@ class Optimizer(abc.ABC):
             bad = np.flatnonzero(~np.isfinite(f)).tolist()
             raise ValueError(
                 f"{self.name}: losses must be finite (non-finite at indices {bad}); replace failed "
-                "evaluations by a finite penalty (e.g. a large loss) before calling tell()")
+                "evaluations by a finite penalty (e.g. a large loss) before calling tell()"
+            )
         f = f.copy()
         self._tell(self._pending, f)
         self._update_best(self._pending, f)
@@ -244,11 +250,14 @@ class Optimizer(abc.ABC):
         if not isinstance(state, Mapping):
             raise OptimizerError(f"optimizer state must be a dict, got {type(state).__name__}")
         if state.get("version") != STATE_VERSION:
-            raise OptimizerError(f"unsupported optimizer state version {state.get('version')!r}; this code "
-                                 f"reads version {STATE_VERSION}")
+            raise OptimizerError(
+                f"unsupported optimizer state version {state.get('version')!r}; this code reads version {STATE_VERSION}"
+            )
         if not type_ok:
             raise OptimizerError(f"optimizer state of type {state.get('type')!r} cannot be loaded here")
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, dim={self._dim}, popsize={self._popsize}, "
-                f"generation={self._generation}, best_loss={self._best_f})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, dim={self._dim}, popsize={self._popsize}, "
+            f"generation={self._generation}, best_loss={self._best_f})"
+        )

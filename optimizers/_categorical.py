@@ -49,10 +49,21 @@ class PolicyGradient(Optimizer):
 
     type_name = "bbpl"
 
-    def __init__(self, length: int, n_choices: int, popsize: int = 20, *, lr: float = 1e-4,
-                 weight_decay: float = 0.1, max_grad_norm: float = 3.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, seed: int = 0, budget: int | None = None,
-                 max_generations: int | None = None) -> None:
+    def __init__(
+        self,
+        length: int,
+        n_choices: int,
+        popsize: int = 20,
+        *,
+        lr: float = 1e-4,
+        weight_decay: float = 0.1,
+        max_grad_norm: float = 3.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        seed: int = 0,
+        budget: int | None = None,
+        max_generations: int | None = None,
+    ) -> None:
         super().__init__(length, popsize, budget=budget, max_generations=max_generations)
         if isinstance(n_choices, bool) or not isinstance(n_choices, (int, np.integer)) or n_choices < 2:
             raise ValueError(f"n_choices must be an int >= 2, got {n_choices!r}")
@@ -68,10 +79,19 @@ class PolicyGradient(Optimizer):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.n_choices = int(n_choices)
-        self._config = {"length": int(length), "n_choices": self.n_choices, "popsize": int(popsize), "lr": float(lr),
-                        "weight_decay": float(weight_decay), "max_grad_norm": float(max_grad_norm),
-                        "betas": [float(b) for b in betas], "eps": float(eps), "seed": int(seed),
-                        "budget": budget, "max_generations": max_generations}
+        self._config = {
+            "length": int(length),
+            "n_choices": self.n_choices,
+            "popsize": int(popsize),
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+            "max_grad_norm": float(max_grad_norm),
+            "betas": [float(b) for b in betas],
+            "eps": float(eps),
+            "seed": int(seed),
+            "budget": budget,
+            "max_generations": max_generations,
+        }
         self.probs = np.full((self.dim, self.n_choices), 1.0 / self.n_choices)
         self._m = np.zeros_like(self.probs)
         self._v = np.zeros_like(self.probs)
@@ -111,16 +131,25 @@ class PolicyGradient(Optimizer):
         self._steps += 1
         self._m = beta1 * self._m + (1 - beta1) * grad
         self._v = beta2 * self._v + (1 - beta2) * grad * grad
-        m_hat = self._m / (1 - beta1 ** self._steps)
-        v_hat = self._v / (1 - beta2 ** self._steps)
+        m_hat = self._m / (1 - beta1**self._steps)
+        v_hat = self._v / (1 - beta2**self._steps)
         updated = self.probs * (1 - c["lr"] * c["weight_decay"]) - c["lr"] * m_hat / (np.sqrt(v_hat) + c["eps"])
         self.probs = project_simplex(updated)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "type": self.type_name, "config": dict(self._config),
-                "probs": self.probs.copy(), "m": self._m.copy(), "v": self._v.copy(), "steps": self._steps,
-                "rng": self._rng.bit_generator.state, "generation": self.generation,
-                "best_x": None if self._best_x is None else self._best_x.copy(), "best_loss": self._best_f}
+        return {
+            "version": STATE_VERSION,
+            "type": self.type_name,
+            "config": dict(self._config),
+            "probs": self.probs.copy(),
+            "m": self._m.copy(),
+            "v": self._v.copy(),
+            "steps": self._steps,
+            "rng": self._rng.bit_generator.state,
+            "generation": self.generation,
+            "best_x": None if self._best_x is None else self._best_x.copy(),
+            "best_loss": self._best_f,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> PolicyGradient:

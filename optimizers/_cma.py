@@ -29,8 +29,23 @@ with warnings.catch_warnings():  # pycma warns at import when matplotlib is miss
 __all__ = ["CMA"]
 
 #: pycma options this wrapper controls; passing them in ``options`` is an error.
-_RESERVED = frozenset({"popsize", "seed", "randn", "bounds", "verbose", "verb_log", "verb_disp",
-                       "verb_filenameprefix", "verb_plot", "verb_append", "maxiter", "maxfevals", "timeout"})
+_RESERVED = frozenset(
+    {
+        "popsize",
+        "seed",
+        "randn",
+        "bounds",
+        "verbose",
+        "verb_log",
+        "verb_disp",
+        "verb_filenameprefix",
+        "verb_plot",
+        "verb_append",
+        "maxiter",
+        "maxfevals",
+        "timeout",
+    }
+)
 
 
 class CMA(ReplayOptimizer):
@@ -51,10 +66,19 @@ class CMA(ReplayOptimizer):
 
     type_name = "cma"
 
-    def __init__(self, dim: int, popsize: int = 20, sigma0: float = 1.0, seed: int = 0,
-                 bounds: float | None = None, x0: np.ndarray | list[float] | None = None,
-                 max_generations: int | None = None, *, budget: int | None = None,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        popsize: int = 20,
+        sigma0: float = 1.0,
+        seed: int = 0,
+        bounds: float | None = None,
+        x0: np.ndarray | list[float] | None = None,
+        max_generations: int | None = None,
+        *,
+        budget: int | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(dim, popsize, budget=budget, max_generations=max_generations)
         if self.dim < 2:
             raise ValueError("CMA needs dim >= 2; use a nevergrad optimizer ('ng:...') for 1-D problems")
@@ -72,10 +96,19 @@ class CMA(ReplayOptimizer):
         self._options = extra
         self._rng = np.random.Generator(np.random.PCG64(self._seed))
         opts: dict[str, Any] = {
-            "popsize": self.popsize, "seed": np.nan, "randn": self._randn,
-            "verbose": -9, "verb_log": 0, "verb_disp": 0, "verb_plot": 0,
-            "maxiter": np.inf, "maxfevals": np.inf,
-            "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**12, "tolstagnation": 0,
+            "popsize": self.popsize,
+            "seed": np.nan,
+            "randn": self._randn,
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
+            "verb_plot": 0,
+            "maxiter": np.inf,
+            "maxfevals": np.inf,
+            "tolfun": 0,
+            "tolfunhist": 0,
+            "tolflatfitness": 10**12,
+            "tolstagnation": 0,
             "tolxstagnation": False,
         }
         if self._bounds is not None:
@@ -127,9 +160,17 @@ class CMA(ReplayOptimizer):
 
     # ------------------------------------------------------------------ state
     def _config(self) -> dict[str, Any]:
-        return {"dim": self.dim, "popsize": self.popsize, "sigma0": self._sigma0, "seed": self._seed,
-                "bounds": self._bounds, "x0": self._x0.tolist(), "max_generations": self.max_generations,
-                "budget": self.budget, "options": dict(self._options)}
+        return {
+            "dim": self.dim,
+            "popsize": self.popsize,
+            "sigma0": self._sigma0,
+            "seed": self._seed,
+            "bounds": self._bounds,
+            "x0": self._x0.tolist(),
+            "max_generations": self.max_generations,
+            "budget": self.budget,
+            "options": dict(self._options),
+        }
 
     @classmethod
     def _from_config(cls, type_name: str, config: Mapping[str, Any]) -> CMA:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._base import STATE_VERSION, Optimizer, OptimizerError
-from ._registry import make_optimizer, optimizer_from_state
+from ._flat import flat_optimizer_from_state, is_flat, make_flat_optimizer
 
 __all__ = ["DivideAndConquer"]
 
@@ -51,17 +51,29 @@ class DivideAndConquer(Optimizer):
 
     type_name = "deep"
 
-    def __init__(self, n_layers: int, dim: int, popsize: int = 20, inner: str = "cma",
-                 sigma0: float = 1.0, seed: int = 0, bounds: float | None = None,
-                 budget: int | None = None, max_generations: int | None = None,
-                 inner_options: Mapping[str, Any] | None = None,
-                 x0: np.ndarray | list | None = None) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        dim: int,
+        popsize: int = 20,
+        inner: str = "cma",
+        sigma0: float = 1.0,
+        seed: int = 0,
+        bounds: float | None = None,
+        budget: int | None = None,
+        max_generations: int | None = None,
+        inner_options: Mapping[str, Any] | None = None,
+        x0: np.ndarray | list | None = None,
+    ) -> None:
         super().__init__(dim, popsize, budget=budget, max_generations=max_generations)
-        if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) \
-                or not 1 <= n_layers <= SEED_STRIDE:
+        if (
+            isinstance(n_layers, bool)
+            or not isinstance(n_layers, (int, np.integer))
+            or not 1 <= n_layers <= SEED_STRIDE
+        ):
             raise ValueError(f"n_layers must be an int in [1, {SEED_STRIDE}], got {n_layers!r}")
-        if inner == "deep":
-            raise ValueError("inner must be a flat optimizer name ('cma' or 'ng:<Name>'), not 'deep'")
+        if not is_flat(str(inner)):
+            raise ValueError(f"inner must be a flat optimizer name ('cma' or 'ng:<Name>'), not {inner!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self._n_layers = int(n_layers)
@@ -78,15 +90,23 @@ class DivideAndConquer(Optimizer):
         else:
             self._x0 = np.asarray(x0, dtype=np.float64)
             if self._x0.shape != (self._n_layers, self.dim) or not np.all(np.isfinite(self._x0)):
-                raise ValueError(f"x0 must be a finite ({self._n_layers}, {self.dim}) array, got shape "
-                                 f"{self._x0.shape}")
+                raise ValueError(
+                    f"x0 must be a finite ({self._n_layers}, {self.dim}) array, got shape {self._x0.shape}"
+                )
         self._inners: list[Optimizer] = [
-            make_optimizer(self._inner_name, dim=self.dim, popsize=self.popsize, sigma0=self._sigma0,
-                           seed=self._seed * SEED_STRIDE + i, bounds=self._bounds,
-                           **({} if self._x0 is None else {"x0": self._x0[i]}), **opts)
-            for i in range(self._n_layers)]
-        self._base = np.zeros((self._n_layers, self.dim), dtype=np.float64) if self._x0 is None \
-            else self._x0.copy()
+            make_flat_optimizer(
+                self._inner_name,
+                dim=self.dim,
+                popsize=self.popsize,
+                sigma0=self._sigma0,
+                seed=self._seed * SEED_STRIDE + i,
+                bounds=self._bounds,
+                **({} if self._x0 is None else {"x0": self._x0[i]}),
+                **opts,
+            )
+            for i in range(self._n_layers)
+        ]
+        self._base = np.zeros((self._n_layers, self.dim), dtype=np.float64) if self._x0 is None else self._x0.copy()
         self._best_f = math.inf
 
     @staticmethod
@@ -189,11 +209,19 @@ class DivideAndConquer(Optimizer):
         return {
             "version": STATE_VERSION,
             "type": self.type_name,
-            "config": {"n_layers": self._n_layers, "dim": self.dim, "popsize": self.popsize,
-                       "inner": self._inner_name, "sigma0": self._sigma0, "seed": self._seed,
-                       "bounds": self._bounds, "budget": self.budget,
-                       "max_generations": self.max_generations, "inner_options": dict(self._inner_options),
-                       **({} if self._x0 is None else {"x0": self._x0.tolist()})},
+            "config": {
+                "n_layers": self._n_layers,
+                "dim": self.dim,
+                "popsize": self.popsize,
+                "inner": self._inner_name,
+                "sigma0": self._sigma0,
+                "seed": self._seed,
+                "bounds": self._bounds,
+                "budget": self.budget,
+                "max_generations": self.max_generations,
+                "inner_options": dict(self._inner_options),
+                **({} if self._x0 is None else {"x0": self._x0.tolist()}),
+            },
             "inner": [opt.state_dict() for opt in self._inners],
             "base": self._base.copy(),
             "best_loss": self._best_f,
@@ -216,12 +244,14 @@ class DivideAndConquer(Optimizer):
             best_loss = float(state["best_loss"])
         except (KeyError, TypeError, ValueError) as exc:
             raise OptimizerError(f"corrupt 'deep' state: {exc}") from exc
-        inners = [optimizer_from_state(s) for s in inner_states]
+        inners = [flat_optimizer_from_state(s) for s in inner_states]
         L = opt.n_layers
         expected = [generation // L + (1 if i < generation % L else 0) for i in range(L)]
         if len(inners) != L or [o.generation for o in inners] != expected:
-            raise OptimizerError(f"corrupt 'deep' state: inner generations {[o.generation for o in inners]} "
-                                 f"do not match {generation} total generations over {L} layers")
+            raise OptimizerError(
+                f"corrupt 'deep' state: inner generations {[o.generation for o in inners]} "
+                f"do not match {generation} total generations over {L} layers"
+            )
         if any(o.dim != opt.dim or o.popsize != opt.popsize for o in inners):
             raise OptimizerError("corrupt 'deep' state: inner optimizer dim/popsize differ from the config")
         if base.shape != (L, opt.dim):

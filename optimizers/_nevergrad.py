@@ -53,7 +53,7 @@ def nevergrad_names() -> list[str]:
 
 
 def _strip(name: str) -> str:
-    return name[len(NG_PREFIX):] if name.startswith(NG_PREFIX) else name
+    return name[len(NG_PREFIX) :] if name.startswith(NG_PREFIX) else name
 
 
 def check_nevergrad_name(name: str) -> str:
@@ -63,9 +63,11 @@ def check_nevergrad_name(name: str) -> str:
     if short not in registry:
         close = difflib.get_close_matches(short, list(registry), n=5)
         common = ["NGOpt", "TBPSA", "CMA", "DE", "OnePlusOne", "PSO"]
-        raise ValueError(f"unknown nevergrad optimizer {name!r}; did you mean one of "
-                         f"{[NG_PREFIX + n for n in close or common]}? "
-                         "(all names: optimizers.nevergrad_names())")
+        raise ValueError(
+            f"unknown nevergrad optimizer {name!r}; did you mean one of "
+            f"{[NG_PREFIX + n for n in close or common]}? "
+            "(all names: optimizers.nevergrad_names())"
+        )
     return short
 
 
@@ -87,9 +89,18 @@ class Nevergrad(ReplayOptimizer):
 
     type_name = "ng"
 
-    def __init__(self, name: str, dim: int, popsize: int = 20, sigma0: float = 1.0, seed: int = 0,
-                 bounds: float | None = None, x0: np.ndarray | list[float] | None = None,
-                 budget: int | None = None, max_generations: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        dim: int,
+        popsize: int = 20,
+        sigma0: float = 1.0,
+        seed: int = 0,
+        bounds: float | None = None,
+        x0: np.ndarray | list[float] | None = None,
+        budget: int | None = None,
+        max_generations: int | None = None,
+    ) -> None:
         super().__init__(dim, popsize, budget=budget, max_generations=max_generations)
         ng = _ng()
         short = check_nevergrad_name(name)
@@ -109,8 +120,10 @@ class Nevergrad(ReplayOptimizer):
             self._opt = ng.optimizers.registry[short](parametrization=param, budget=budget, num_workers=self.popsize)
         ngopt_base = getattr(ng.optimizers, "NGOptBase", None)
         if budget is None and ngopt_base is not None and isinstance(self._opt, ngopt_base):
-            raise ValueError(f"nevergrad optimizer {short!r} chooses its algorithm from the budget; pass "
-                             "budget=<number of loss evaluations>")
+            raise ValueError(
+                f"nevergrad optimizer {short!r} chooses its algorithm from the budget; pass "
+                "budget=<number of loss evaluations>"
+            )
         self._asked: list[Any] | None = None
         self._recommendation = self._recommend()
 
@@ -151,8 +164,10 @@ class Nevergrad(ReplayOptimizer):
             with self._sandbox():
                 asked = [self._opt.ask() for _ in range(self.popsize)]
         except AssertionError as exc:  # nevergrad asserts preconditions (e.g. a budget) deep inside
-            raise OptimizerError(f"nevergrad optimizer {self._ng_name!r} failed in ask(): {exc!r}; "
-                                 "it may need budget=... or other settings") from exc
+            raise OptimizerError(
+                f"nevergrad optimizer {self._ng_name!r} failed in ask(): {exc!r}; "
+                "it may need budget=... or other settings"
+            ) from exc
         self._asked = asked
         return np.stack([np.asarray(c.value, dtype=np.float64).reshape(self.dim) for c in asked])
 
@@ -170,9 +185,17 @@ class Nevergrad(ReplayOptimizer):
         return isinstance(type_name, str) and type_name.startswith(NG_PREFIX)
 
     def _config(self) -> dict[str, Any]:
-        return {"name": self._ng_name, "dim": self.dim, "popsize": self.popsize, "sigma0": self._sigma0,
-                "seed": self._seed, "bounds": self._bounds, "x0": self._x0.tolist(),
-                "budget": self.budget, "max_generations": self.max_generations}
+        return {
+            "name": self._ng_name,
+            "dim": self.dim,
+            "popsize": self.popsize,
+            "sigma0": self._sigma0,
+            "seed": self._seed,
+            "bounds": self._bounds,
+            "x0": self._x0.tolist(),
+            "budget": self.budget,
+            "max_generations": self.max_generations,
+        }
 
     @classmethod
     def _from_config(cls, type_name: str, config: Mapping[str, Any]) -> Nevergrad:

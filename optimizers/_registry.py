@@ -1,32 +1,23 @@
-"""Name -> optimizer registry, factories and state dispatch.
+"""Name -> optimizer factories and state dispatch.
 
-Names: ``"cma"`` (:class:`~optimizers.CMA`), ``"ng:<Name>"`` for any key of
-``nevergrad.optimizers.registry`` (:class:`~optimizers.Nevergrad`) and ``"deep"``
-(:class:`~optimizers.DivideAndConquer`, built with :func:`make_deep_optimizer`).
+Names: ``"cma"`` (:class:`~nograd.optimizers.CMA`), ``"ng:<Name>"`` for any key of
+``nevergrad.optimizers.registry`` (:class:`~nograd.optimizers.Nevergrad`) and ``"deep"``
+(:class:`~nograd.optimizers.DivideAndConquer`, built with :func:`make_deep_optimizer`); states of type ``"bbpl"``
+are :class:`~nograd.optimizers.PolicyGradient`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._base import Optimizer, OptimizerError
-from ._cma import CMA
-from ._nevergrad import NG_PREFIX, Nevergrad, nevergrad_names
+from ._categorical import PolicyGradient
+from ._deep import DivideAndConquer
+from ._flat import flat_optimizer_from_state, is_flat, make_flat_optimizer
+from ._nevergrad import NG_PREFIX, nevergrad_names
 
-if TYPE_CHECKING:
-    from ._deep import DivideAndConquer
-
-__all__ = [
-    "OPTIMIZERS",
-    "available_optimizers",
-    "make_deep_optimizer",
-    "make_optimizer",
-    "optimizer_from_state",
-]
-
-#: Flat (single-vector) optimizers by registry key; ``"ng"`` stands for every ``"ng:<Name>"``.
-OPTIMIZERS: Mapping[str, type[Optimizer]] = {"cma": CMA, "ng": Nevergrad}
+__all__ = ["available_optimizers", "make_deep_optimizer", "make_optimizer", "optimizer_from_state"]
 
 
 def available_optimizers(include_nevergrad: bool = True) -> list[str]:
@@ -37,8 +28,17 @@ def available_optimizers(include_nevergrad: bool = True) -> list[str]:
     return names
 
 
-def make_optimizer(name: str, *, dim: int, popsize: int = 20, sigma0: float = 1.0, seed: int = 0,
-                   bounds: float | None = None, budget: int | None = None, **kw: Any) -> Optimizer:
+def make_optimizer(
+    name: str,
+    *,
+    dim: int,
+    popsize: int = 20,
+    sigma0: float = 1.0,
+    seed: int = 0,
+    bounds: float | None = None,
+    budget: int | None = None,
+    **kw: Any,
+) -> Optimizer:
     """Builds an optimizer by registry name.
 
     Args:
@@ -57,28 +57,43 @@ def make_optimizer(name: str, *, dim: int, popsize: int = 20, sigma0: float = 1.
     Raises:
         ValueError: for an unknown name (the message lists valid names) or invalid arguments.
     """
-    common: dict[str, Any] = dict(dim=dim, popsize=popsize, sigma0=sigma0, seed=seed, bounds=bounds,
-                                  budget=budget)
-    if name == "cma":
-        return CMA(**common, **kw)
-    if name.startswith(NG_PREFIX):
-        return Nevergrad(name, **common, **kw)
+    common: dict[str, Any] = dict(dim=dim, popsize=popsize, sigma0=sigma0, seed=seed, bounds=bounds, budget=budget)
+    if is_flat(name):
+        return make_flat_optimizer(name, **common, **kw)
     if name == "deep":
         if "n_layers" not in kw:
             raise ValueError("make_optimizer('deep', ...) needs n_layers=<number of layers>")
         return make_deep_optimizer(**common, **kw)
-    raise ValueError(f"unknown optimizer {name!r}; valid names: 'cma', 'deep', 'ng:<Name>' "
-                     "(e.g. 'ng:NGOpt', 'ng:TBPSA', 'ng:CMA'; see available_optimizers())")
+    raise ValueError(
+        f"unknown optimizer {name!r}; valid names: 'cma', 'deep', 'ng:<Name>' "
+        "(e.g. 'ng:NGOpt', 'ng:TBPSA', 'ng:CMA'; see available_optimizers())"
+    )
 
 
-def make_deep_optimizer(n_layers: int, inner: str = "cma", *, dim: int, popsize: int = 20,
-                        sigma0: float = 1.0, seed: int = 0, bounds: float | None = None,
-                        budget: int | None = None, **kw: Any) -> DivideAndConquer:
-    """Builds a :class:`~optimizers.DivideAndConquer` (BBTv2 layer-wise search) over ``n_layers`` x ``dim``."""
-    from ._deep import DivideAndConquer  # lazy: _deep itself uses this module's factories
-
-    return DivideAndConquer(n_layers=n_layers, dim=dim, popsize=popsize, inner=inner, sigma0=sigma0,
-                            seed=seed, bounds=bounds, budget=budget, **kw)
+def make_deep_optimizer(
+    n_layers: int,
+    inner: str = "cma",
+    *,
+    dim: int,
+    popsize: int = 20,
+    sigma0: float = 1.0,
+    seed: int = 0,
+    bounds: float | None = None,
+    budget: int | None = None,
+    **kw: Any,
+) -> DivideAndConquer:
+    """Builds a :class:`~nograd.optimizers.DivideAndConquer` (BBTv2 layer-wise search) over ``n_layers`` x ``dim``."""
+    return DivideAndConquer(
+        n_layers=n_layers,
+        dim=dim,
+        popsize=popsize,
+        inner=inner,
+        sigma0=sigma0,
+        seed=seed,
+        bounds=bounds,
+        budget=budget,
+        **kw,
+    )
 
 
 def optimizer_from_state(state: Mapping[str, Any]) -> Optimizer:
@@ -90,16 +105,10 @@ def optimizer_from_state(state: Mapping[str, Any]) -> Optimizer:
     if not isinstance(state, Mapping):
         raise OptimizerError(f"optimizer state must be a dict, got {type(state).__name__}")
     kind = state.get("type")
-    if kind == "cma":
-        return CMA.from_state(state)
-    if isinstance(kind, str) and kind.startswith(NG_PREFIX):
-        return Nevergrad.from_state(state)
-    if kind == "deep":
-        from ._deep import DivideAndConquer
-
+    if kind == DivideAndConquer.type_name:
         return DivideAndConquer.from_state(state)
-    if kind == "bbpl":
-        from ._categorical import PolicyGradient
-
+    if kind == PolicyGradient.type_name:
         return PolicyGradient.from_state(state)
+    if isinstance(kind, str) and is_flat(kind):
+        return flat_optimizer_from_state(state)
     raise OptimizerError(f"unknown optimizer state type {kind!r}; expected 'cma', 'deep', 'bbpl' or 'ng:<Name>'")

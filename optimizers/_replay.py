@@ -35,8 +35,9 @@ class ReplayOptimizer(Optimizer):
     len(digests) == generation``.
     """
 
-    def __init__(self, dim: int, popsize: int, *, budget: int | None = None,
-                 max_generations: int | None = None) -> None:
+    def __init__(
+        self, dim: int, popsize: int, *, budget: int | None = None, max_generations: int | None = None
+    ) -> None:
         super().__init__(dim, popsize, budget=budget, max_generations=max_generations)
         self._loss_log: list[np.ndarray] = []
         self._digest_log: list[str] = []
@@ -79,8 +80,7 @@ class ReplayOptimizer(Optimizer):
         (float64 array ``(generation, popsize)``), ``candidate_sha256`` (list of ``generation`` hex digests),
         ``best_loss`` and ``best_x`` (informational; checked after replay) and subclass extras.
         """
-        losses = (np.stack(self._loss_log) if self._loss_log
-                  else np.zeros((0, self.popsize), dtype=np.float64))
+        losses = np.stack(self._loss_log) if self._loss_log else np.zeros((0, self.popsize), dtype=np.float64)
         best_x, best_f = self.best
         state: dict[str, Any] = {
             "version": STATE_VERSION,
@@ -109,9 +109,12 @@ class ReplayOptimizer(Optimizer):
         now = cls._library_versions()
         changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if changed:
-            warnings.warn(f"restoring {state['type']!r} state written with other library versions "
-                          f"{changed} (saved, now); the replay check will catch any divergence",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"restoring {state['type']!r} state written with other library versions "
+                f"{changed} (saved, now); the replay check will catch any divergence",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         try:
             opt = cls._from_config(str(state["type"]), state["config"])
             losses = np.asarray(state["losses"], dtype=np.float64)
@@ -120,18 +123,23 @@ class ReplayOptimizer(Optimizer):
         except (KeyError, TypeError, ValueError) as exc:
             raise OptimizerError(f"corrupt {state.get('type')!r} state: {exc}") from exc
         if losses.shape != (generation, opt.popsize) or len(digests) != generation:
-            raise OptimizerError(f"corrupt {state['type']!r} state: {generation} generations but losses of "
-                                 f"shape {losses.shape} and {len(digests)} candidate digests")
+            raise OptimizerError(
+                f"corrupt {state['type']!r} state: {generation} generations but losses of "
+                f"shape {losses.shape} and {len(digests)} candidate digests"
+            )
         for g in range(generation):
             x = opt.ask()
             if candidates_digest(x) != digests[g]:
                 raise OptimizerError(
                     f"state replay diverged at generation {g}: the rebuilt {state['type']!r} optimizer asked "
                     f"different candidates than the saved run (library version changed? saved "
-                    f"{saved}, now {now})")
+                    f"{saved}, now {now})"
+                )
             opt.tell(x, losses[g])
         best_loss = float(state.get("best_loss", opt.best[1]))
         if opt.best[1] != best_loss:
-            raise OptimizerError(f"state replay diverged: best loss {opt.best[1]!r} after replay, "
-                                 f"{best_loss!r} saved (library version changed?)")
+            raise OptimizerError(
+                f"state replay diverged: best loss {opt.best[1]!r} after replay, "
+                f"{best_loss!r} saved (library version changed?)"
+            )
         return opt

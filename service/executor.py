@@ -43,24 +43,37 @@ log = logging.getLogger("nograd.jobs")
 
 class JobExecutor:
     """Args:
-        store: the persistent store (jobs, checkpoints, leases).
-        queue: where evaluation batches go.
-        data_dir: where uploaded datasets are materialized as files for the task loader.
-        max_concurrent: jobs this runner runs at once.
-        lease_seconds: how long a claimed job stays ours without renewal (a dead runner's jobs are taken over
-            after this); leases are renewed every third of it.
-        batch_size: most candidates per queue batch (None: one batch per population).
-        worker_wait: seconds a job waits for a worker serving its model before failing.
-        on_batch: metrics hook(roundtrip_seconds, n_batches).
-        secret_box: decrypts tenant secrets (remote endpoints' API keys); remote_allow: hosts/CIDRs a remote
-            endpoint may resolve to although private (checked again when the job starts, against DNS changes).
-        remote_transport: httpx transport for remote endpoints (tests).
+    store: the persistent store (jobs, checkpoints, leases).
+    queue: where evaluation batches go.
+    data_dir: where uploaded datasets are materialized as files for the task loader.
+    max_concurrent: jobs this runner runs at once.
+    lease_seconds: how long a claimed job stays ours without renewal (a dead runner's jobs are taken over
+        after this); leases are renewed every third of it.
+    batch_size: most candidates per queue batch (None: one batch per population).
+    worker_wait: seconds a job waits for a worker serving its model before failing.
+    on_batch: metrics hook(roundtrip_seconds, n_batches).
+    secret_box: decrypts tenant secrets (remote endpoints' API keys); remote_allow: hosts/CIDRs a remote
+        endpoint may resolve to although private (checked again when the job starts, against DNS changes).
+    remote_transport: httpx transport for remote endpoints (tests).
     """
 
-    def __init__(self, store: Store, queue: BatchQueue, *, data_dir: Path, max_concurrent: int = 16,
-                 lease_seconds: float = 30.0, poll: float = 0.25, batch_size: int | None = None,
-                 worker_wait: float = 600.0, on_batch=None, owner: str | None = None, secret_box=None,
-                 remote_allow: tuple[str, ...] = (), remote_transport=None):
+    def __init__(
+        self,
+        store: Store,
+        queue: BatchQueue,
+        *,
+        data_dir: Path,
+        max_concurrent: int = 16,
+        lease_seconds: float = 30.0,
+        poll: float = 0.25,
+        batch_size: int | None = None,
+        worker_wait: float = 600.0,
+        on_batch=None,
+        owner: str | None = None,
+        secret_box=None,
+        remote_allow: tuple[str, ...] = (),
+        remote_transport=None,
+    ):
         self.store, self.queue, self.data_dir = store, queue, Path(data_dir)
         self.max_concurrent, self.lease_seconds, self.poll = max_concurrent, lease_seconds, poll
         self.batch_size, self.worker_wait, self.on_batch = batch_size, worker_wait, on_batch
@@ -76,10 +89,17 @@ class JobExecutor:
     @classmethod
     def from_settings(cls, store: Store, queue: BatchQueue, settings, **options) -> JobExecutor:
         """A runner configured by `service.settings.Settings` (options override, e.g. `on_batch`)."""
-        return cls(store, queue, data_dir=settings.data_dir, max_concurrent=settings.max_concurrent_jobs,
-                   lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
-                   worker_wait=settings.worker_wait, remote_allow=tuple(settings.remote_allow),
-                   **{"secret_box": SecretBox.from_settings(settings), **options})
+        return cls(
+            store,
+            queue,
+            data_dir=settings.data_dir,
+            max_concurrent=settings.max_concurrent_jobs,
+            lease_seconds=settings.lease_seconds,
+            batch_size=settings.batch_size,
+            worker_wait=settings.worker_wait,
+            remote_allow=tuple(settings.remote_allow),
+            **{"secret_box": SecretBox.from_settings(settings), **options},
+        )
 
     def wake(self) -> None:
         """Look for new jobs now instead of at the next poll (the API calls this after a submission)."""
@@ -123,8 +143,9 @@ class JobExecutor:
                 await task
             except BaseException:
                 pass
-            await asyncio.to_thread(self.store.release, job_id, self.owner, "runner stopped; resumes from the "
-                                                                             "last checkpoint")
+            await asyncio.to_thread(
+                self.store.release, job_id, self.owner, "runner stopped; resumes from the last checkpoint"
+            )
         self._cpu.shutdown(wait=False)
 
     async def _renew(self) -> None:
@@ -194,12 +215,15 @@ class JobExecutor:
                         await asyncio.to_thread(self.store.set_message, job_id, self.owner, None)
                     return ModelInfo.from_dict(worker["models"][model])
             if time.monotonic() > deadline:
-                raise LookupError(f"no worker served model {model!r} within {self.worker_wait:.0f} s; start one "
-                                  f"with `nograd worker --model {model}`")
+                raise LookupError(
+                    f"no worker served model {model!r} within {self.worker_wait:.0f} s; start one "
+                    f"with `nograd worker --model {model}`"
+                )
             if not waiting:
                 waiting = True
-                await asyncio.to_thread(self.store.set_message, job_id, self.owner,
-                                        f"waiting for a worker serving {model}")
+                await asyncio.to_thread(
+                    self.store.set_message, job_id, self.owner, f"waiting for a worker serving {model}"
+                )
             await asyncio.sleep(0.5)
 
     def _init_from(self, job: dict) -> dict:
@@ -227,12 +251,16 @@ class JobExecutor:
 
         async def workers() -> ModelClient:
             info = await self._model_info(job["id"], config.model)
-            return QueueClient(self.queue, job["id"], config.model, info, batch_size=self.batch_size,
-                               on_batch=on_batch)
+            return QueueClient(self.queue, job["id"], config.model, info, batch_size=self.batch_size, on_batch=on_batch)
 
         key = await asyncio.to_thread(self._api_key, job, config)
-        return await open_client(config, local=workers, api_key=key, allow=self.remote_allow,
-                                 **({} if self.remote_transport is None else {"transport": self.remote_transport}))
+        return await open_client(
+            config,
+            local=workers,
+            api_key=key,
+            allow=self.remote_allow,
+            **({} if self.remote_transport is None else {"transport": self.remote_transport}),
+        )
 
     async def _execute(self, job: dict) -> None:
         started = time.perf_counter()
@@ -248,8 +276,9 @@ class JobExecutor:
         finally:
             await client.aclose()
 
-    async def _run_search(self, job: dict, config: ResolvedConfig, data: RunData, client: ModelClient,
-                          timing: dict, started: float) -> None:
+    async def _run_search(
+        self, job: dict, config: ResolvedConfig, data: RunData, client: ModelClient, timing: dict, started: float
+    ) -> None:
         job_id = job["id"]
         info = await client.describe()
         init = await asyncio.to_thread(self._init_from, job)
@@ -261,8 +290,7 @@ class JobExecutor:
                 log.info("job %s resumes at generation %d (%d calls)", job_id, search.generation, search.calls)
             else:
                 initial = await search.start(client)
-                await self._save(job_id, search, {"generation": 0, "calls": 0, "initial": initial,
-                                                  "time": time.time()})
+                await self._save(job_id, search, {"generation": 0, "calls": 0, "initial": initial, "time": time.time()})
             while not search.done:
                 timing["queue"] = 0.0
                 entry = await search.step(client)
@@ -273,12 +301,27 @@ class JobExecutor:
                     log.warning("job %s: lease lost; another runner continues it", job_id)
                     return
         result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
-        artifact = prompt_bytes(config=config, spec=prompt, x=x, materialized=await client.materialize(prompt, x),
-                                task_spec=data.spec, model_id=info.model_id, scoring=scoring(config),
-                                text=result.get("prompt_text"))
-        await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.succeeded, result=result,
-                                artifact=artifact, test_metric=result["test_metric"], calls=result["calls"],
-                                best_dev_metric=result["dev_metric"])
+        artifact = prompt_bytes(
+            config=config,
+            spec=prompt,
+            x=x,
+            materialized=await client.materialize(prompt, x),
+            task_spec=data.spec,
+            model_id=info.model_id,
+            scoring=scoring(config),
+            text=result.get("prompt_text"),
+        )
+        await asyncio.to_thread(
+            self.store.finish_job,
+            job_id,
+            self.owner,
+            Status.succeeded,
+            result=result,
+            artifact=artifact,
+            test_metric=result["test_metric"],
+            calls=result["calls"],
+            best_dev_metric=result["dev_metric"],
+        )
         await self._forget(job_id)
 
     async def _save(self, job_id: str, search: PromptSearch, entry: dict) -> bool:
@@ -286,9 +329,17 @@ class JobExecutor:
         best_train = search.best_train["loss"] if search.best_train["loss"] != float("inf") else None
         state = search.state_dict()  # a snapshot now; serialized off the event loop
         checkpoint = await asyncio.get_running_loop().run_in_executor(self._cpu, state_to_json, state)
-        return await asyncio.to_thread(self.store.save_progress, job_id, self.owner, checkpoint=checkpoint,
-                                       entry=entry, calls=search.calls, generation=search.generation,
-                                       best_train_loss=best_train, best_dev_metric=best_dev)
+        return await asyncio.to_thread(
+            self.store.save_progress,
+            job_id,
+            self.owner,
+            checkpoint=checkpoint,
+            entry=entry,
+            calls=search.calls,
+            generation=search.generation,
+            best_train_loss=best_train,
+            best_dev_metric=best_dev,
+        )
 
 
 def dataset_file(store: Store, data_dir: Path, dataset_id: str) -> Path:
@@ -310,5 +361,10 @@ def dataset_file(store: Store, data_dir: Path, dataset_id: str) -> Path:
 def transfer_options(spec) -> dict:
     """The run options a transfer job takes from its source prompt's spec (same projection, dim and tokens)."""
     projection = spec.projection
-    return {"dim": projection.dim, "n_tokens": spec.n_tokens, "alpha": projection.alpha,
-            "sigma0": projection.sigma0, "distribution": projection.distribution}
+    return {
+        "dim": projection.dim,
+        "n_tokens": spec.n_tokens,
+        "alpha": projection.alpha,
+        "sigma0": projection.sigma0,
+        "distribution": projection.distribution,
+    }

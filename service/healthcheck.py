@@ -1,5 +1,5 @@
-"""Container healthcheck of a worker: `python -m nograd.service.healthcheck FILE MAX_AGE_SECONDS` exits 0 when the worker
-touched FILE (its `--heartbeat-file`, after every heartbeat the broker accepted) within MAX_AGE_SECONDS."""
+"""Container healthcheck of a worker: `python -m nograd.service.healthcheck FILE MAX_AGE_SECONDS` exits 0 when the
+worker touched FILE (its `--heartbeat-file`, after every heartbeat the broker accepted) within MAX_AGE_SECONDS."""
 
 from __future__ import annotations
 

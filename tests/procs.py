@@ -47,9 +47,20 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--logfile", str(self.dir / "redis.log")]
+    def start(self) -> RedisServer:
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(args)
         wait_until(self._ping, 10, "redis-server")
@@ -78,10 +89,15 @@ class Proc:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = None
 
-    def start(self) -> "Proc":
-        self._fh = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=self.env,
-                                     stdout=self._fh, stderr=subprocess.STDOUT)
+    def start(self) -> Proc:
+        self._fh = open(self.log, "ab")  # noqa: SIM115 (the process writes to it until kill/terminate closes it)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+        )
         return self
 
     def kill(self) -> None:
@@ -103,8 +119,9 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def serve(data_dir: Path, redis_url: str | None, port: int, *extra: str, models: str = "fake",
-          env: dict | None = None) -> Proc:
+def serve(
+    data_dir: Path, redis_url: str | None, port: int, *extra: str, models: str = "fake", env: dict | None = None
+) -> Proc:
     args = ["serve", "--data-dir", str(data_dir), "--port", str(port), "--models", models, *extra]
     if redis_url:
         args += ["--redis-url", redis_url, "--no-embedded-worker"]
@@ -142,8 +159,24 @@ def llama_server(log: Path, threads: int = 1) -> tuple[Proc, str]:
     """llama-cpp-python's OpenAI-compatible server on a free port, serving the SmolLM2 GGUF file with
     log-probabilities; returns (process, base URL ending in /v1)."""
     port = free_port()
-    proc = Proc(["--model", str(smollm2_gguf()), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                 "--logits_all", "true", "--n_threads", str(threads)], log, module="llama_cpp.server").start()
+    proc = Proc(
+        [
+            "--model",
+            str(smollm2_gguf()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--logits_all",
+            "true",
+            "--n_threads",
+            str(threads),
+        ],
+        log,
+        module="llama_cpp.server",
+    ).start()
 
     wait_until(lambda: answers(f"http://127.0.0.1:{port}/v1/models", proc), 120, "the llama.cpp server")
     return proc, f"http://127.0.0.1:{port}/v1"

@@ -41,12 +41,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kind, extra = _option_type(hints[f.name])
         info = typing.get_args(hints[f.name])[1] if typing.get_origin(hints[f.name]) is typing.Annotated else None
         default = getattr(defaults, f.name)
-        help_text = (info.description if info is not None else "") + \
-            (" (default: the method's)" if default is None else f" (default {default})")
+        help_text = (info.description if info is not None else "") + (
+            " (default: the method's)" if default is None else f" (default {default})"
+        )
         if extra.get("action") is None:
             extra["type"] = kind
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default,
-                            help=help_text.replace("%", "%%"), **extra)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f.name, default=default, help=help_text.replace("%", "%%"), **extra
+        )
 
 
 def _progress(budget: int):
@@ -62,8 +64,10 @@ def _progress(budget: int):
             bar.update(entry["calls"] - bar.n)
             if "dev" in entry:
                 state["dev"] = entry["dev"]["best_metric"]
-            bar.set_postfix(best_loss=f"{entry['best_loss']:.4f}",
-                            dev=f"{state['dev']:.3f}" if state["dev"] is not None else "-")
+            bar.set_postfix(
+                best_loss=f"{entry['best_loss']:.4f}", dev=f"{state['dev']:.3f}" if state["dev"] is not None else "-"
+            )
+
     return bar, update
 
 
@@ -74,8 +78,7 @@ async def _run(config, data, out: Path | None, on_generation) -> dict:
     async def local():
         return local_client(config)
 
-    key = os.environ.get(config.endpoint["api_key_secret"]) if (config.endpoint or {}).get("api_key_secret") \
-        else None
+    key = os.environ.get(config.endpoint["api_key_secret"]) if (config.endpoint or {}).get("api_key_secret") else None
     client = await open_client(config, local=local, api_key=key)
     try:
         return await run(config, client, out_dir=out, on_generation=on_generation, data=data)
@@ -107,15 +110,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     saved = load_prompt(args.prompt)
     config = saved["config"]
     if args.task or args.dataset:
-        config = replace(config, task=args.task, dataset=None) if args.task else \
-            replace(config, task=None, dataset=args.dataset)
+        config = (
+            replace(config, task=args.task, dataset=None)
+            if args.task
+            else replace(config, task=None, dataset=args.dataset)
+        )
     task = load_task(config)
     split = {"test": task.test, "pool": task.pool}[args.split]
-    client = local_client(config, dtype=args.dtype or saved["scoring"].get("dtype"), device=args.device)
+    client = local_client(
+        config, dtype=args.dtype or saved["scoring"].get("dtype"), device=args.device, memory_cap_mb=args.memory_cap_mb
+    )
     chunk = saved["scoring"].get("request_examples")
-    result = asyncio.run(score(client, saved["task_spec"], to_examples(task, split), saved["spec"], saved["x"],
-                               text=saved["text"] if saved["spec"].mode == "text" else None,
-                               **({} if chunk is None else {"chunk": chunk})))
+    result = asyncio.run(
+        score(
+            client,
+            saved["task_spec"],
+            to_examples(task, split),
+            saved["spec"],
+            saved["x"],
+            text=saved["text"] if saved["spec"].mode == "text" else None,
+            **({} if chunk is None else {"chunk": chunk}),
+        )
+    )
     print(json.dumps({"task": task.name, "split": args.split, "metric_name": task.metric, **result}, indent=2))
     return 0
 
@@ -125,8 +141,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     for name in list_tasks():
         task = get_task(name)
-        print(f"{name:6s} labels={','.join(task.labels)} metric={task.metric} pool={len(task.pool)} "
-              f"test={len(task.test)} template={task.template!r}")
+        print(
+            f"{name:6s} labels={','.join(task.labels)} metric={task.metric} pool={len(task.pool)} "
+            f"test={len(task.test)} template={task.template!r}"
+        )
     return 0
 
 
@@ -144,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.add_argument("--split", default="test", choices=["test", "pool"])
     eval_p.add_argument("--dtype", default=None, help="override the dtype the prompt was scored in")
     eval_p.add_argument("--device", default=None, help="default: the run's")
+    eval_p.add_argument(
+        "--memory-cap-mb",
+        type=float,
+        default=None,
+        help="activation memory per forward pass (default: the run's; scores do not depend on it)",
+    )
     eval_p.set_defaults(func=cmd_eval)
     tasks_p = sub.add_parser("tasks", help="list the bundled tasks")
     tasks_p.set_defaults(func=cmd_tasks)

@@ -17,11 +17,27 @@ from nograd.engine import DEFAULT_MEMORY_CAP_MB
 def _settings(args: argparse.Namespace):
     from nograd.service.settings import Settings
 
-    overrides = {name: getattr(args, name) for name in ("host", "port", "data_dir", "redis_url", "database_url",
-                                                        "models", "max_concurrent_jobs", "lease_seconds",
-                                                        "batch_size", "claim_idle", "max_deliveries",
-                                                        "memory_cap_mb", "dtype", "device", "namespace")
-                 if getattr(args, name, None) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "host",
+            "port",
+            "data_dir",
+            "redis_url",
+            "database_url",
+            "models",
+            "max_concurrent_jobs",
+            "lease_seconds",
+            "batch_size",
+            "claim_idle",
+            "max_deliveries",
+            "memory_cap_mb",
+            "dtype",
+            "device",
+            "namespace",
+        )
+        if getattr(args, name, None) is not None
+    }
     if getattr(args, "auth", None) is not None:
         overrides["auth"] = args.auth == "on"
     if getattr(args, "no_embedded_worker", False):
@@ -60,8 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ValueError("; ".join(e["msg"] for e in exc.errors())) from None
     queue = "Redis" if settings.redis_url else "in-process queue"
-    print(f"nograd: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, {queue}, "
-          f"auth {'on' if settings.auth else 'off'}, models {', '.join(settings.models)})", file=sys.stderr)
+    print(
+        f"nograd: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, {queue}, "
+        f"auth {'on' if settings.auth else 'off'}, models {', '.join(settings.models)})",
+        file=sys.stderr,
+    )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -86,6 +105,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
         async def cleanup() -> None:
             await queue.close()
             store.close()
+
         # On a signal the runner hands its jobs back; another runner resumes them from their checkpoints.
         await _until_signal(JobExecutor.from_settings(store, queue, settings).run, cleanup=cleanup)
 
@@ -105,11 +125,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _log_to_stderr()
 
     async def main() -> None:
-        engines = {m: build_engine(m, dtype=settings.dtype, device=settings.device,
-                                   memory_cap_mb=settings.memory_cap_mb) for m in settings.models}
+        engines = {
+            m: build_engine(m, dtype=settings.dtype, device=settings.device, memory_cap_mb=settings.memory_cap_mb)
+            for m in settings.models
+        }
         queue = queue_from_settings(settings)
-        worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat,
-                        heartbeat_file=args.heartbeat_file)
+        worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat, heartbeat_file=args.heartbeat_file)
         await _until_signal(worker.run, cleanup=queue.close)  # a signal: finish the batch in progress, then exit
 
     asyncio.run(main())
@@ -133,10 +154,19 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    job = {"method": args.method, "model": args.model, "budget": args.budget, "seed": args.seed,
-           "k_shot": args.k_shot, "dev_every": args.dev_every, "task": args.task, "dataset_id": args.dataset_id,
-           "init_from": args.init_from, "options": dict(_parse_option(o) for o in args.option),
-           "endpoint": json.loads(args.endpoint) if args.endpoint else None}
+    job = {
+        "method": args.method,
+        "model": args.model,
+        "budget": args.budget,
+        "seed": args.seed,
+        "k_shot": args.k_shot,
+        "dev_every": args.dev_every,
+        "task": args.task,
+        "dataset_id": args.dataset_id,
+        "init_from": args.init_from,
+        "options": dict(_parse_option(o) for o in args.option),
+        "endpoint": json.loads(args.endpoint) if args.endpoint else None,
+    }
     with _client(args) as api:
         created = api.submit(**{k: v for k, v in job.items() if v is not None})
         print(created["id"])
@@ -146,8 +176,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _summary(job: dict) -> dict:
-    keys = ("id", "status", "method", "task", "model", "calls", "budget", "best_train_loss", "best_dev_metric",
-            "test_metric", "error", "message")
+    keys = (
+        "id",
+        "status",
+        "method",
+        "task",
+        "model",
+        "calls",
+        "budget",
+        "best_train_loss",
+        "best_dev_metric",
+        "test_metric",
+        "error",
+        "message",
+    )
     return {k: job.get(k) for k in keys}
 
 
@@ -167,9 +209,11 @@ def _watch(api, job_id: str) -> int:
         if event == "job":
             job = data
             bar.update(job["calls"] - bar.n)
-            bar.set_postfix(status=job["status"],
-                            loss=f"{job['best_train_loss']:.4f}" if job["best_train_loss"] is not None else "-",
-                            dev=f"{job['best_dev_metric']:.3f}" if job["best_dev_metric"] is not None else "-")
+            bar.set_postfix(
+                status=job["status"],
+                loss=f"{job['best_train_loss']:.4f}" if job["best_train_loss"] is not None else "-",
+                dev=f"{job['best_dev_metric']:.3f}" if job["best_dev_metric"] is not None else "-",
+            )
         elif event == "end":
             break
     bar.close()
@@ -189,8 +233,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for job in page["data"]:
         dev = "-" if job["best_dev_metric"] is None else f"{job['best_dev_metric']:.3f}"
         test = "-" if job["test_metric"] is None else f"{job['test_metric']:.3f}"
-        print(f"{job['id']}  {job['status']:9s} {job['method']:7s} {job['task']:10s} {job['calls']:>6}/"
-              f"{job['budget']:<6} dev={dev} test={test}")
+        print(
+            f"{job['id']}  {job['status']:9s} {job['method']:7s} {job['task']:10s} {job['calls']:>6}/"
+            f"{job['budget']:<6} dev={dev} test={test}"
+        )
     print(f"{len(page['data'])} of {page['count']} jobs", file=sys.stderr)
     return 0
 
@@ -198,8 +244,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_secret(args: argparse.Namespace) -> int:
     value = sys.stdin.readline().rstrip("\n")
     if not value:
-        print("nograd secret: pipe the key on stdin, e.g. `printenv OPENAI_API_KEY | nograd secret openai`",
-              file=sys.stderr)
+        print(
+            "nograd secret: pipe the key on stdin, e.g. `printenv OPENAI_API_KEY | nograd secret openai`",
+            file=sys.stderr,
+        )
         return 2
     with _client(args) as api:
         stored = api.put_secret(args.name, value)
@@ -220,8 +268,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(key)
-    print(f"API key for tenant {args.tenant!r}; it is shown only this once (only its hash is stored).",
-          file=sys.stderr)
+    print(f"API key for tenant {args.tenant!r}; it is shown only this once (only its hash is stored).", file=sys.stderr)
     return 0
 
 
@@ -235,8 +282,11 @@ def add_commands(sub) -> None:
     serve.add_argument("--auth", choices=["on", "off"], help="off: local single-user use; binds 127.0.0.1 only")
     serve.add_argument("--models", help="comma-separated models jobs may use (the embedded worker loads them)")
     serve.add_argument("--no-embedded-worker", action="store_true", help="with --redis-url: no worker in here")
-    serve.add_argument("--no-run-jobs", action="store_true",
-                       help="API only; jobs run in `nograd runner` processes (keeps API latency flat under load)")
+    serve.add_argument(
+        "--no-run-jobs",
+        action="store_true",
+        help="API only; jobs run in `nograd runner` processes (keeps API latency flat under load)",
+    )
     serve.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int)
     serve.add_argument("--lease-seconds", dest="lease_seconds", type=float)
     serve.add_argument("--batch-size", dest="batch_size", type=int, help="most candidates per queue batch")
@@ -260,20 +310,35 @@ def add_commands(sub) -> None:
     worker = sub.add_parser("worker", help="serve models to a Redis-backed nograd service")
     # Unset options come from the NOGRAD_* environment, then Settings' defaults (service/settings.py).
     worker.add_argument("--redis-url", dest="redis_url", help="default $NOGRAD_REDIS_URL")
-    worker.add_argument("--model", action="append", default=None,
-                        help="model to serve (repeatable; default $NOGRAD_MODELS, comma-separated, or smollm2-135m)")
+    worker.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model to serve (repeatable; default $NOGRAD_MODELS, comma-separated, or smollm2-135m)",
+    )
     worker.add_argument("--device", help="default $NOGRAD_DEVICE or auto")
     worker.add_argument("--dtype", help="default $NOGRAD_DTYPE or bf16")
-    worker.add_argument("--memory-cap-mb", dest="memory_cap_mb", type=float,
-                        help=f"activation memory per forward pass (default {DEFAULT_MEMORY_CAP_MB:g})")
+    worker.add_argument(
+        "--memory-cap-mb",
+        dest="memory_cap_mb",
+        type=float,
+        help=f"activation memory per forward pass (default {DEFAULT_MEMORY_CAP_MB:g})",
+    )
     worker.add_argument("--namespace")
-    worker.add_argument("--claim-idle", dest="claim_idle", type=float,
-                        help="take over batches unacknowledged this long (a few batch times; default 60)")
+    worker.add_argument(
+        "--claim-idle",
+        dest="claim_idle",
+        type=float,
+        help="take over batches unacknowledged this long (a few batch times; default 60)",
+    )
     worker.add_argument("--max-deliveries", dest="max_deliveries", type=int, help="default 3")
     worker.add_argument("--heartbeat", type=float, default=2.0)
     worker.add_argument("--id", default=None)
-    worker.add_argument("--heartbeat-file", default=os.environ.get("NOGRAD_HEARTBEAT_FILE"),
-                        help="touched after every heartbeat (for a container healthcheck)")
+    worker.add_argument(
+        "--heartbeat-file",
+        default=os.environ.get("NOGRAD_HEARTBEAT_FILE"),
+        help="touched after every heartbeat (for a container healthcheck)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     def client_options(p):
@@ -292,9 +357,12 @@ def add_commands(sub) -> None:
     submit.add_argument("--dev-every", type=int, default=100)
     submit.add_argument("--init-from")
     submit.add_argument("--option", action="append", default=[], help="KEY=VALUE method option (repeatable)")
-    submit.add_argument("--endpoint", help="a remote endpoint as JSON, e.g. '{\"kind\": \"openai\", "
-                        "\"base_url\": \"https://api.openai.com/v1\", \"model\": \"M\", "
-                        "\"api_key_secret\": \"openai\"}'")
+    submit.add_argument(
+        "--endpoint",
+        help='a remote endpoint as JSON, e.g. \'{"kind": "openai", '
+        '"base_url": "https://api.openai.com/v1", "model": "M", '
+        '"api_key_secret": "openai"}\'',
+    )
     submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
     submit.set_defaults(func=cmd_submit)
 

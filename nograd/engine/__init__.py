@@ -16,10 +16,18 @@ DEFAULT_MEMORY_CAP_MB = 256.0
 MICRO_BATCH = 8
 
 _EXPORTS = {
-    "Engine": ".engine", "EngineError": ".errors", "ContextLengthError": ".errors",
-    "VerbalizerError": ".errors", "ModelHandle": ".models", "load_model": ".models",
-    "handle_from_model": ".models", "resolve_device": ".models", "BUILTIN_MODELS": ".models",
-    "FakeEngine": ".fake", "build_engine": ".factory", "shared_engine": ".factory",
+    "Engine": ".engine",
+    "EngineError": ".errors",
+    "ContextLengthError": ".errors",
+    "VerbalizerError": ".errors",
+    "ModelHandle": ".models",
+    "load_model": ".models",
+    "handle_from_model": ".models",
+    "resolve_device": ".models",
+    "BUILTIN_MODELS": ".models",
+    "FakeEngine": ".fake",
+    "build_engine": ".factory",
+    "shared_engine": ".factory",
     "shared_handle": ".factory",
 }
 

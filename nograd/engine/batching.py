@@ -46,6 +46,14 @@ def cache_from(kv: list[tuple[torch.Tensor, torch.Tensor]], config) -> DynamicCa
 
 
 def select(layout: Layout, order: torch.Tensor) -> Layout:
-    return Layout(prefix_ids=layout.prefix_ids, slots=layout.slots, body_ids=layout.body_ids[order],
-                  body_mask=layout.body_mask[order], score_pos=layout.score_pos[order], label_ids=layout.label_ids,
-                  labels=layout.labels[order], p0_ids=layout.p0_ids, mode=layout.mode)
+    return Layout(
+        prefix_ids=layout.prefix_ids,
+        slots=layout.slots,
+        body_ids=layout.body_ids[order],
+        body_mask=layout.body_mask[order],
+        score_pos=layout.score_pos[order],
+        label_ids=layout.label_ids,
+        labels=layout.labels[order],
+        p0_ids=layout.p0_ids,
+        mode=layout.mode,
+    )

@@ -56,11 +56,17 @@ class Engine:
             when the model is not on the CPU.
     """
 
-    def __init__(self, handle: ModelHandle, *, memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, prefix_reuse: bool = True,
-                 layer_reuse: bool = True, discrete_batching: bool | None = None):
+    def __init__(
+        self,
+        handle: ModelHandle,
+        *,
+        memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB,
+        prefix_reuse: bool = True,
+        layer_reuse: bool = True,
+        discrete_batching: bool | None = None,
+    ):
         self.handle = handle
-        self.discrete_batching = (handle.device.type != "cpu" if discrete_batching is None
-                                  else discrete_batching)
+        self.discrete_batching = handle.device.type != "cpu" if discrete_batching is None else discrete_batching
         self.memory_cap = memory_cap_mb * 2**20
         self.prefix_reuse = prefix_reuse
         self.layer_reuse = layer_reuse
@@ -71,8 +77,15 @@ class Engine:
 
     def describe(self) -> ModelInfo:
         h = self.handle
-        return ModelInfo(model_id=h.model_id, kind=h.kind, hidden_size=h.hidden_size, n_layers=h.n_layers,
-                         max_length=h.max_length, device=str(h.device), dtype=_DTYPE_NAMES.get(h.dtype, str(h.dtype)))
+        return ModelInfo(
+            model_id=h.model_id,
+            kind=h.kind,
+            hidden_size=h.hidden_size,
+            n_layers=h.n_layers,
+            max_length=h.max_length,
+            device=str(h.device),
+            dtype=_DTYPE_NAMES.get(h.dtype, str(h.dtype)),
+        )
 
     # ------------------------------------------------------------------ public API
     def evaluate(self, request: EvalRequest) -> EvalResult:
@@ -92,8 +105,15 @@ class Engine:
         members: dict[tuple, list[int]] = {}
         for i, (task, text) in enumerate(candidates(request)):
             members.setdefault((task, text), []).append(i)
-        return [(build_layout(h.tokenizer, h.kind, task, request.examples, PromptSpec(mode="none"), h.max_length,
-                              prompt_text=text), rows) for (task, text), rows in members.items()]
+        return [
+            (
+                build_layout(
+                    h.tokenizer, h.kind, task, request.examples, PromptSpec(mode="none"), h.max_length, prompt_text=text
+                ),
+                rows,
+            )
+            for (task, text), rows in members.items()
+        ]
 
     def discrete_logits(self, request: EvalRequest) -> np.ndarray:
         """(P, E, K) logits for `text`/`demos` candidates: each is a concrete prefix (its prompt tokens and
@@ -103,8 +123,13 @@ class Engine:
         out = np.empty((request.population, len(request.examples), len(request.task.labels)))
         groups: dict[tuple, list[tuple[Layout, list[int]]]] = {}
         for layout, rows in self._discrete_layouts(request):
-            key = (len(layout.prefix_ids), layout.body_ids.numpy().tobytes(), layout.body_mask.numpy().tobytes(),
-                   layout.score_pos.numpy().tobytes(), layout.label_ids.numpy().tobytes())
+            key = (
+                len(layout.prefix_ids),
+                layout.body_ids.numpy().tobytes(),
+                layout.body_mask.numpy().tobytes(),
+                layout.score_pos.numpy().tobytes(),
+                layout.label_ids.numpy().tobytes(),
+            )
             groups.setdefault(key if self.discrete_batching else (len(groups),), []).append((layout, rows))
         for members in groups.values():
             if len(members) == 1:
@@ -142,8 +167,10 @@ class Engine:
         prompts = self.prompts(request, layout)
         with torch.inference_mode():
             prefix = self._prefix_embeddings(layout, prompts, 0, prompts.population).float().cpu()
-            bodies = [h.embedding(layout.body_ids[e, :int(layout.score_pos[e]) + 1].to(h.device)).float().cpu()
-                      for e in range(layout.n_examples)]
+            bodies = [
+                h.embedding(layout.body_ids[e, : int(layout.score_pos[e]) + 1].to(h.device)).float().cpu()
+                for e in range(layout.n_examples)
+            ]
         rows = [[torch.cat([prefix[c], body]).numpy() for body in bodies] for c in range(prompts.population)]
         return rows, [int(i) for i in layout.label_ids]
 
@@ -164,8 +191,14 @@ class Engine:
             if not spec.scales:
                 raise EngineError("materializing a deep prompt needs prompt.scales (returned by the first evaluation)")
             base = np.zeros((h.n_layers, spec.projection.dim)) if x is None else np.asarray(x)
-            return np.stack([self.projections.materialize(spec.projection, base[i:i + 1], i, n, h.hidden_size,
-                                                          spec.scales[i])[0].numpy() for i in range(h.n_layers)])
+            return np.stack(
+                [
+                    self.projections.materialize(spec.projection, base[i : i + 1], i, n, h.hidden_size, spec.scales[i])[
+                        0
+                    ].numpy()
+                    for i in range(h.n_layers)
+                ]
+            )
         return np.zeros((0, h.hidden_size), dtype=np.float32)
 
     # ------------------------------------------------------------------ prompts
@@ -190,15 +223,18 @@ class Engine:
         base = np.zeros((h.n_layers, d)) if request.base is None else np.asarray(request.base, dtype=np.float64)
         if base.shape != (h.n_layers, d):
             raise EngineError(f"base must have shape ({h.n_layers}, {d}) (layers x projection.dim); got {base.shape}")
-        deep = [self.projections.materialize(spec.projection, base[i:i + 1], i, n, h.hidden_size, scales[i])
-                for i in range(h.n_layers)]
+        deep = [
+            self.projections.materialize(spec.projection, base[i : i + 1], i, n, h.hidden_size, scales[i])
+            for i in range(h.n_layers)
+        ]
         if request.z is None:
             return PromptSet(population=1, deep=deep, scales=scales)
         if request.layer is None or not 0 <= request.layer < h.n_layers:
             raise EngineError(f"deep candidates need `layer` in [0, {h.n_layers}) naming the layer z is for")
         z = np.asarray(request.z)
-        deep[request.layer] = self.projections.materialize(spec.projection, z, request.layer, n, h.hidden_size,
-                                                           scales[request.layer])
+        deep[request.layer] = self.projections.materialize(
+            spec.projection, z, request.layer, n, h.hidden_size, scales[request.layer]
+        )
         return PromptSet(population=z.shape[0], deep=deep, varying_layer=request.layer, scales=scales)
 
     def layer_scales(self, layout: Layout) -> tuple[float, ...]:
@@ -232,10 +268,15 @@ class Engine:
         cfg, h = self.handle.config, self.handle
         elem = torch.finfo(h.dtype).bits // 8
         lp, lb = int(layout.prefix_ids.numel()), int(layout.body_ids.shape[1])
-        kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * (h.hidden_size // cfg.num_attention_heads)
+        kv_dim = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads) * (
+            h.hidden_size // cfg.num_attention_heads
+        )
         inter = getattr(cfg, "intermediate_size", 4 * h.hidden_size)
-        per_row = ((lp + lb) * 2 * h.n_layers * kv_dim * elem + lb * (6 * h.hidden_size + 3 * inter) * elem
-                   + cfg.num_attention_heads * lb * (lp + lb) * 4)
+        per_row = (
+            (lp + lb) * 2 * h.n_layers * kv_dim * elem
+            + lb * (6 * h.hidden_size + 3 * inter) * elem
+            + cfg.num_attention_heads * lb * (lp + lb) * 4
+        )
         rows = int(self.memory_cap // per_row)
         return max(1, min(population, rows // min(MICRO_BATCH, layout.n_examples)))
 
@@ -255,16 +296,18 @@ class Engine:
                 out[c0:c1, order[e0:e1]] = logits
         return out
 
-    def _candidate_logits(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, groups: list,
-                          shared: dict | None):
+    def _candidate_logits(
+        self, layout: Layout, prompts: PromptSet, c0: int, c1: int, groups: list, shared: dict | None
+    ):
         """Candidates [c0, c1) on each micro-batch of `groups` in turn -> (c1-c0, group size, K) logits each; with
         prefix reuse the candidates' prefix is encoded once for all micro-batches."""
         n_cand = c1 - c0
         layer = shared["layer"] if shared else 0
         if not self._uses_prefix_reuse(layout):
             for g, (e0, e1) in enumerate(groups):
-                yield self._full_logits(layout, prompts, c0, c1, e0, e1, Plan(), layer,
-                                        shared["full_hidden"][g] if shared else None)
+                yield self._full_logits(
+                    layout, prompts, c0, c1, e0, e1, Plan(), layer, shared["full_hidden"][g] if shared else None
+                )
             return
         plan = Plan()
         if shared:
@@ -274,8 +317,9 @@ class Engine:
             plan = Plan()
             if shared:
                 plan.replace[layer] = shared["body_hidden"][g].repeat(n_cand, 1, 1)
-            yield self._body_logits(layout, cache, n_cand, e0, e1, plan, skip=layer,
-                                    shared_kv=shared["prefix_kv"] if shared else None)
+            yield self._body_logits(
+                layout, cache, n_cand, e0, e1, plan, skip=layer, shared_kv=shared["prefix_kv"] if shared else None
+            )
 
     def _frozen_layer(self, prompts: PromptSet) -> int:
         if self.layer_reuse and prompts.varying_layer:
@@ -325,8 +369,9 @@ class Engine:
                 emb[:, slots] += delta
         return emb
 
-    def _prefix_cache(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, plan: Plan,
-                      skip: int = 0) -> DynamicCache:
+    def _prefix_cache(
+        self, layout: Layout, prompts: PromptSet, c0: int, c1: int, plan: Plan, skip: int = 0
+    ) -> DynamicCache:
         """Run the prefix for candidates [c0, c1) and return its key/value cache."""
         plan.prompts, plan.slots = prompts.deep_for(c0, c1), layout.slots.to(self.handle.device)
         emb = self._prefix_embeddings(layout, prompts, c0, c1)
@@ -335,8 +380,17 @@ class Engine:
             self.handle.base(inputs_embeds=emb, cache=cache, use_cache=True)
         return cache
 
-    def _body_logits(self, layout: Layout, cache: DynamicCache, n_cand: int, e0: int, e1: int, plan: Plan,
-                     skip: int, shared_kv: list | None = None) -> torch.Tensor:
+    def _body_logits(
+        self,
+        layout: Layout,
+        cache: DynamicCache,
+        n_cand: int,
+        e0: int,
+        e1: int,
+        plan: Plan,
+        skip: int,
+        shared_kv: list | None = None,
+    ) -> torch.Tensor:
         """Examples [e0, e1) for n_cand candidates whose prefix is in `cache` -> (n_cand, e1-e0, K)."""
         h = self.handle
         width = int(layout.body_mask[e0:e1].sum(1).max())
@@ -353,19 +407,31 @@ class Engine:
                 keys, values = (t.repeat_interleave(n_ex, dim=0) for t in (layer.keys, layer.values))
             kv.append((keys, values))
         body_cache = cache_from(kv, h.config)
-        attention = torch.cat([torch.ones(rows, lp, dtype=torch.long, device=h.device),
-                               mask.repeat(n_cand, 1).long()], dim=1)
+        attention = torch.cat(
+            [torch.ones(rows, lp, dtype=torch.long, device=h.device), mask.repeat(n_cand, 1).long()], dim=1
+        )
         positions = torch.arange(lp, lp + width, device=h.device)[None]
         plan.prompts, plan.slots = None, None
         with self.injector.active(plan, skip):
-            hidden = h.base(inputs_embeds=emb, attention_mask=attention, position_ids=positions,
-                            cache=body_cache, use_cache=True).last_hidden_state
+            hidden = h.base(
+                inputs_embeds=emb, attention_mask=attention, position_ids=positions, cache=body_cache, use_cache=True
+            ).last_hidden_state
         pos = layout.score_pos[e0:e1].to(h.device).repeat(n_cand)
         picked = hidden[torch.arange(rows, device=h.device), pos]
         return h.label_logits(picked, layout.label_ids.to(h.device)).view(n_cand, n_ex, -1).cpu()
 
-    def _full_logits(self, layout: Layout, prompts: PromptSet, c0: int, c1: int, e0: int, e1: int, plan: Plan,
-                     layer: int = 0, shared_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def _full_logits(
+        self,
+        layout: Layout,
+        prompts: PromptSet,
+        c0: int,
+        c1: int,
+        e0: int,
+        e1: int,
+        plan: Plan,
+        layer: int = 0,
+        shared_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Without prefix reuse (masked LMs, or switched off): whole sequences, one row per (candidate, example);
         with `shared_hidden` (frozen-layer reuse) the layers below `layer` are skipped."""
         h = self.handle

@@ -10,8 +10,9 @@ from . import DEFAULT_MEMORY_CAP_MB
 from .fake import parse_fake
 
 
-def build_engine(model: str, *, dtype: str = "bf16", device: str = "auto",
-                 memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB) -> Evaluator:
+def build_engine(
+    model: str, *, dtype: str = "bf16", device: str = "auto", memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB
+) -> Evaluator:
     """The engine for a model name: `fake[:latency]` (tests, benchmarks) or any model `load_model` accepts."""
     fake = parse_fake(model)
     if fake is not None:

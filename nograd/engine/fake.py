@@ -34,8 +34,15 @@ class FakeEngine:
         self.latency, self.n_layers, self.model_id = float(latency), int(n_layers), model_id
 
     def describe(self) -> ModelInfo:
-        return ModelInfo(model_id=self.model_id, kind="fake", hidden_size=16, n_layers=self.n_layers,
-                         max_length=4096, device="cpu", dtype="fp64")
+        return ModelInfo(
+            model_id=self.model_id,
+            kind="fake",
+            hidden_size=16,
+            n_layers=self.n_layers,
+            max_length=4096,
+            device="cpu",
+            dtype="fp64",
+        )
 
     def _candidates(self, request: EvalRequest) -> np.ndarray:
         dim = request.prompt.projection.dim

@@ -72,6 +72,7 @@ class Injector:
             if args:
                 return (new,) + tuple(args[1:]), kwargs
             return args, {**kwargs, "hidden_states": new}
+
         return hook
 
     @contextmanager

@@ -55,7 +55,7 @@ class Layout:
     def sequences(self) -> list[list[int]]:
         """Each example's token ids up to and including the scored position (prompt slots as placeholder ids)."""
         prefix = self.prefix_ids.tolist()
-        return [prefix + self.body_ids[e, :int(self.score_pos[e]) + 1].tolist() for e in range(self.n_examples)]
+        return [prefix + self.body_ids[e, : int(self.score_pos[e]) + 1].tolist() for e in range(self.n_examples)]
 
 
 def _special_ids(tokenizer) -> tuple[list[int], list[int]]:
@@ -63,8 +63,8 @@ def _special_ids(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start], full[start + len(plain):]
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
     return [], []
 
 
@@ -94,7 +94,8 @@ def label_token_ids(tokenizer, task: TaskSpec) -> list[int]:
             piece = tokenizer.convert_ids_to_tokens(token)
             raise VerbalizerError(
                 f"labels {seen[token]!r} and {label!r} share the first token {piece!r} under this model's tokenizer, "
-                f"so the model cannot tell them apart; choose verbalizer words that start differently")
+                f"so the model cannot tell them apart; choose verbalizer words that start differently"
+            )
         seen[token] = label
     return ids
 
@@ -102,12 +103,14 @@ def label_token_ids(tokenizer, task: TaskSpec) -> list[int]:
 def _chat(tokenizer, content: str) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise EngineError("chat_template is on but this model's tokenizer has no chat template; turn it off")
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
 
 
-def _texts(tokenizer, kind: str, task: TaskSpec, examples: Examples, soft: bool,
-           prompt_text: str) -> list[tuple[str, str | None]]:
+def _texts(
+    tokenizer, kind: str, task: TaskSpec, examples: Examples, soft: bool, prompt_text: str
+) -> list[tuple[str, str | None]]:
     """Per example: the text before the soft prompt's slot and the text after it (soft prompts), or the whole
     text and None."""
     mask_token = None
@@ -127,8 +130,10 @@ def _texts(tokenizer, kind: str, task: TaskSpec, examples: Examples, soft: bool,
             chat = _chat(tokenizer, head + (SLOT + tail if soft else ""))
             if soft:
                 if chat.count(SLOT) != 1:
-                    raise EngineError("this model's chat template does not keep the user message as it is; score "
-                                      "soft prompts without chat_template")
+                    raise EngineError(
+                        "this model's chat template does not keep the user message as it is; score "
+                        "soft prompts without chat_template"
+                    )
                 head, tail = chat.split(SLOT)
             else:
                 head = chat
@@ -136,8 +141,9 @@ def _texts(tokenizer, kind: str, task: TaskSpec, examples: Examples, soft: bool,
     return out
 
 
-def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, prompt: PromptSpec, max_length: int,
-                 prompt_text: str = "") -> Layout:
+def build_layout(
+    tokenizer, kind: str, task: TaskSpec, examples: Examples, prompt: PromptSpec, max_length: int, prompt_text: str = ""
+) -> Layout:
     """Encode examples for a causal (`kind="causal"`) or masked LM; `prompt_text` is a discrete candidate's prompt
     (with `prompt.mode` none). Raises EngineError subclasses on bad input."""
     if len(examples) == 0:
@@ -173,14 +179,17 @@ def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, promp
         if len(ids) > max_length:
             raise ContextLengthError(
                 f"example {i} needs {len(ids)} tokens (incl. prompt and demonstrations) but the model's context is "
-                f"{max_length}; shorten the text, use fewer demonstrations or fewer prompt tokens")
+                f"{max_length}; shorten the text, use fewer demonstrations or fewer prompt tokens"
+            )
     if kind == "masked":
         positions = []
         for i, ids in enumerate(sequences):
             found = [j for j, t in enumerate(ids) if t == tokenizer.mask_token_id]
             if len(found) != 1:
-                raise EngineError(f"example {i}: expected exactly one mask token, found {len(found)}; texts must "
-                                  "not contain the mask token")
+                raise EngineError(
+                    f"example {i}: expected exactly one mask token, found {len(found)}; texts must "
+                    "not contain the mask token"
+                )
             positions.append(found[0])
         limit = min(positions)
     else:
@@ -196,13 +205,19 @@ def build_layout(tokenizer, kind: str, task: TaskSpec, examples: Examples, promp
     body_ids = torch.full((len(bodies), width), pad_id, dtype=torch.long)
     body_mask = torch.zeros((len(bodies), width), dtype=torch.bool)
     for i, body in enumerate(bodies):
-        body_ids[i, :len(body)] = torch.tensor(body)
-        body_mask[i, :len(body)] = True
-    return Layout(prefix_ids=torch.tensor(sequences[0][:shared], dtype=torch.long),
-                  slots=torch.arange(slot_start, slot_start + len(slot_ids), dtype=torch.long),
-                  body_ids=body_ids, body_mask=body_mask, score_pos=torch.tensor([p - shared for p in positions]),
-                  label_ids=torch.tensor(words), labels=torch.tensor(examples.labels), p0_ids=p0_ids,
-                  mode=prompt.mode)
+        body_ids[i, : len(body)] = torch.tensor(body)
+        body_mask[i, : len(body)] = True
+    return Layout(
+        prefix_ids=torch.tensor(sequences[0][:shared], dtype=torch.long),
+        slots=torch.arange(slot_start, slot_start + len(slot_ids), dtype=torch.long),
+        body_ids=body_ids,
+        body_mask=body_mask,
+        score_pos=torch.tensor([p - shared for p in positions]),
+        label_ids=torch.tensor(words),
+        labels=torch.tensor(examples.labels),
+        p0_ids=p0_ids,
+        mode=prompt.mode,
+    )
 
 
 def _common_prefix(sequences: list[list[int]], limit: int) -> int:

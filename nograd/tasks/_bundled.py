@@ -27,8 +27,14 @@ TASK_SPECS: dict[str, dict] = {
     },
     "trec": {
         "template": "Question: {text}\nAnswer type: {mask}",
-        "verbalizer": {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity",
-                       "HUM": "person", "LOC": "location", "NUM": "number"},
+        "verbalizer": {
+            "ABBR": "abbreviation",
+            "DESC": "description",
+            "ENTY": "entity",
+            "HUM": "person",
+            "LOC": "location",
+            "NUM": "number",
+        },
         "metric": "accuracy",
     },
     "sms": {
@@ -38,8 +44,13 @@ TASK_SPECS: dict[str, dict] = {
     },
     "bbc": {
         "template": "Article: {text}\nTopic: {mask}",
-        "verbalizer": {"business": "business", "entertainment": "entertainment",
-                       "politics": "politics", "sport": "sports", "tech": "technology"},
+        "verbalizer": {
+            "business": "business",
+            "entertainment": "entertainment",
+            "politics": "politics",
+            "sport": "sports",
+            "tech": "technology",
+        },
         "metric": "accuracy",
     },
 }
@@ -69,24 +80,31 @@ def load_bundled(name: str, data_dir: Path) -> Task:
         TaskDataError: if MANIFEST.json or the data file is missing, or the hash differs.
     """
     if name not in TASK_SPECS:
-        raise UnknownTaskError(f"unknown task {name!r}; available tasks: "
-                               f"{', '.join(list_tasks())} (or load your own data with "
-                               "load_user_dataset)")
+        raise UnknownTaskError(
+            f"unknown task {name!r}; available tasks: "
+            f"{', '.join(list_tasks())} (or load your own data with "
+            "load_user_dataset)"
+        )
     entry = _manifest(Path(data_dir)).get(name)
     if entry is None:
-        raise TaskDataError(f"{data_dir}/MANIFEST.json has no entry for {name!r}; rebuild "
-                            "the data with `python scripts/build_tasks.py`")
+        raise TaskDataError(
+            f"{data_dir}/MANIFEST.json has no entry for {name!r}; rebuild the data with `python scripts/build_tasks.py`"
+        )
     path = Path(data_dir) / entry["file"]
     if not path.is_file():
-        raise TaskDataError(f"data file {path} is missing; restore it with "
-                            "`git checkout nograd/tasks/data` or run scripts/build_tasks.py")
+        raise TaskDataError(
+            f"data file {path} is missing; restore it with "
+            "`git checkout nograd/tasks/data` or run scripts/build_tasks.py"
+        )
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
-        raise TaskDataError(f"data file {path} was modified: sha256 {digest[:12]}... does not "
-                            f"match MANIFEST.json ({entry['sha256'][:12]}...); restore it with "
-                            "`git checkout nograd/tasks/data` or rebuild with "
-                            "`python scripts/build_tasks.py`")
+        raise TaskDataError(
+            f"data file {path} was modified: sha256 {digest[:12]}... does not "
+            f"match MANIFEST.json ({entry['sha256'][:12]}...); restore it with "
+            "`git checkout nograd/tasks/data` or rebuild with "
+            "`python scripts/build_tasks.py`"
+        )
     if path.suffix == ".gz":
         data = gzip.decompress(data)
     splits: dict[str, list[Example]] = {"pool": [], "test": []}
@@ -94,14 +112,24 @@ def load_bundled(name: str, data_dir: Path) -> Task:
         row = json.loads(line)
         splits[row["split"]].append(Example(text=row["text"], label=row["label"]))
     spec = TASK_SPECS[name]
-    return Task(name=name, labels=tuple(spec["verbalizer"]), verbalizer=spec["verbalizer"],
-                template=spec["template"], metric=spec["metric"], pool=tuple(splits["pool"]),
-                test=tuple(splits["test"]), version=entry["version"], fields=("text",))
+    return Task(
+        name=name,
+        labels=tuple(spec["verbalizer"]),
+        verbalizer=spec["verbalizer"],
+        template=spec["template"],
+        metric=spec["metric"],
+        pool=tuple(splits["pool"]),
+        test=tuple(splits["test"]),
+        version=entry["version"],
+        fields=("text",),
+    )
 
 
 def _manifest(data_dir: Path) -> dict:
     path = data_dir / "MANIFEST.json"
     if not path.is_file():
-        raise TaskDataError(f"{path} is missing; restore it with `git checkout "
-                            "nograd/tasks/data` or run `python scripts/build_tasks.py`")
+        raise TaskDataError(
+            f"{path} is missing; restore it with `git checkout "
+            "nograd/tasks/data` or run `python scripts/build_tasks.py`"
+        )
     return json.loads(path.read_text(encoding="utf-8"))

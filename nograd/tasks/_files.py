@@ -11,8 +11,7 @@ from nograd.tasks._errors import DatasetError
 
 JSON_SUFFIXES = (".jsonl", ".json")
 CSV_SUFFIXES = (".csv",)
-OPTIONS = {"text_field": "--text-field", "text2_field": "--text2-field",
-           "label_field": "--label-field"}
+OPTIONS = {"text_field": "--text-field", "text2_field": "--text2-field", "label_field": "--label-field"}
 
 
 def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
@@ -32,21 +31,26 @@ def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
         raise DatasetError(f"data file {path} not found; check the path")
     suffix = path.suffix.lower()
     if suffix not in JSON_SUFFIXES + CSV_SUFFIXES:
-        raise DatasetError(f"{path}: unsupported file type {suffix or '(none)'!r}; use JSON "
-                           "lines (.jsonl) or CSV with a header row (.csv)")
+        raise DatasetError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use JSON "
+            "lines (.jsonl) or CSV with a header row (.csv)"
+        )
     try:
         content = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                           "re-save it as UTF-8") from None
+        raise DatasetError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8"
+        ) from None
     if suffix in CSV_SUFFIXES:
         return _csv_rows(path, content, needed)
     if content.lstrip().startswith("["):  # a .json file holding one array of objects
         try:
             items = json.loads(content)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); "
-                               "fix the syntax or write one JSON object per line") from None
+            raise DatasetError(
+                f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); "
+                "fix the syntax or write one JSON object per line"
+            ) from None
         rows = [(f"row {n}", item) for n, item in enumerate(items, 1)]
     else:
         rows = []
@@ -56,13 +60,17 @@ def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
             try:
                 rows.append((f"row {n}", json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}, row {n}: malformed JSON ({exc.msg}); each line "
-                                   'must be one JSON object like {"text": "...", "label": '
-                                   '"..."}') from None
+                raise DatasetError(
+                    f"{path}, row {n}: malformed JSON ({exc.msg}); each line "
+                    'must be one JSON object like {"text": "...", "label": '
+                    '"..."}'
+                ) from None
     for where, row in rows:
         if not isinstance(row, dict):
-            raise DatasetError(f"{path}, {where}: is a JSON {type(row).__name__}, not an "
-                               'object; write each row as {"text": "...", "label": "..."}')
+            raise DatasetError(
+                f"{path}, {where}: is a JSON {type(row).__name__}, not an "
+                'object; write each row as {"text": "...", "label": "..."}'
+            )
     return rows
 
 
@@ -76,17 +84,21 @@ def _csv_rows(path: Path, content: str, needed: dict[str, str]) -> list[tuple[st
         absent = [(option, key) for option, key in needed.items() if key not in header]
         if absent:
             option, key = absent[0]
-            raise DatasetError(f"{path}: no column {key!r} in the header (columns: "
-                               f"{', '.join(map(repr, header))}); rename the column or pass "
-                               f"the right name with {OPTIONS[option]} ({option}= in Python)")
+            raise DatasetError(
+                f"{path}: no column {key!r} in the header (columns: "
+                f"{', '.join(map(repr, header))}); rename the column or pass "
+                f"the right name with {OPTIONS[option]} ({option}= in Python)"
+            )
         rows = []
         for n, row in enumerate(reader, 1):
             where = f"row {n} (line {reader.line_num})"
             if None in row:
-                raise DatasetError(f"{path}, {where}: more values than header columns; quote "
-                                   'fields that contain commas ("like, this")')
+                raise DatasetError(
+                    f'{path}, {where}: more values than header columns; quote fields that contain commas ("like, this")'
+                )
             rows.append((where, row))
     except csv.Error as exc:
-        raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV ({exc}); fix the "
-                           "quoting on that line") from None
+        raise DatasetError(
+            f"{path}, line {reader.line_num}: malformed CSV ({exc}); fix the quoting on that line"
+        ) from None
     return rows

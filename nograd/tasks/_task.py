@@ -49,29 +49,33 @@ class Task:
         if not self.name:
             raise TaskError("task name is empty; give the task a name")
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise TaskError(f"task {self.name!r}: labels must be at least two distinct "
-                            f"strings, got {self.labels}")
+            raise TaskError(f"task {self.name!r}: labels must be at least two distinct strings, got {self.labels}")
         if set(self.verbalizer) != set(self.labels):
-            raise TaskError(f"task {self.name!r}: verbalizer keys {sorted(self.verbalizer)} "
-                            f"must equal the labels {sorted(self.labels)}")
+            raise TaskError(
+                f"task {self.name!r}: verbalizer keys {sorted(self.verbalizer)} "
+                f"must equal the labels {sorted(self.labels)}"
+            )
         words = list(self.verbalizer.values())
         if any(not w.strip() for w in words) or len(set(words)) != len(words):
-            raise TaskError(f"task {self.name!r}: verbalizer words must be non-empty and "
-                            f"distinct, got {self.verbalizer}")
+            raise TaskError(
+                f"task {self.name!r}: verbalizer words must be non-empty and distinct, got {self.verbalizer}"
+            )
         if self.metric not in METRICS:
-            raise TaskError(f"task {self.name!r}: unknown metric {self.metric!r}; "
-                            f"use one of {', '.join(METRICS)}")
+            raise TaskError(f"task {self.name!r}: unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
         validate_template(self.template, self.fields)
         known, pair = set(self.labels), len(self.fields) == 2
         for split in ("pool", "test"):
             for i, ex in enumerate(getattr(self, split)):
                 if ex.label not in known:
-                    raise TaskError(f"task {self.name!r}: {split} example {i} has label "
-                                    f"{ex.label!r}, not one of {self.labels}")
+                    raise TaskError(
+                        f"task {self.name!r}: {split} example {i} has label {ex.label!r}, not one of {self.labels}"
+                    )
                 if (ex.text2 is not None) != pair:
-                    raise TaskError(f"task {self.name!r}: {split} example {i} "
-                                    f"{'lacks' if pair else 'has'} text2 but fields are "
-                                    f"{self.fields}")
+                    raise TaskError(
+                        f"task {self.name!r}: {split} example {i} "
+                        f"{'lacks' if pair else 'has'} text2 but fields are "
+                        f"{self.fields}"
+                    )
 
     def label_index(self, label: str) -> int:
         """Returns the position of ``label`` in ``labels``.
@@ -82,8 +86,7 @@ class Task:
         try:
             return self.labels.index(label)
         except ValueError:
-            raise TaskError(f"task {self.name!r} has no label {label!r}; "
-                            f"labels are {', '.join(self.labels)}") from None
+            raise TaskError(f"task {self.name!r} has no label {label!r}; labels are {', '.join(self.labels)}") from None
 
     def few_shot(self, k: int, seed: int) -> tuple[list[Example], list[Example]]:
         """Samples k examples per class for training and a disjoint k per class for dev.
@@ -109,9 +112,11 @@ class Task:
         short = {lab: len(idx) for lab, idx in by_label.items() if len(idx) < 2 * k}
         if short:
             listed = ", ".join(f"{lab!r} has {n}" for lab, n in short.items())
-            raise TaskError(f"task {self.name!r}: k={k} needs {2 * k} pool examples per class "
-                            f"(k train + k dev) but {listed}; use k <= "
-                            f"{min(len(v) for v in by_label.values()) // 2} or add data")
+            raise TaskError(
+                f"task {self.name!r}: k={k} needs {2 * k} pool examples per class "
+                f"(k train + k dev) but {listed}; use k <= "
+                f"{min(len(v) for v in by_label.values()) // 2} or add data"
+            )
         rng = np.random.default_rng(seed)
         train, dev = [], []
         for label in self.labels:
@@ -119,5 +124,4 @@ class Task:
             picked = rng.choice(len(idx), 2 * k, replace=False)
             train += [idx[j] for j in picked[:k]]
             dev += [idx[j] for j in picked[k:]]
-        return ([self.pool[i] for i in rng.permutation(train)],
-                [self.pool[i] for i in rng.permutation(dev)])
+        return ([self.pool[i] for i in rng.permutation(train)], [self.pool[i] for i in rng.permutation(dev)])

@@ -24,15 +24,18 @@ def placeholders(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise TemplateError(f"template {template!r} has unbalanced braces ({exc}); "
-                            "write literal braces as '{{' and '}}'") from None
+        raise TemplateError(
+            f"template {template!r} has unbalanced braces ({exc}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
     names = []
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if spec or conversion:
-            raise TemplateError(f"template {template!r}: placeholder {{{name}}} has a format "
-                                "spec or conversion; use plain placeholders like {text}")
+            raise TemplateError(
+                f"template {template!r}: placeholder {{{name}}} has a format "
+                "spec or conversion; use plain placeholders like {text}"
+            )
         names.append(name)
     return names
 
@@ -56,20 +59,26 @@ def validate_template(template: str, fields: tuple[str, ...] = ("text",)) -> Non
     unknown = sorted({n for n in names if n not in PLACEHOLDERS})
     if unknown:
         shown = ", ".join("{" + n + "}" for n in unknown)
-        raise TemplateError(f"template {template!r} has unknown placeholder(s) {shown}; "
-                            "allowed are {text}, {text2}, {mask} and {prompt}")
+        raise TemplateError(
+            f"template {template!r} has unknown placeholder(s) {shown}; "
+            "allowed are {text}, {text2}, {mask} and {prompt}"
+        )
     required = ("mask",) + fields
     for name in required:
         if names.count(name) != 1:
-            raise TemplateError(f"template {template!r} must contain {{{name}}} exactly once "
-                                f"(found {names.count(name)})")
+            raise TemplateError(
+                f"template {template!r} must contain {{{name}}} exactly once (found {names.count(name)})"
+            )
     if "text2" in names and "text2" not in fields:
-        raise TemplateError(f"template {template!r} uses {{text2}} but the task has one text "
-                            "field; remove {text2} or give a second text field")
+        raise TemplateError(
+            f"template {template!r} uses {{text2}} but the task has one text "
+            "field; remove {text2} or give a second text field"
+        )
     if names.count("prompt") > 1:
         raise TemplateError(f"template {template!r} has {{prompt}} more than once; keep one")
     if "prompt" in names:
         first_text = min(names.index(f) for f in fields)
         if names.index("prompt") > first_text:
-            raise TemplateError(f"template {template!r}: {{prompt}} must come before the "
-                                "first text field; move it in front of {text}")
+            raise TemplateError(
+                f"template {template!r}: {{prompt}} must come before the first text field; move it in front of {{text}}"
+            )

@@ -18,7 +18,6 @@ from nograd.tasks._task import METRICS, Task
 from nograd.tasks._template import validate_template
 
 
-
 def parse_verbalizer(spec: str) -> dict[str, str]:
     """Parses a verbalizer written as ``"negative:bad,positive:great"`` (or a JSON object).
 
@@ -36,18 +35,25 @@ def parse_verbalizer(spec: str) -> dict[str, str]:
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"verbalizer {spec!r} is not valid JSON ({exc.msg}); write it as "
-                               "'label:word,label:word' or a JSON object", field="verbalizer") from None
+            raise DatasetError(
+                f"verbalizer {spec!r} is not valid JSON ({exc.msg}); write it as "
+                "'label:word,label:word' or a JSON object",
+                field="verbalizer",
+            ) from None
         return check_verbalizer(parsed)
     out: dict[str, str] = {}
     for item in text.split(","):
         label, sep, word = (part.strip() for part in item.rpartition(":"))
         if not item.strip():
-            raise DatasetError(f"verbalizer {spec!r} has an empty entry; write "
-                               "'label:word,label:word' without stray commas", field="verbalizer")
+            raise DatasetError(
+                f"verbalizer {spec!r} has an empty entry; write 'label:word,label:word' without stray commas",
+                field="verbalizer",
+            )
         if not sep or not label:
-            raise DatasetError(f"verbalizer entry {item.strip()!r} in {spec!r} is not "
-                               "'label:word'; write each entry as label:word", field="verbalizer")
+            raise DatasetError(
+                f"verbalizer entry {item.strip()!r} in {spec!r} is not 'label:word'; write each entry as label:word",
+                field="verbalizer",
+            )
         if label in out:
             raise DatasetError(f"verbalizer {spec!r} gives label {label!r} twice; keep one", field="verbalizer")
         out[label] = word
@@ -61,27 +67,43 @@ def check_verbalizer(verbalizer: object) -> dict[str, str]:
         DatasetError: if it is not a non-empty mapping of strings to non-empty, distinct words.
     """
     if not isinstance(verbalizer, dict) or not verbalizer:
-        raise DatasetError(f"verbalizer must be a non-empty mapping label -> word like "
-                           f"{{'neg': 'bad', 'pos': 'good'}}, got {verbalizer!r}", field="verbalizer")
+        raise DatasetError(
+            f"verbalizer must be a non-empty mapping label -> word like "
+            f"{{'neg': 'bad', 'pos': 'good'}}, got {verbalizer!r}",
+            field="verbalizer",
+        )
     seen: dict[str, str] = {}
     for label, word in verbalizer.items():
         if not isinstance(label, str) or not label.strip():
             raise DatasetError(f"verbalizer label {label!r} must be a non-empty string", field="verbalizer")
         if not isinstance(word, str) or not word.strip():
-            raise DatasetError(f"verbalizer word for label {label!r} is empty; give it a word, "
-                               f"e.g. {label}:good", field="verbalizer")
+            raise DatasetError(
+                f"verbalizer word for label {label!r} is empty; give it a word, e.g. {label}:good", field="verbalizer"
+            )
         if word.strip() in seen:
-            raise DatasetError(f"labels {seen[word.strip()]!r} and {label!r} both map to the word "
-                               f"{word.strip()!r}; give each label its own word", field="verbalizer")
+            raise DatasetError(
+                f"labels {seen[word.strip()]!r} and {label!r} both map to the word "
+                f"{word.strip()!r}; give each label its own word",
+                field="verbalizer",
+            )
         seen[word.strip()] = label
     return dict(verbalizer)
 
 
-def load_user_dataset(path: str | Path, *, template: str, verbalizer: dict[str, str] | str,
-                      text_field: str = "text", text2_field: str | None = None,
-                      label_field: str = "label", metric: str = "accuracy",
-                      name: str | None = None, test_path: str | Path | None = None,
-                      test_fraction: float = 0.0, seed: int = 0) -> Task:
+def load_user_dataset(
+    path: str | Path,
+    *,
+    template: str,
+    verbalizer: dict[str, str] | str,
+    text_field: str = "text",
+    text2_field: str | None = None,
+    label_field: str = "label",
+    metric: str = "accuracy",
+    name: str | None = None,
+    test_path: str | Path | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> Task:
     """Loads a JSONL (.jsonl/.json) or CSV (.csv) file as a ``Task``.
 
     Labels are read as strings (a CSV or JSON 0/1 becomes "0"/"1"); surrounding whitespace is
@@ -104,8 +126,7 @@ def load_user_dataset(path: str | Path, *, template: str, verbalizer: dict[str, 
     Raises:
         DatasetError: naming the file, row and field of the problem and how to fix it.
     """
-    verbalizer = parse_verbalizer(verbalizer) if isinstance(verbalizer, str) \
-        else check_verbalizer(verbalizer)
+    verbalizer = parse_verbalizer(verbalizer) if isinstance(verbalizer, str) else check_verbalizer(verbalizer)
     fields = ("text",) if text2_field is None else ("text", "text2")
     try:
         validate_template(template, fields)
@@ -124,15 +145,22 @@ def load_user_dataset(path: str | Path, *, template: str, verbalizer: dict[str, 
     else:
         pool, test = _hold_out(pool, test_fraction, seed)
     try:
-        return Task(name=name or Path(path).stem, labels=tuple(verbalizer), verbalizer=verbalizer,
-                    template=template, metric=metric, pool=tuple(pool), test=tuple(test),
-                    version=examples_hash(pool + test)[:16], fields=fields)
+        return Task(
+            name=name or Path(path).stem,
+            labels=tuple(verbalizer),
+            verbalizer=verbalizer,
+            template=template,
+            metric=metric,
+            pool=tuple(pool),
+            test=tuple(test),
+            version=examples_hash(pool + test)[:16],
+            fields=fields,
+        )
     except TaskError as exc:
         raise DatasetError(f"{path}: {exc}") from None
 
 
-def _hold_out(examples: list[Example], fraction: float,
-              seed: int) -> tuple[list[Example], list[Example]]:
+def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Splits off ``floor(fraction * n)`` examples of each label as test, keeping file order."""
     if not fraction:
         return examples, []
@@ -141,18 +169,19 @@ def _hold_out(examples: list[Example], fraction: float,
     for label in sorted({e.label for e in examples}):
         idx = [i for i, e in enumerate(examples) if e.label == label]
         held.update(idx[j] for j in rng.choice(len(idx), int(fraction * len(idx)), replace=False))
-    return ([e for i, e in enumerate(examples) if i not in held],
-            [e for i, e in enumerate(examples) if i in held])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 
-def _read_examples(path: Path, keys: dict[str, str | None], verbalizer: dict[str, str],
-                   require_all_labels: bool) -> list[Example]:
+def _read_examples(
+    path: Path, keys: dict[str, str | None], verbalizer: dict[str, str], require_all_labels: bool
+) -> list[Example]:
     """Reads and checks one data file."""
     examples, first_seen = [], {}
     needed = {f"{slot}_field": key for slot, key in keys.items() if key is not None}
     for where, row in read_rows(path, needed):
-        values = {option[:-len("_field")]: _value(row, key, f"{path}, {where}", option)
-                  for option, key in needed.items()}
+        values = {
+            option[: -len("_field")]: _value(row, key, f"{path}, {where}", option) for option, key in needed.items()
+        }
         examples.append(Example(**values))
         first_seen.setdefault(values["label"], where)
     if not examples:
@@ -161,14 +190,20 @@ def _read_examples(path: Path, keys: dict[str, str | None], verbalizer: dict[str
     if unknown:
         listed = ", ".join(f"{lab!r} (first at {first_seen[lab]})" for lab in unknown)
         example = ",".join(f"{k}:{v}" for k, v in verbalizer.items())
-        raise DatasetError(f"{path}: label(s) {listed} have no verbalizer word; add it to "
-                           f"--verbalizer, e.g. '{example},{unknown[0]}:WORD'", field="verbalizer")
+        raise DatasetError(
+            f"{path}: label(s) {listed} have no verbalizer word; add it to "
+            f"--verbalizer, e.g. '{example},{unknown[0]}:WORD'",
+            field="verbalizer",
+        )
     missing = [lab for lab in verbalizer if lab not in first_seen]
     if require_all_labels and missing:
-        raise DatasetError(f"{path}: unknown label(s) {', '.join(map(repr, missing))} in the "
-                           f"verbalizer never occur in the data (labels found: "
-                           f"{', '.join(map(repr, first_seen))}); remove them from the "
-                           "verbalizer or check the spelling", field="verbalizer")
+        raise DatasetError(
+            f"{path}: unknown label(s) {', '.join(map(repr, missing))} in the "
+            f"verbalizer never occur in the data (labels found: "
+            f"{', '.join(map(repr, first_seen))}); remove them from the "
+            "verbalizer or check the spelling",
+            field="verbalizer",
+        )
     return examples
 
 
@@ -177,16 +212,19 @@ def _value(row: dict, key: str, where: str, option: str) -> str:
     value = row.get(key)
     if value is None:
         present = ", ".join(repr(k) for k in row if k is not None)
-        raise DatasetError(f"{where}: missing field {key!r} (fields present: {present}); add "
-                           f"it to the row or set {option} ({OPTIONS[option]}) to the right "
-                           "field name")
+        raise DatasetError(
+            f"{where}: missing field {key!r} (fields present: {present}); add "
+            f"it to the row or set {option} ({OPTIONS[option]}) to the right "
+            "field name"
+        )
     if isinstance(value, bool):
         value = "true" if value else "false"
     elif isinstance(value, (int, float)):
         value = str(value)
     if not isinstance(value, str):
-        raise DatasetError(f"{where}: field {key!r} is a {type(value).__name__}, not a string; "
-                           "store it as a plain string")
+        raise DatasetError(
+            f"{where}: field {key!r} is a {type(value).__name__}, not a string; store it as a plain string"
+        )
     if option == "label_field":
         value = value.strip()
     if not value.strip():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
@@ -20,7 +20,6 @@ from ..secrets import SecretBox
 from ..settings import Settings, get_settings
 from ..store import Store
 from ..worker import Worker
-
 from . import errors
 from .routes import catalog, datasets, jobs, secrets
 
@@ -39,17 +38,25 @@ class Metrics:
         self.workers = Gauge("nograd_workers", "live workers", registry=r)
         self.worker_batches = Gauge("nograd_worker_batches_done", "batches a worker finished", ["worker"], registry=r)
         self.batches = Counter("nograd_batches", "evaluation batches completed for this runner's jobs", registry=r)
-        self.roundtrip = Histogram("nograd_batch_roundtrip_seconds", "enqueue -> all results of one evaluation",
-                                   buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-                                   registry=r)
+        self.roundtrip = Histogram(
+            "nograd_batch_roundtrip_seconds",
+            "enqueue -> all results of one evaluation",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
 
     def on_batch(self, seconds: float, n_batches: int) -> None:
         self.batches.inc(n_batches)
         self.roundtrip.observe(seconds)
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None, queue: BatchQueue | None = None,
-               engines: dict | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    queue: BatchQueue | None = None,
+    engines: dict | None = None,
+) -> FastAPI:
     """The service. `store`, `queue` and `engines` (model name -> engine for the embedded worker) default to what
     `settings` describe; tests pass their own."""
     settings = settings or get_settings()
@@ -66,15 +73,20 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             if loaded is None:
                 loaded = {}
                 for name in settings.models:
-                    loaded[name] = await asyncio.to_thread(build_engine, name, dtype=settings.dtype,
-                                                           device=settings.device,
-                                                           memory_cap_mb=settings.memory_cap_mb)
+                    loaded[name] = await asyncio.to_thread(
+                        build_engine,
+                        name,
+                        dtype=settings.dtype,
+                        device=settings.device,
+                        memory_cap_mb=settings.memory_cap_mb,
+                    )
             # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
             worker = Worker(app.state.queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
             background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
         if settings.run_jobs:
-            runner = JobExecutor.from_settings(app.state.store, app.state.queue, settings,
-                                             on_batch=app.state.metrics.on_batch)
+            runner = JobExecutor.from_settings(
+                app.state.store, app.state.queue, settings, on_batch=app.state.metrics.on_batch
+            )
             app.state.runner = runner
             background.append(asyncio.create_task(runner.run(stop), name="job-runner"))
         try:
@@ -87,8 +99,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
             if store is None:
                 app.state.store.close()
 
-    app = FastAPI(title="nograd", version="0.1.0", lifespan=lifespan,
-                  description="Gradient-free prompt tuning for language models you can only query.")
+    app = FastAPI(
+        title="nograd",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Gradient-free prompt tuning for language models you can only query.",
+    )
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.secret_box = SecretBox.from_settings(settings)
@@ -101,8 +117,13 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         if request.method == "POST" and request.url.path == "/v1/datasets":
             length = request.headers.get("content-length", "")
             if length.isdigit() and int(length) > settings.max_upload_mb * 1024 * 1024 + 64 * 1024:
-                return JSONResponse({"detail": f"upload larger than {settings.max_upload_mb:g} MB; split the file "
-                                               "or ask the operator to raise NOGRAD_MAX_UPLOAD_MB"}, status_code=413)
+                return JSONResponse(
+                    {
+                        "detail": f"upload larger than {settings.max_upload_mb:g} MB; split the file "
+                        "or ask the operator to raise NOGRAD_MAX_UPLOAD_MB"
+                    },
+                    status_code=413,
+                )
         return await call_next(request)
 
     for module in (jobs, datasets, catalog, secrets):

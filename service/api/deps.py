@@ -44,8 +44,10 @@ def current_tenant(request: Request, settings: SettingsDep, store: StoreDep) -> 
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (an operator creates keys with "
-                           "`nograd keys create --tenant NAME`)")
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer <key>' (an operator creates keys with "
+            "`nograd keys create --tenant NAME`)"
+        )
     tenant = store.tenant_for_key(token.strip())
     if tenant is None:
         raise Unauthorized("invalid API key")

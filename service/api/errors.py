@@ -58,5 +58,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def _data_error(_request: Request, _exc: DataError) -> JSONResponse:
         # The database refused a value the schema allows (e.g. a NUL character in a text field on PostgreSQL).
-        return JSONResponse({"detail": "a text field contains characters the store cannot hold (e.g. NUL); "
-                                       "remove them"}, status_code=422)
+        return JSONResponse(
+            {"detail": "a text field contains characters the store cannot hold (e.g. NUL); remove them"},
+            status_code=422,
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
 
@@ -31,35 +31,53 @@ def _fields(cls: type, names: tuple[str, ...], *, optional: bool) -> dict[str, A
     for name in names:
         annotation = hints[name]
         if optional:
-            out[name] = (annotation | None, None)
+            base, *meta = typing.get_args(annotation) if typing.get_origin(annotation) is Annotated else (annotation,)
+            out[name] = (Annotated[(base | None, *meta)], None)
         else:
             out[name] = (annotation, defaults[name] if defaults[name] is not dataclasses.MISSING else ...)
     return out
 
 
 JobOptions = create_model(
-    "JobOptions", __config__=_STRICT, __doc__="Method and optimizer options; unset fields take the method's "
-    "defaults (see README, Methods).", **_fields(RunConfig, JOB_OPTIONS, optional=True))
+    "JobOptions",
+    __config__=_STRICT,
+    __doc__="Method and optimizer options; unset fields take the method's defaults (see README, Methods).",
+    **_fields(RunConfig, JOB_OPTIONS, optional=True),
+)
 
 _kind_help = "; ".join(f"{name}: {cls.description}" for name, cls in ENDPOINT_KINDS.items())
 EndpointSpec = create_model(
-    "EndpointSpec", __config__=_STRICT, __doc__="A remote model endpoint the job scores prompts on instead of this "
-    "service's workers.",
+    "EndpointSpec",
+    __config__=_STRICT,
+    __doc__="A remote model endpoint the job scores prompts on instead of this service's workers.",
     kind=(Literal[tuple(ENDPOINT_KINDS)], Field(description=_kind_help)),  # type: ignore[valid-type]
-    **{name: spec for name, spec in _fields(EndpointConfig, tuple(f.name for f in dataclasses.fields(EndpointConfig)),
-                                              optional=False).items() if name != "kind"})
+    **{
+        name: spec
+        for name, spec in _fields(
+            EndpointConfig, tuple(f.name for f in dataclasses.fields(EndpointConfig)), optional=False
+        ).items()
+        if name != "kind"
+    },
+)
 
 _top = _fields(RunConfig, JOB_FIELDS, optional=False)
-_top["method"] = (Literal[tuple(METHODS)],  # type: ignore[valid-type]
-                  Field(description="; ".join(f"{m.name}: {m.description}" for m in METHODS.values())))
+_top["method"] = (
+    Literal[tuple(METHODS)],  # type: ignore[valid-type]
+    Field(description="; ".join(f"{m.name}: {m.description}" for m in METHODS.values())),
+)
 _top["task"] = (_top["task"][0], None)
 JobCreate = create_model(
-    "JobCreate", __config__=_STRICT, **_top,
+    "JobCreate",
+    __config__=_STRICT,
+    **_top,
     dataset_id=(str | None, Field(None, max_length=40, description="an uploaded dataset (POST /v1/datasets)")),
     init_from=(str | None, Field(None, max_length=40, description="a finished job whose prompt is the start")),
     options=(JobOptions, Field(default_factory=JobOptions)),
-    endpoint=(EndpointSpec | None, Field(None, description="score on a remote API instead of this service's "
-                                                             "workers (model is then ignored)")))
+    endpoint=(
+        EndpointSpec | None,
+        Field(None, description="score on a remote API instead of this service's workers (model is then ignored)"),
+    ),
+)
 
 
 class JobPublic(BaseModel):
@@ -137,6 +155,25 @@ class TaskPublic(BaseModel):
     template: str
     pool: int
     test: int
+
+
+class OptionPublic(BaseModel):
+    name: str
+    type: str = Field(description="integer, number, string or boolean")
+    choices: list[Any] | None = None
+    default: Any = Field(None, description="the method's default (None: unset, or derived from the task)")
+    description: str = ""
+
+
+class MethodPublic(BaseModel):
+    name: str
+    description: str
+    search: bool = Field(description="searches for a prompt (budget applies); else a baseline")
+    prompt: str = Field(description="what candidates are: none, soft, deep, text or demos")
+    needs_embeddings: bool
+    transfers: bool = Field(description="its prompts can start another job (init_from)")
+    endpoint_kinds: list[str] = Field(description="remote endpoint kinds that serve it with default options")
+    options: list[OptionPublic]
 
 
 class ModelPublic(BaseModel):

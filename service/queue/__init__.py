@@ -3,8 +3,17 @@
 from ._base import Batch, BatchQueue, BatchResult, Delivery, QueueError
 from ._memory import MemoryQueue
 
-__all__ = ["Batch", "BatchQueue", "BatchResult", "Delivery", "MemoryQueue", "QueueError", "RedisQueue",
-           "make_queue", "queue_from_settings"]
+__all__ = [
+    "Batch",
+    "BatchQueue",
+    "BatchResult",
+    "Delivery",
+    "MemoryQueue",
+    "QueueError",
+    "RedisQueue",
+    "make_queue",
+    "queue_from_settings",
+]
 
 
 def make_queue(redis_url: str | None, **options) -> BatchQueue:
@@ -18,8 +27,12 @@ def make_queue(redis_url: str | None, **options) -> BatchQueue:
 
 def queue_from_settings(settings) -> BatchQueue:
     """The queue `service.settings.Settings` describe."""
-    return make_queue(settings.redis_url, namespace=settings.namespace, claim_idle=settings.claim_idle,
-                      max_deliveries=settings.max_deliveries)
+    return make_queue(
+        settings.redis_url,
+        namespace=settings.namespace,
+        claim_idle=settings.claim_idle,
+        max_deliveries=settings.max_deliveries,
+    )
 
 
 def __getattr__(name):

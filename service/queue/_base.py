@@ -126,17 +126,26 @@ class BatchQueue(abc.ABC):
     async def dead_letters(self, limit: int = 100) -> list[dict]:
         """The most recent dead-lettered batches with their errors."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (an optional hook: queues without connections have nothing to do)
         """Release connections."""
 
 
 def dead_letter_record(batch: Batch, error: str) -> dict:
     """What the dead-letter list keeps of a batch that failed for good."""
-    return {"batch_id": batch.id, "job_id": batch.job_id, "generation": batch.generation, "model": batch.model,
-            "error": error, "at": time.time()}
+    return {
+        "batch_id": batch.id,
+        "job_id": batch.job_id,
+        "generation": batch.generation,
+        "model": batch.model,
+        "error": error,
+        "at": time.time(),
+    }
 
 
 def dead_letter_result(delivery: Delivery, error: str, worker: str) -> BatchResult:
-    return BatchResult(batch_id=delivery.batch.id, ok=False,
-                       error=f"batch failed {delivery.batch.attempts + delivery.deliveries} times; last error: "
-                             f"{error}", worker=worker)
+    return BatchResult(
+        batch_id=delivery.batch.id,
+        ok=False,
+        error=f"batch failed {delivery.batch.attempts + delivery.deliveries} times; last error: {error}",
+        worker=worker,
+    )

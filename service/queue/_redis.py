@@ -31,20 +31,26 @@ DEAD_MAXLEN = 10_000
 
 class RedisQueue(BatchQueue):
     """Args:
-        url: redis:// URL.
-        namespace: key prefix (lets tests and deployments share one Redis).
-        claim_idle: seconds after which another worker may take over an unacknowledged batch; set it to a few
-            batch times.
-        max_deliveries: deliveries + error retries before a batch is dead-lettered.
-        retry_for: seconds to keep retrying a Redis call through connection errors before raising QueueError.
+    url: redis:// URL.
+    namespace: key prefix (lets tests and deployments share one Redis).
+    claim_idle: seconds after which another worker may take over an unacknowledged batch; set it to a few
+        batch times.
+    max_deliveries: deliveries + error retries before a batch is dead-lettered.
+    retry_for: seconds to keep retrying a Redis call through connection errors before raising QueueError.
     """
 
-    def __init__(self, url: str, *, namespace: str = "nograd", claim_idle: float = 60.0, max_deliveries: int = 3,
-                 retry_for: float = 120.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "nograd",
+        claim_idle: float = 60.0,
+        max_deliveries: int = 3,
+        retry_for: float = 120.0,
+    ):
         self.url, self.namespace = url, namespace
         self.claim_idle, self.max_deliveries, self.retry_for = claim_idle, max_deliveries, retry_for
-        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=30,
-                                       health_check_interval=10)
+        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=10)
         self.epoch = 0
         self._groups: set[str] = set()
 
@@ -60,8 +66,9 @@ class RedisQueue(BatchQueue):
                 self.epoch += 1
                 self._groups.clear()
                 if time.monotonic() > deadline:
-                    raise QueueError(f"Redis at {self._safe_url()} unreachable for {self.retry_for:.0f} s: "
-                                     f"{exc}") from exc
+                    raise QueueError(
+                        f"Redis at {self._safe_url()} unreachable for {self.retry_for:.0f} s: {exc}"
+                    ) from exc
                 await asyncio.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
 
@@ -97,6 +104,7 @@ class RedisQueue(BatchQueue):
                     pipe.sadd(self._key("models"), batch.model)
                     pipe.xadd(stream, {"batch": batch.to_json()})
                     await pipe.execute()
+
         await self._call(go)
 
     async def wait(self, job_id: str, batch_ids: list[str], timeout: float | None = None) -> dict[str, BatchResult]:
@@ -112,7 +120,8 @@ class RedisQueue(BatchQueue):
             if remaining <= 0:
                 raise TimeoutError(f"{sum(v is None for v in values)} of {len(batch_ids)} batches unfinished")
             # A notification wakes us early; the timeout bounds the wait if one is lost.
-            await self._call(lambda: self.redis.blpop([note_key], timeout=max(0.01, min(1.0, remaining))))
+            wait = max(0.01, min(1.0, remaining))
+            await self._call(lambda wait=wait: self.redis.blpop([note_key], timeout=wait))
 
     async def forget_job(self, job_id: str) -> None:
         async def go():
@@ -120,6 +129,7 @@ class RedisQueue(BatchQueue):
             async for key in self.redis.scan_iter(match=self._key("ctx", job_id, "*"), count=500):
                 keys.append(key)
             await self.redis.delete(*keys)
+
         await self._call(go)
 
     # ---------------------------------------------------------------- worker side
@@ -141,8 +151,9 @@ class RedisQueue(BatchQueue):
             if delivery is not None:
                 return delivery
         try:
-            response = await self.redis.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=1,
-                                                   block=max(1, int(timeout * 1000)))
+            response = await self.redis.xreadgroup(
+                GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=max(1, int(timeout * 1000))
+            )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # the broker lost its data (restart without persistence)
                 self._groups.clear()
@@ -160,8 +171,12 @@ class RedisQueue(BatchQueue):
         try:
             return Batch.from_json(fields[b"batch"])
         except Exception as exc:
-            record = {"entry": str(entry_id), "stream": stream, "error": f"malformed entry: {exc!r}"[:500],
-                      "at": time.time()}
+            record = {
+                "entry": str(entry_id),
+                "stream": stream,
+                "error": f"malformed entry: {exc!r}"[:500],
+                "at": time.time(),
+            }
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(self._key("dead"), {"record": json.dumps(record)}, maxlen=DEAD_MAXLEN, approximate=True)
                 pipe.xack(stream, GROUP, entry_id)
@@ -172,9 +187,9 @@ class RedisQueue(BatchQueue):
     async def _reclaim(self, stream: str, consumer: str) -> Delivery | None:
         """Take over one entry another consumer left unacknowledged for longer than `claim_idle`."""
         while True:
-            _, claimed, _ = await self.redis.xautoclaim(stream, GROUP, consumer,
-                                                        min_idle_time=int(self.claim_idle * 1000),
-                                                        start_id="0-0", count=1)
+            _, claimed, _ = await self.redis.xautoclaim(
+                stream, GROUP, consumer, min_idle_time=int(self.claim_idle * 1000), start_id="0-0", count=1
+            )
             if not claimed:
                 return None
             entry_id, fields = claimed[0]
@@ -188,8 +203,9 @@ class RedisQueue(BatchQueue):
             deliveries = int(info[0]["times_delivered"]) if info else 2
             delivery = Delivery(batch=batch, handle=_handle(stream, entry_id), deliveries=deliveries)
             if delivery.batch.attempts + deliveries > self.max_deliveries:
-                await self._dead_letter(delivery, f"the worker died or stalled while processing it "
-                                                  f"({deliveries - 1} times)", consumer)
+                await self._dead_letter(
+                    delivery, f"the worker died or stalled while processing it ({deliveries - 1} times)", consumer
+                )
                 continue
             return delivery
 
@@ -206,6 +222,7 @@ class RedisQueue(BatchQueue):
                 pipe.rpush(self._key("note", batch.job_id), batch.id)
                 pipe.expire(self._key("note", batch.job_id), 3600)
                 await pipe.execute()
+
         await self._call(go)
 
     async def retry(self, delivery: Delivery, error: str) -> bool:
@@ -222,6 +239,7 @@ class RedisQueue(BatchQueue):
                 pipe.xack(stream, GROUP, entry_id)
                 pipe.xdel(stream, entry_id)
                 await pipe.execute()
+
         await self._call(go)
         return True
 
@@ -236,6 +254,7 @@ class RedisQueue(BatchQueue):
                 pipe.set(self._key("worker", worker["id"]), json.dumps(worker), ex=max(1, int(round(ttl))))
                 pipe.sadd(self._key("workers"), worker["id"])
                 await pipe.execute()
+
         await self._call(go)
 
     async def workers(self) -> list[dict]:
@@ -248,12 +267,14 @@ class RedisQueue(BatchQueue):
             if gone:
                 await self.redis.srem(self._key("workers"), *gone)
             return [json.loads(v) for v in values if v is not None]
+
         return await self._call(go)
 
     async def depth(self) -> dict[str, int]:
         async def go():
             models = sorted(v.decode() for v in await self.redis.smembers(self._key("models")))
             return {m: int(await self.redis.xlen(self._key("q", m))) for m in models}
+
         return await self._call(go)
 
     async def dead_letters(self, limit: int = 100) -> list[dict]:

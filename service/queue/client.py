@@ -29,19 +29,28 @@ class EvaluationError(RuntimeError):
 
 class QueueClient:
     """Args:
-        queue: the batch queue.
-        job_id: the job the batches belong to (results and contexts are scoped by it).
-        model: the model name workers register under.
-        info: the model's `ModelInfo` (from a live worker's heartbeat).
-        batch_size: most candidates per batch (None: a whole population per batch).
-        on_batch: optional callback(seconds, n_batches) after each evaluation (metrics).
-        check_every: seconds between checks for a broker restart while waiting (then the work is resubmitted).
+    queue: the batch queue.
+    job_id: the job the batches belong to (results and contexts are scoped by it).
+    model: the model name workers register under.
+    info: the model's `ModelInfo` (from a live worker's heartbeat).
+    batch_size: most candidates per batch (None: a whole population per batch).
+    on_batch: optional callback(seconds, n_batches) after each evaluation (metrics).
+    check_every: seconds between checks for a broker restart while waiting (then the work is resubmitted).
     """
 
     usage = MappingProxyType({})  # this service's workers charge nothing
 
-    def __init__(self, queue: BatchQueue, job_id: str, model: str, info: ModelInfo, *, batch_size: int | None = None,
-                 on_batch: Callable[[float, int], None] | None = None, check_every: float = 2.0):
+    def __init__(
+        self,
+        queue: BatchQueue,
+        job_id: str,
+        model: str,
+        info: ModelInfo,
+        *,
+        batch_size: int | None = None,
+        on_batch: Callable[[float, int], None] | None = None,
+        check_every: float = 2.0,
+    ):
         self.queue, self.job_id, self.model, self.info = queue, job_id, model, info
         self.batch_size, self.on_batch, self.check_every = batch_size, on_batch, check_every
         self._contexts: dict[str, bytes] = {}
@@ -57,8 +66,11 @@ class QueueClient:
         return None
 
     def _split(self, request: EvalRequest) -> list[EvalRequest]:
-        if (request.z is None and request.texts is None) or self.batch_size is None \
-                or request.population <= self.batch_size:
+        if (
+            (request.z is None and request.texts is None)
+            or self.batch_size is None
+            or request.population <= self.batch_size
+        ):
             return [request]
         return [request.part(i, i + self.batch_size) for i in range(0, request.population, self.batch_size)]
 
@@ -76,8 +88,16 @@ class QueueClient:
         batches = []
         for part in self._split(request):
             work = encode_work(part)
-            batches.append(Batch(id=batch_id(key, work), job_id=self.job_id, generation=request.generation,
-                                 model=self.model, context=key, work=work))
+            batches.append(
+                Batch(
+                    id=batch_id(key, work),
+                    job_id=self.job_id,
+                    generation=request.generation,
+                    model=self.model,
+                    context=key,
+                    work=work,
+                )
+            )
         ids = [b.id for b in batches]
         epoch = self.queue.epoch
         await self.queue.submit(batches)
@@ -88,8 +108,11 @@ class QueueClient:
             except TimeoutError:
                 if self.queue.epoch != epoch:  # the broker dropped connections: it may have lost our data; resubmit
                     epoch = self.queue.epoch
-                    log.warning("job %s: the broker connection dropped; resubmitting %d batches (results are "
-                                "idempotent)", self.job_id, len(batches))
+                    log.warning(
+                        "job %s: the broker connection dropped; resubmitting %d batches (results are idempotent)",
+                        self.job_id,
+                        len(batches),
+                    )
                     await self._put_contexts()
                     await self.queue.submit(batches)
         failed = [r for r in results.values() if not r.ok]

@@ -39,10 +39,16 @@ def dumps(obj) -> bytes:
 
 
 def encode_context(task: TaskSpec, examples: Examples) -> bytes:
-    return dumps({"task": task.to_dict(), "examples": {"texts": list(examples.texts),
-                                                     "labels": [int(v) for v in examples.labels],
-                                                     "texts2": None if examples.texts2 is None
-                                                     else list(examples.texts2)}})
+    return dumps(
+        {
+            "task": task.to_dict(),
+            "examples": {
+                "texts": list(examples.texts),
+                "labels": [int(v) for v in examples.labels],
+                "texts2": None if examples.texts2 is None else list(examples.texts2),
+            },
+        }
+    )
 
 
 def decode_context(data: bytes) -> tuple[TaskSpec, Examples]:
@@ -61,20 +67,29 @@ def digest(data: bytes) -> str:
 
 def encode_work(request: EvalRequest) -> dict:
     """The per-batch part of `request` (JSON-able)."""
-    return {"prompt": request.prompt.to_dict(), "z": _array(None if request.z is None else np.asarray(request.z,
-                                                                                                    np.float64)),
-            "layer": request.layer, "base": _array(None if request.base is None
-                                                   else np.asarray(request.base, np.float64)),
-            "loss": request.loss,
-            **({} if request.texts is None else {"texts": [str(t) for t in request.texts]})}
+    return {
+        "prompt": request.prompt.to_dict(),
+        "z": _array(None if request.z is None else np.asarray(request.z, np.float64)),
+        "layer": request.layer,
+        "base": _array(None if request.base is None else np.asarray(request.base, np.float64)),
+        "loss": request.loss,
+        **({} if request.texts is None else {"texts": [str(t) for t in request.texts]}),
+    }
 
 
 def decode_work(work: dict, task: TaskSpec, examples: Examples) -> EvalRequest:
     """The request a batch's work stands for; raises InvalidRequest for a malformed one (retrying cannot help)."""
     try:
-        return EvalRequest(task=task, examples=examples, prompt=PromptSpec.from_dict(work["prompt"]),
-                           z=_unarray(work["z"]), layer=work["layer"], base=_unarray(work["base"]),
-                           loss=work["loss"], texts=work.get("texts"))
+        return EvalRequest(
+            task=task,
+            examples=examples,
+            prompt=PromptSpec.from_dict(work["prompt"]),
+            z=_unarray(work["z"]),
+            layer=work["layer"],
+            base=_unarray(work["base"]),
+            loss=work["loss"],
+            texts=work.get("texts"),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed batch ({type(exc).__name__}: {exc})") from None
 
@@ -84,20 +99,29 @@ def batch_id(context_key: str, work: dict) -> str:
 
 
 def encode_result(result: EvalResult) -> dict:
-    return {"loss": _array(np.asarray(result.loss, np.float64)), "metric": _array(np.asarray(result.metric,
-                                                                                            np.float64)),
-            "losses": {k: _array(np.asarray(v, np.float64)) for k, v in result.losses.items()},
-            "logits": _array(np.asarray(result.logits, np.float64)),
-            "model_id": result.model_id, "seconds": float(result.seconds),
-            "scales": None if result.scales is None else [float(s) for s in result.scales],
-            **({} if result.usage is None else {"usage": {k: int(v) for k, v in result.usage.items()}})}
+    return {
+        "loss": _array(np.asarray(result.loss, np.float64)),
+        "metric": _array(np.asarray(result.metric, np.float64)),
+        "losses": {k: _array(np.asarray(v, np.float64)) for k, v in result.losses.items()},
+        "logits": _array(np.asarray(result.logits, np.float64)),
+        "model_id": result.model_id,
+        "seconds": float(result.seconds),
+        "scales": None if result.scales is None else [float(s) for s in result.scales],
+        **({} if result.usage is None else {"usage": {k: int(v) for k, v in result.usage.items()}}),
+    }
 
 
 def decode_result(data: dict) -> EvalResult:
-    return EvalResult(loss=_unarray(data["loss"]), metric=_unarray(data["metric"]),
-                      losses={k: _unarray(v) for k, v in data["losses"].items()}, logits=_unarray(data["logits"]),
-                      model_id=data["model_id"], seconds=data["seconds"],
-                      scales=None if data["scales"] is None else tuple(data["scales"]), usage=data.get("usage"))
+    return EvalResult(
+        loss=_unarray(data["loss"]),
+        metric=_unarray(data["metric"]),
+        losses={k: _unarray(v) for k, v in data["losses"].items()},
+        logits=_unarray(data["logits"]),
+        model_id=data["model_id"],
+        seconds=data["seconds"],
+        scales=None if data["scales"] is None else tuple(data["scales"]),
+        usage=data.get("usage"),
+    )
 
 
 def merge_results(parts: list[EvalResult]) -> EvalResult:
@@ -105,11 +129,16 @@ def merge_results(parts: list[EvalResult]) -> EvalResult:
     if len(parts) == 1:
         return parts[0]
     cat = np.concatenate
-    return EvalResult(loss=cat([p.loss for p in parts]), metric=cat([p.metric for p in parts]),
-                      losses={k: cat([p.losses[k] for p in parts]) for k in parts[0].losses},
-                      logits=cat([p.logits for p in parts]),
-                      model_id=parts[0].model_id, seconds=max(p.seconds for p in parts), scales=parts[0].scales,
-                      usage=merge_usage([p.usage for p in parts]))
+    return EvalResult(
+        loss=cat([p.loss for p in parts]),
+        metric=cat([p.metric for p in parts]),
+        losses={k: cat([p.losses[k] for p in parts]) for k in parts[0].losses},
+        logits=cat([p.logits for p in parts]),
+        model_id=parts[0].model_id,
+        seconds=max(p.seconds for p in parts),
+        scales=parts[0].scales,
+        usage=merge_usage([p.usage for p in parts]),
+    )
 
 
 def merge_usage(parts: list[dict | None]) -> dict | None:

@@ -6,7 +6,8 @@ consumed one per request: "429", "500", "timeout", "malformed", "nologprobs", "d
 the top list); with none left, requests succeed.
 
 `POST /tokenize` (vLLM's shape: {"model", "prompt"} -> {"tokens"}, with a BOS id 1 in front) gives each word of
-WORDS, with or without its leading space, the id 100 + its index, when `tokenizer` is on. `logit_bias` makes the biased word the generated token; its
+WORDS, with or without its leading space, the id 100 + its index, when `tokenizer` is on. `logit_bias` makes the
+biased word the generated token; its
 log-probability is reported before the bias (`bias_reporting` "raw", as real servers do), after it ("biased"), or
 the bias is ignored ("ignore").
 """
@@ -21,7 +22,6 @@ import time
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-
 from procs import free_port
 
 WORDS = (" great", " bad", " positive", " negative", " the", " a", " it", " film")
@@ -45,7 +45,7 @@ class FakeOpenAI:
         self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -112,9 +112,12 @@ class FakeOpenAI:
             return early
         token, value, top = self._answer(body["prompt"], body)
         top = dict(sorted(top.items(), key=lambda kv: -kv[1])[: int(body.get("logprobs") or 5)])
-        return {"choices": [{"text": token, "logprobs": {"tokens": [token], "token_logprobs": [value],
-                                                         "top_logprobs": [top]}}],
-                "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": 1}}
+        return {
+            "choices": [
+                {"text": token, "logprobs": {"tokens": [token], "token_logprobs": [value], "top_logprobs": [top]}}
+            ],
+            "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": 1},
+        }
 
     async def _chat(self, request: Request):
         body = await request.json()
@@ -122,7 +125,16 @@ class FakeOpenAI:
             return early
         token, value, top = self._answer(body["messages"][-1]["content"], body)
         entries = [{"token": t, "logprob": v} for t, v in sorted(top.items(), key=lambda kv: -kv[1])]
-        return {"choices": [{"message": {"content": token},
-                             "logprobs": {"content": [{"token": token, "logprob": value,
-                                                       "top_logprobs": entries[: body.get("top_logprobs", 5)]}]}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 1}}
+        return {
+            "choices": [
+                {
+                    "message": {"content": token},
+                    "logprobs": {
+                        "content": [
+                            {"token": token, "logprob": value, "top_logprobs": entries[: body.get("top_logprobs", 5)]}
+                        ]
+                    },
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1},
+        }

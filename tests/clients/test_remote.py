@@ -57,6 +57,7 @@ def _run(client, request):
             return await client.evaluate(request)
         finally:
             await client.aclose()
+
     return asyncio.run(go())
 
 
@@ -166,8 +167,12 @@ def test_missing_logprobs_fails_at_once(server):
 def test_key_never_in_repr_or_errors(server):
     client = _client(server)
     assert KEY not in repr(client) and KEY not in repr(client.config)
-    bad = OpenAIClient(parse_endpoint({"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                                 "model": "m", "max_retries": 0, "timeout": 0.5}), KEY)
+    bad = OpenAIClient(
+        parse_endpoint(
+            {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "max_retries": 0, "timeout": 0.5}
+        ),
+        KEY,
+    )
     with pytest.raises(RemoteError) as info:
         _run(bad, _text_request(texts=[""]))
     assert KEY not in str(info.value)
@@ -187,14 +192,20 @@ def test_soft_prompts_are_refused_by_a_text_only_endpoint(server):
 
 
 def test_demos_mode_renders_demonstrations(server):
-    task = TaskSpec(template=TASK.template, labels=TASK.labels, verbalizer=TASK.verbalizer,
-                    demos=(("loved it", None, 1), ("hated it", None, 0)))
-    request = EvalRequest(task, Examples(texts=["fine"], labels=[1]), PromptSpec(mode="demos"),
-                          z=np.array([[1, 0], [-1, -1]]))
+    task = TaskSpec(
+        template=TASK.template,
+        labels=TASK.labels,
+        verbalizer=TASK.verbalizer,
+        demos=(("loved it", None, 1), ("hated it", None, 0)),
+    )
+    request = EvalRequest(
+        task, Examples(texts=["fine"], labels=[1]), PromptSpec(mode="demos"), z=np.array([[1, 0], [-1, -1]])
+    )
     _run(_client(server), request)
     assert sorted(r["prompt"] for r in server.requests) == [
         "Review: fine It was",
-        "Review: hated it It was bad.\n\nReview: loved it It was great.\n\nReview: fine It was"]
+        "Review: hated it It was bad.\n\nReview: loved it It was great.\n\nReview: fine It was",
+    ]
 
 
 def _resolver(address):
@@ -215,17 +226,23 @@ def test_allowlist_admits_hosts_and_networks():
         check_url("http://gpu-box/v1", allow=("10.0.0.0/16",), resolve=_resolver("10.4.4.4"))
 
 
-@pytest.mark.parametrize("data, field, message", [
-    ({"kind": "openai", "base_url": "ftp://x/v1", "model": "m"}, "base_url", "http"),
-    ({"kind": "openai", "base_url": "https://u:p@x/v1", "model": "m"}, "base_url", "credentials"),
-    ({"kind": "grpc", "base_url": "https://x/v1", "model": "m"}, "kind", "openai, vllm"),
-    ({"kind": "openai", "base_url": "https://x/v1"}, "model", "required"),
-    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "api_key": "sk"}, "api_key", "not an endpoint"),
-    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "label_token_ids": {"pos": "12"}},
-     "label_token_ids", "integer"),
-    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "timeout": float("nan")}, "timeout", "finite"),
-    ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "concurrency": 1000}, "concurrency", "64"),
-])
+@pytest.mark.parametrize(
+    "data, field, message",
+    [
+        ({"kind": "openai", "base_url": "ftp://x/v1", "model": "m"}, "base_url", "http"),
+        ({"kind": "openai", "base_url": "https://u:p@x/v1", "model": "m"}, "base_url", "credentials"),
+        ({"kind": "grpc", "base_url": "https://x/v1", "model": "m"}, "kind", "openai, vllm"),
+        ({"kind": "openai", "base_url": "https://x/v1"}, "model", "required"),
+        ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "api_key": "sk"}, "api_key", "not an endpoint"),
+        (
+            {"kind": "openai", "base_url": "https://x/v1", "model": "m", "label_token_ids": {"pos": "12"}},
+            "label_token_ids",
+            "integer",
+        ),
+        ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "timeout": float("nan")}, "timeout", "finite"),
+        ({"kind": "openai", "base_url": "https://x/v1", "model": "m", "concurrency": 1000}, "concurrency", "64"),
+    ],
+)
 def test_endpoint_config_errors_name_the_field(data, field, message):
     with pytest.raises(EndpointConfigError, match=message) as info:
         parse_endpoint(data)
@@ -257,8 +274,15 @@ def test_dns_rebinding_is_caught_when_connecting(server):
     async def rebound(host, port):
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
-    config = parse_endpoint({"kind": "openai", "base_url": f"http://api.example.com:{server.port}/v1",
-                                       "model": "fake", "backoff": 0.01, "timeout": 2.0})
+    config = parse_endpoint(
+        {
+            "kind": "openai",
+            "base_url": f"http://api.example.com:{server.port}/v1",
+            "model": "fake",
+            "backoff": 0.01,
+            "timeout": 2.0,
+        }
+    )
     with pytest.raises(RemoteError, match="'api.example.com' resolves to 127.0.0.1"):
         _run(OpenAIClient(config, transport=guarded_transport((), resolve=rebound)), _text_request(texts=[""]))
     assert not server.requests

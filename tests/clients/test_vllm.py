@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-
 from procs import free_port
 
 from nograd.clients.kinds import parse_endpoint
@@ -42,12 +41,17 @@ class FakeVLLM:
             logits = self.handle.model(inputs_embeds=embeds[None].to(self.handle.dtype)).logits[0, -1].float()
         logprobs = torch.log_softmax(logits, -1)
         top = torch.topk(logprobs, body.get("logprobs", 5))
-        out = {"top_logprobs": [{self.handle.tokenizer.decode([int(i)]): float(v)
-                                 for v, i in zip(top.values, top.indices)}]}
+        out = {
+            "top_logprobs": [
+                {self.handle.tokenizer.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
+            ]
+        }
         if "logprob_token_ids" in body:
             out["logprob_token_ids"] = [{str(i): float(logprobs[i]) for i in body["logprob_token_ids"]}]
-        return {"choices": [{"text": "", "logprobs": out}], "usage": {"prompt_tokens": int(embeds.shape[0]),
-                                                                     "completion_tokens": 1}}
+        return {
+            "choices": [{"text": "", "logprobs": out}],
+            "usage": {"prompt_tokens": int(embeds.shape[0]), "completion_tokens": 1},
+        }
 
     def __enter__(self):
         threading.Thread(target=self.server.run, daemon=True).start()
@@ -66,9 +70,18 @@ def test_bbt_candidates_through_prompt_embeds_match_the_local_engine(causal_hand
     request = EvalRequest(TASK, EXAMPLES, spec, z=z)
     local = asyncio.run(LocalClient(engine).evaluate(request))
     with FakeVLLM(causal_handle) as fake:
-        client = VLLMClient(parse_endpoint({"kind": "vllm", "base_url": f"http://127.0.0.1:{fake.port}/v1",
-                                            "model": "tiny", "top_logprobs": 100, "exact_label_ids": True}),
-                            embedder=engine)
+        client = VLLMClient(
+            parse_endpoint(
+                {
+                    "kind": "vllm",
+                    "base_url": f"http://127.0.0.1:{fake.port}/v1",
+                    "model": "tiny",
+                    "top_logprobs": 100,
+                    "exact_label_ids": True,
+                }
+            ),
+            embedder=engine,
+        )
 
         async def go():
             try:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from procs import ROOT, free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -18,8 +17,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     data = tmp_path_factory.mktemp("dash") / "data"
-    key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "web", "--data-dir",
-                          str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "web", "--data-dir", str(data)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     port = free_port()
     proc = serve(data, None, port, models="fake:0.1")
     yield f"http://127.0.0.1:{port}", key

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from procs import ROOT, RedisServer, free_port, wait_until
 
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
@@ -56,8 +55,12 @@ def test_images_run_as_non_root_with_a_healthcheck(dockerfile):
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), *args], cwd=ROOT,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_compose_file_is_valid_and_complete():
@@ -77,9 +80,13 @@ def test_compose_file_is_valid_and_complete():
 
 
 def test_compose_config_follows_the_environment():
-    result = subprocess.run([_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config", "--format",
-                             "json"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "NOGRAD_CPU_WORKERS": "3", "NOGRAD_MODELS": "fake"})
+    result = subprocess.run(
+        [_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NOGRAD_CPU_WORKERS": "3", "NOGRAD_MODELS": "fake"},
+    )
     services = json.loads(result.stdout)["services"]
     assert services["worker"]["deploy"]["replicas"] == 3
     assert services["worker"]["environment"]["NOGRAD_MODELS"] == "fake"
@@ -97,8 +104,15 @@ def test_entrypoints_and_healthchecks_on_the_host(tmp_path):
     port = free_port()
     heartbeat = tmp_path / "heartbeat"
     common = {"NOGRAD_REDIS_URL": redis.url, "NOGRAD_MODELS": "fake", "NOGRAD_DATA_DIR": str(tmp_path / "data")}
-    api_env = _run_env({**common, "NOGRAD_HOST": "127.0.0.1", "NOGRAD_PORT": str(port), "NOGRAD_AUTH": "true",
-                        "NOGRAD_EMBEDDED_WORKER": "false"})
+    api_env = _run_env(
+        {
+            **common,
+            "NOGRAD_HOST": "127.0.0.1",
+            "NOGRAD_PORT": str(port),
+            "NOGRAD_AUTH": "true",
+            "NOGRAD_EMBEDDED_WORKER": "false",
+        }
+    )
     worker_env = _run_env({**common, "NOGRAD_HEARTBEAT_FILE": str(heartbeat), "NOGRAD_DEVICE": "cpu"})
     api_cmd = _instruction(ROOT / "docker" / "api.Dockerfile", "CMD")
     worker_cmd = _instruction(ROOT / "docker" / "worker.Dockerfile", "CMD")
@@ -107,15 +121,15 @@ def test_entrypoints_and_healthchecks_on_the_host(tmp_path):
     worker_check = [arg.replace("/tmp/nograd-heartbeat", str(heartbeat)) for arg in worker_check]
     procs = []
     try:
+
         def check(cmd, env):
             cmd = [sys.executable if c == "python" else c for c in cmd]
             return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path).returncode
 
         assert check(worker_check, worker_env) == 1  # no heartbeat yet
-        procs.append(subprocess.Popen(api_cmd, env=api_env, cwd=tmp_path, stdout=open(tmp_path / "api.log", "w"),
-                                      stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen(worker_cmd, env=worker_env, cwd=tmp_path,
-                                      stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT))
+        for cmd, env, log in ((api_cmd, api_env, "api.log"), (worker_cmd, worker_env, "worker.log")):
+            with open(tmp_path / log, "w") as out:  # the child keeps its own descriptor
+                procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
         wait_until(lambda: check(api_check, api_env) == 0, 60, "the API healthcheck")
         wait_until(lambda: check(worker_check, worker_env) == 0, 60, "the worker healthcheck")
         stale = tmp_path / "stale"

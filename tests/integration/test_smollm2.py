@@ -40,8 +40,10 @@ def test_bbt_training_loss_goes_down(client):
     initial, entries = asyncio.run(go())
     assert search.calls == 80
     first, last = entries[0]["mean_loss"], np.mean([e["mean_loss"] for e in entries[-2:]])
-    print(f"initial {initial['train_loss']:.4f}, first generation mean {first:.4f}, last two mean {last:.4f}, "
-          f"best {search.best_train['loss']:.4f}")
+    print(
+        f"initial {initial['train_loss']:.4f}, first generation mean {first:.4f}, last two mean {last:.4f}, "
+        f"best {search.best_train['loss']:.4f}"
+    )
     assert search.best_train["loss"] < initial["train_loss"]
     assert last < first  # the population itself moved to lower loss, not just one lucky sample
 

@@ -9,10 +9,22 @@ from safetensors import safe_open
 
 from nograd.cli import main
 
-POSITIVE = ["the movie was great", "a wonderful story", "the acting superb", "great and wonderful",
-            "what a great story", "superb acting , great movie"]
-NEGATIVE = ["a dull boring film", "terrible plot", "awful pacing", "bad jokes and a dull plot",
-            "terrible , awful film", "boring and bad"]
+POSITIVE = [
+    "the movie was great",
+    "a wonderful story",
+    "the acting superb",
+    "great and wonderful",
+    "what a great story",
+    "superb acting , great movie",
+]
+NEGATIVE = [
+    "a dull boring film",
+    "terrible plot",
+    "awful pacing",
+    "bad jokes and a dull plot",
+    "terrible , awful film",
+    "boring and bad",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +44,45 @@ def files(tmp_path_factory, causal_tokenizer):
 
 
 def _run_args(files, out, method="bbt", seed=0):
-    return ["run", "--dataset", files["train"], "--test-dataset", files["test"], "--text-field", "review",
-            "--label-field", "sentiment", "--template", "Review: {text}\nSentiment: {mask}",
-            "--verbalizer", "neg:bad,pos:great", "--model", files["model"], "--dtype", "fp32", "--device", "cpu",
-            "--method", method, "--budget", "24", "--popsize", "8", "--dim", "6", "--n-tokens", "3",
-            "--k-shot", "2", "--dev-every", "8", "--seed", str(seed), "--out", str(out)]
+    return [
+        "run",
+        "--dataset",
+        files["train"],
+        "--test-dataset",
+        files["test"],
+        "--text-field",
+        "review",
+        "--label-field",
+        "sentiment",
+        "--template",
+        "Review: {text}\nSentiment: {mask}",
+        "--verbalizer",
+        "neg:bad,pos:great",
+        "--model",
+        files["model"],
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--method",
+        method,
+        "--budget",
+        "24",
+        "--popsize",
+        "8",
+        "--dim",
+        "6",
+        "--n-tokens",
+        "3",
+        "--k-shot",
+        "2",
+        "--dev-every",
+        "8",
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.mark.parametrize("method", ["bbt", "bbtv2", "manual", "icl"])
@@ -73,12 +119,15 @@ def test_same_seed_same_result(files, tmp_path):
     assert (tmp_path / "a" / "history.jsonl").read_text().count("losses") == 3
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--label-field": "stars"}, "stars"),
-    ({"--verbalizer": "neg:bad"}, "pos"),
-    ({"--template": "Review: {text}"}, "mask"),
-    ({"--budget": "2"}, "budget"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--label-field": "stars"}, "stars"),
+        ({"--verbalizer": "neg:bad"}, "pos"),
+        ({"--template": "Review: {text}"}, "mask"),
+        ({"--budget": "2"}, "budget"),
+    ],
+)
 def test_bad_input_is_a_clear_error(files, tmp_path, capsys, change, message):
     args = _run_args(files, tmp_path / "bad")
     for flag, value in change.items():

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from runs import resolved
 
 from nograd import discrete
@@ -24,8 +23,10 @@ from nograd.service.queue import MemoryQueue
 from nograd.service.queue.wire import decode_work, encode_work
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
-TRAIN = Examples(texts=["the movie was great and superb", "a dull boring film", "terrible plot",
-                        "a wonderful story great"] * 3, labels=[1, 0, 0, 1] * 3)
+TRAIN = Examples(
+    texts=["the movie was great and superb", "a dull boring film", "terrible plot", "a wonderful story great"] * 3,
+    labels=[1, 0, 0, 1] * 3,
+)
 DEV = Examples(texts=["awful pacing", "the acting superb"], labels=[0, 1])
 POOL = replace(TASK, demos=tuple((t, None, label) for t, label in zip(TRAIN.texts, TRAIN.labels)))
 
@@ -49,8 +50,9 @@ def _evaluate(client, request):
 
 
 def test_text_mode_is_the_manual_template_with_the_prompt_in_front(client):
-    result = _evaluate(client, EvalRequest(TASK, TRAIN, PromptSpec(mode="text"),
-                                           texts=["great movie", "", "great movie"]))
+    result = _evaluate(
+        client, EvalRequest(TASK, TRAIN, PromptSpec(mode="text"), texts=["great movie", "", "great movie"])
+    )
     with_text = replace(TASK, template="great movie\n" + TASK.template)
     direct = _evaluate(client, EvalRequest(with_text, TRAIN, PromptSpec(mode="none")))
     manual = _evaluate(client, EvalRequest(TASK, TRAIN, PromptSpec(mode="none")))
@@ -61,7 +63,7 @@ def test_text_mode_is_the_manual_template_with_the_prompt_in_front(client):
 
 def test_equal_length_texts_run_as_one_population_with_the_same_scores(client, causal_handle):
     texts = ["great movie", "bad film", "a b c", "x y z", "great movie", "", "the end of it"]
-    lengths = [len(causal_handle.tokenizer("%s\n" % t, add_special_tokens=False)["input_ids"]) for t in texts if t]
+    lengths = [len(causal_handle.tokenizer(f"{t}\n", add_special_tokens=False)["input_ids"]) for t in texts if t]
     assert len(set(lengths)) < len(lengths) - 1  # some distinct texts share a length: those are batched
     request = EvalRequest(TASK, TRAIN, PromptSpec(mode="text"), texts=texts)
     batched = Engine(causal_handle, discrete_batching=True).discrete_logits(request)
@@ -82,12 +84,15 @@ def test_demos_mode_is_icl_with_those_demonstrations(client):
         np.testing.assert_allclose(logits, direct.logits[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("request_kw, message", [
-    ({"prompt": PromptSpec(mode="text")}, "needs `texts`"),
-    ({"prompt": PromptSpec(mode="text"), "texts": ["a {mask} b"]}, "template field"),
-    ({"prompt": PromptSpec(mode="demos"), "z": np.array([[99]])}, "outside"),
-    ({"prompt": PromptSpec(mode="demos"), "z": np.array([[0.5]])}, "whole"),
-])
+@pytest.mark.parametrize(
+    "request_kw, message",
+    [
+        ({"prompt": PromptSpec(mode="text")}, "needs `texts`"),
+        ({"prompt": PromptSpec(mode="text"), "texts": ["a {mask} b"]}, "template field"),
+        ({"prompt": PromptSpec(mode="demos"), "z": np.array([[99]])}, "outside"),
+        ({"prompt": PromptSpec(mode="demos"), "z": np.array([[0.5]])}, "whole"),
+    ],
+)
 def test_bad_discrete_candidates_are_clear_errors(client, request_kw, message):
     with pytest.raises(InvalidRequest, match=message):
         client.engine.evaluate(EvalRequest(POOL, DEV, **request_kw))
@@ -115,8 +120,18 @@ def test_the_renderer_places_prompts_demonstrations_and_label_words():
 
 
 def _config(method, **kw):
-    options = dict(method=method, budget=30, popsize=4, dev_every=8, seed=1, ngram_min_count=2, vocab_size=20,
-                   policy_model="tiny", top_k=20, mlp_hidden=16)
+    options = dict(
+        method=method,
+        budget=30,
+        popsize=4,
+        dev_every=8,
+        seed=1,
+        ngram_min_count=2,
+        vocab_size=20,
+        policy_model="tiny",
+        top_k=20,
+        mlp_hidden=16,
+    )
     options.update(kw)
     return resolved(**options)
 
@@ -185,9 +200,11 @@ def test_rlprompt_reward_is_the_papers_gap():
 def test_rlprompt_policy_gradient_learns_toward_rewarded_tokens(causal_handle):
     from nograd.rlprompt import RLPromptPolicy
 
-    policy = RLPromptPolicy(causal_handle.model, causal_handle.tokenizer, length=2, popsize=8, top_k=50,
-                            lr=3e-2, hidden=16, seed=0)
+    policy = RLPromptPolicy(
+        causal_handle.model, causal_handle.tokenizer, length=2, popsize=8, top_k=50, lr=3e-2, hidden=16, seed=0
+    )
     position = 0
+
     def good(prompts):  # rewarded: an even token id at that position
         return prompts[:, position] % 2 == 0
 
@@ -202,8 +219,17 @@ def test_rlprompt_policy_gradient_learns_toward_rewarded_tokens(causal_handle):
 def test_rlprompt_soft_q_learning_fits_its_targets(causal_handle):
     from nograd.rlprompt import RLPromptPolicy
 
-    policy = RLPromptPolicy(causal_handle.model, causal_handle.tokenizer, length=3, popsize=8, top_k=50,
-                            lr=1e-2, hidden=16, seed=0, learning="sql")
+    policy = RLPromptPolicy(
+        causal_handle.model,
+        causal_handle.tokenizer,
+        length=3,
+        popsize=8,
+        top_k=50,
+        lr=1e-2,
+        hidden=16,
+        seed=0,
+        learning="sql",
+    )
     prompts = policy.ask()
     losses = np.linspace(0, 1, 8)
     first = None
@@ -219,16 +245,35 @@ def test_config_defaults_and_errors():
     assert resolved(method="icl_search", task="trec").prompt_length == 2 * 6  # icl_shots x labels
     for options, field, message in [
         ({"method": "bbpl", "lr": 2.0}, "lr", "less than 1"),
-        ({"method": "bbt", "endpoint": {"kind": "openai", "base_url": "https://x/v1", "model": "m"}}, "method",
-         "bbt sends soft prompts"),
-        ({"method": "bbtv2", "endpoint": {"kind": "vllm", "base_url": "https://x/v1", "model": "m"}}, "method",
-         "every layer"),
-        ({"method": "bbt", "mode": "cat", "endpoint": {"kind": "vllm", "base_url": "https://x/v1", "model": "m"}},
-         "endpoint.embedder_model", "prompt_embeds"),
-        ({"method": "bbpl", "endpoint": {"kind": "openai", "base_url": "nope", "model": "m"}}, "endpoint.base_url",
-         "http"),
-        ({"method": "bbpl", "chat_template": True, "endpoint": {"kind": "openai", "base_url": "https://x/v1",
-                                                                 "model": "m"}}, "chat_template", "api"),
+        (
+            {"method": "bbt", "endpoint": {"kind": "openai", "base_url": "https://x/v1", "model": "m"}},
+            "method",
+            "bbt sends soft prompts",
+        ),
+        (
+            {"method": "bbtv2", "endpoint": {"kind": "vllm", "base_url": "https://x/v1", "model": "m"}},
+            "method",
+            "every layer",
+        ),
+        (
+            {"method": "bbt", "mode": "cat", "endpoint": {"kind": "vllm", "base_url": "https://x/v1", "model": "m"}},
+            "endpoint.embedder_model",
+            "prompt_embeds",
+        ),
+        (
+            {"method": "bbpl", "endpoint": {"kind": "openai", "base_url": "nope", "model": "m"}},
+            "endpoint.base_url",
+            "http",
+        ),
+        (
+            {
+                "method": "bbpl",
+                "chat_template": True,
+                "endpoint": {"kind": "openai", "base_url": "https://x/v1", "model": "m"},
+            },
+            "chat_template",
+            "api",
+        ),
     ]:
         with pytest.raises(ConfigError, match=message) as info:
             resolved(**options)

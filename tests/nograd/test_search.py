@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from runs import resolved
 
 from nograd.clients.local import LocalClient
@@ -18,8 +17,9 @@ from nograd.optimizers import state_from_json, state_to_json
 from nograd.pipeline import resolve_run
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
-TRAIN = Examples(texts=["the movie was great", "a dull boring film", "terrible plot", "a wonderful story"],
-                 labels=[1, 0, 0, 1])
+TRAIN = Examples(
+    texts=["the movie was great", "a dull boring film", "terrible plot", "a wonderful story"], labels=[1, 0, 0, 1]
+)
 DEV = Examples(texts=["awful pacing", "the acting superb"], labels=[0, 1])
 
 
@@ -81,10 +81,18 @@ def test_same_seed_same_result_other_seed_differs(client):
     assert a.state_dict()["best_train"]["loss"] != c.state_dict()["best_train"]["loss"]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("method", "sgd", "method"), ("budget", 3, "budget"), ("loss", "mse", "loss"), ("mode", "deep", "mode"),
-    ("optimizer", "adam", "optimizer"), ("popsize", 0, "popsize"), ("dtype", "int8", "dtype"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("method", "sgd", "method"),
+        ("budget", 3, "budget"),
+        ("loss", "mse", "loss"),
+        ("mode", "deep", "mode"),
+        ("optimizer", "adam", "optimizer"),
+        ("popsize", 0, "popsize"),
+        ("dtype", "int8", "dtype"),
+    ],
+)
 def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message) as info:
         resolve_run(RunConfig.from_dict({field: value}))

@@ -8,15 +8,20 @@ import subprocess
 import sys
 
 import pytest
-
 from procs import ROOT, free_port, serve
 
 
 def nograd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "nograd.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "nograd.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +41,25 @@ def test_keys_create_prints_one_key(tmp_path):
 
 
 def test_submit_watch_status_jobs(service):
-    submitted = nograd("submit", "--method", "bbt", "--task", "trec", "--model", "fake", "--budget", "40",
-                       "--dev-every", "20", "--option", "popsize=10", "--option", "dim=8", "--watch", env=service)
+    submitted = nograd(
+        "submit",
+        "--method",
+        "bbt",
+        "--task",
+        "trec",
+        "--model",
+        "fake",
+        "--budget",
+        "40",
+        "--dev-every",
+        "20",
+        "--option",
+        "popsize=10",
+        "--option",
+        "dim=8",
+        "--watch",
+        env=service,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.splitlines()[0]
     summary = json.loads("\n".join(submitted.stdout.splitlines()[1:]))
@@ -63,12 +85,19 @@ def test_errors_are_one_line(service):
 
 
 def test_secret_from_stdin_and_a_remote_endpoint_job(service):
-    stored = subprocess.run([sys.executable, "-m", "nograd.cli", "secret", "remote"], cwd=ROOT, capture_output=True,
-                            text=True, input="sk-from-stdin\n", env={**__import__("os").environ, **service},
-                            timeout=60)
+    stored = subprocess.run(
+        [sys.executable, "-m", "nograd.cli", "secret", "remote"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        input="sk-from-stdin\n",
+        env={**__import__("os").environ, **service},
+        timeout=60,
+    )
     assert stored.returncode == 0 and stored.stdout.strip() == "stored remote" and "sk-from" not in stored.stdout
     # The service denies loopback hosts by default: a clear one-line 422 on endpoint.base_url.
-    endpoint = json.dumps({"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
-                           "api_key_secret": "remote"})
+    endpoint = json.dumps(
+        {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_secret": "remote"}
+    )
     bad = nograd("submit", "--method", "bbpl", "--task", "mr", "--endpoint", endpoint, env=service)
     assert bad.returncode == 2 and "endpoint.base_url" in bad.stderr and "NOGRAD_REMOTE_ALLOW" in bad.stderr

@@ -11,9 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from nograd.tasks import (DatasetError, Example, Task, TaskDataError, TaskError, TemplateError,
-                          UnknownTaskError, examples_hash, get_task, list_tasks,
-                          load_user_dataset, parse_verbalizer, validate_template)
+from nograd.tasks import (
+    DatasetError,
+    Example,
+    Task,
+    TaskDataError,
+    TaskError,
+    TemplateError,
+    UnknownTaskError,
+    examples_hash,
+    get_task,
+    list_tasks,
+    load_user_dataset,
+    parse_verbalizer,
+    validate_template,
+)
 from nograd.tasks._bundled import DATA_DIR, load_bundled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +43,7 @@ def key(text: str) -> str:
 
 
 # ---------------------------------------------------------------- bundled tasks
+
 
 def test_list_tasks():
     assert list_tasks() == sorted(EXPECTED)
@@ -101,13 +114,14 @@ def test_build_script_is_reproducible(tmp_path):
 
 # ---------------------------------------------------------------- few-shot sampling
 
+
 def test_few_shot_deterministic_disjoint_balanced():
     task = get_task("trec")
     train, dev = task.few_shot(8, seed=13)
     assert (train, dev) == task.few_shot(8, seed=13)
     assert (train, dev) != task.few_shot(8, seed=42)
     for part in (train, dev):
-        assert Counter(e.label for e in part) == {label: 8 for label in task.labels}
+        assert Counter(e.label for e in part) == dict.fromkeys(task.labels, 8)
     assert not {key(e.text) for e in train} & {key(e.text) for e in dev}
     labels = [e.label for e in train]
     assert labels != sorted(labels)  # shuffled, not grouped by class
@@ -152,28 +166,35 @@ def test_examples_hash():
 
 # ---------------------------------------------------------------- templates
 
-@pytest.mark.parametrize("template,fields", [
-    ("{text} It was {mask}", ("text",)),
-    ("{prompt}{text} It was {mask}", ("text",)),
-    ("{prompt} {text} ? {mask} , {text2}", ("text", "text2")),
-    ("{{literal}} {text} {mask}", ("text",)),
-])
+
+@pytest.mark.parametrize(
+    "template,fields",
+    [
+        ("{text} It was {mask}", ("text",)),
+        ("{prompt}{text} It was {mask}", ("text",)),
+        ("{prompt} {text} ? {mask} , {text2}", ("text", "text2")),
+        ("{{literal}} {text} {mask}", ("text",)),
+    ],
+)
 def test_valid_templates(template, fields):
     validate_template(template, fields)
 
 
-@pytest.mark.parametrize("template,fields,message", [
-    ("{text} It was", ("text",), r"\{mask\} exactly once"),
-    ("It was {mask}", ("text",), r"\{text\} exactly once"),
-    ("{text} {mask} {mask}", ("text",), r"\{mask\} exactly once"),
-    ("{text} {text2} {mask}", ("text",), r"uses \{text2\}"),
-    ("{text} {mask}", ("text", "text2"), r"\{text2\} exactly once"),
-    ("{text} {label} {mask}", ("text",), r"unknown placeholder.*\{label\}"),
-    ("{text} {prompt} {mask}", ("text",), "before the first text field"),
-    ("{prompt}{prompt}{text} {mask}", ("text",), "more than once"),
-    ("{text} {mask} }", ("text",), "unbalanced braces"),
-    ("{text!r} {mask}", ("text",), "format spec or conversion"),
-])
+@pytest.mark.parametrize(
+    "template,fields,message",
+    [
+        ("{text} It was", ("text",), r"\{mask\} exactly once"),
+        ("It was {mask}", ("text",), r"\{text\} exactly once"),
+        ("{text} {mask} {mask}", ("text",), r"\{mask\} exactly once"),
+        ("{text} {text2} {mask}", ("text",), r"uses \{text2\}"),
+        ("{text} {mask}", ("text", "text2"), r"\{text2\} exactly once"),
+        ("{text} {label} {mask}", ("text",), r"unknown placeholder.*\{label\}"),
+        ("{text} {prompt} {mask}", ("text",), "before the first text field"),
+        ("{prompt}{prompt}{text} {mask}", ("text",), "more than once"),
+        ("{text} {mask} }", ("text",), "unbalanced braces"),
+        ("{text!r} {mask}", ("text",), "format spec or conversion"),
+    ],
+)
 def test_invalid_templates(template, fields, message):
     with pytest.raises(TemplateError, match=message):
         validate_template(template, fields)
@@ -181,22 +202,25 @@ def test_invalid_templates(template, fields, message):
 
 # ---------------------------------------------------------------- verbalizers
 
+
 def test_parse_verbalizer():
-    assert parse_verbalizer("negative:bad, positive:great") == {"negative": "bad",
-                                                                 "positive": "great"}
+    assert parse_verbalizer("negative:bad, positive:great") == {"negative": "bad", "positive": "great"}
     assert list(parse_verbalizer("b:x,a:y")) == ["b", "a"]
     assert parse_verbalizer("DESC:manner:how") == {"DESC:manner": "how"}
     assert parse_verbalizer('{"0": "no", "1": "yes"}') == {"0": "no", "1": "yes"}
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("neg:bad,pos:", "word for label 'pos' is empty"),
-    ("neg:bad,pos:bad", "both map to the word 'bad'"),
-    ("neg:bad,pos", "not 'label:word'"),
-    ("neg:bad,,pos:good", "empty entry"),
-    ("neg:bad,neg:good", "label 'neg' twice"),
-    ("{neg: bad}", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("neg:bad,pos:", "word for label 'pos' is empty"),
+        ("neg:bad,pos:bad", "both map to the word 'bad'"),
+        ("neg:bad,pos", "not 'label:word'"),
+        ("neg:bad,,pos:good", "empty entry"),
+        ("neg:bad,neg:good", "label 'neg' twice"),
+        ("{neg: bad}", "not valid JSON"),
+    ],
+)
 def test_parse_verbalizer_errors(spec, message):
     with pytest.raises(DatasetError, match=message):
         parse_verbalizer(spec)
@@ -236,8 +260,15 @@ def test_user_csv_numeric_labels_and_holdout(tmp_path):
     path = tmp_path / "data.csv"
     lines = ["sentence,y"] + [f'"row, {i}",{i % 2}' for i in range(20)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    kw = dict(verbalizer={"0": "bad", "1": "good"}, text_field="sentence", label_field="y",
-              test_fraction=0.25, seed=3, metric="macro_f1", name="mine")
+    kw = dict(
+        verbalizer={"0": "bad", "1": "good"},
+        text_field="sentence",
+        label_field="y",
+        test_fraction=0.25,
+        seed=3,
+        metric="macro_f1",
+        name="mine",
+    )
     task = load(path, **kw)
     assert task.name == "mine" and task.labels == ("0", "1") and task.metric == "macro_f1"
     assert Counter(e.label for e in task.test) == {"0": 2, "1": 2}
@@ -251,10 +282,16 @@ def test_user_json_int_labels_test_path_and_pairs(tmp_path):
     rows = [{"a": f"premise {i}", "b": f"hypothesis {i}", "gold": i % 2} for i in range(8)]
     train = write_jsonl(tmp_path / "train.json", rows)
     test = write_jsonl(tmp_path / "test.jsonl", rows[:3])
-    task = load(train, template="{text} ? {mask} , {text2}", verbalizer="0:No,1:Yes",
-                text_field="a", text2_field="b", label_field="gold", test_path=test)
-    assert task.fields == ("text", "text2") and task.pool[1] == Example("premise 1", "1",
-                                                                       "hypothesis 1")
+    task = load(
+        train,
+        template="{text} ? {mask} , {text2}",
+        verbalizer="0:No,1:Yes",
+        text_field="a",
+        text2_field="b",
+        label_field="gold",
+        test_path=test,
+    )
+    assert task.fields == ("text", "text2") and task.pool[1] == Example("premise 1", "1", "hypothesis 1")
     assert len(task.test) == 3
 
 
@@ -264,27 +301,38 @@ def test_user_json_array(tmp_path):
     assert len(load(path).pool) == 20
 
 
-@pytest.mark.parametrize("setup,message", [
-    (lambda d: d / "nope.jsonl", "not found"),
-    (lambda d: write_jsonl(d / "x.txt", ROWS), "unsupported file type '.txt'"),
-    (lambda d: write(d / "x.jsonl", '{"text": "a", "label": "neg"}\n{"text": "b",\n'),
-     "row 2: malformed JSON"),
-    (lambda d: write_jsonl(d / "x.jsonl", [ROWS[0], ["a", "neg"]]), "row 2: is a JSON list"),
-    (lambda d: write_jsonl(d / "x.jsonl", []), "no data rows"),
-    (lambda d: write(d / "x.csv", "text,label\n"), "no data rows"),
-    (lambda d: write_jsonl(d / "x.jsonl", ROWS[:3] + [{"label": "neg"}]),
-     "row 4: missing field 'text'.*--text-field"),
-    (lambda d: write_jsonl(d / "x.jsonl", ROWS[:3] + [{"text": "  ", "label": "neg"}]),
-     "row 4: field 'text' is empty"),
-    (lambda d: write_jsonl(d / "x.jsonl", ROWS[:3] + [{"text": "a", "label": None}]),
-     "row 4: missing field 'label'"),
-    (lambda d: write(d / "x.csv", "body,label\nhi,neg\n"),
-     "no column 'text'.*columns: 'body', 'label'.*--text-field"),
-    (lambda d: write(d / "x.csv", "text,label\nhi,neg\nhi,there,pos\n"),
-     r"row 2 \(line 3\): more values"),
-    (lambda d: write_jsonl(d / "x.jsonl", ROWS + [{"text": "t", "label": "neutral"}]),
-     "label.*'neutral' \\(first at row 21\\) have no verbalizer word; add it to --verbalizer"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda d: d / "nope.jsonl", "not found"),
+        (lambda d: write_jsonl(d / "x.txt", ROWS), "unsupported file type '.txt'"),
+        (lambda d: write(d / "x.jsonl", '{"text": "a", "label": "neg"}\n{"text": "b",\n'), "row 2: malformed JSON"),
+        (lambda d: write_jsonl(d / "x.jsonl", [ROWS[0], ["a", "neg"]]), "row 2: is a JSON list"),
+        (lambda d: write_jsonl(d / "x.jsonl", []), "no data rows"),
+        (lambda d: write(d / "x.csv", "text,label\n"), "no data rows"),
+        (
+            lambda d: write_jsonl(d / "x.jsonl", ROWS[:3] + [{"label": "neg"}]),
+            "row 4: missing field 'text'.*--text-field",
+        ),
+        (
+            lambda d: write_jsonl(d / "x.jsonl", ROWS[:3] + [{"text": "  ", "label": "neg"}]),
+            "row 4: field 'text' is empty",
+        ),
+        (
+            lambda d: write_jsonl(d / "x.jsonl", ROWS[:3] + [{"text": "a", "label": None}]),
+            "row 4: missing field 'label'",
+        ),
+        (
+            lambda d: write(d / "x.csv", "body,label\nhi,neg\n"),
+            "no column 'text'.*columns: 'body', 'label'.*--text-field",
+        ),
+        (lambda d: write(d / "x.csv", "text,label\nhi,neg\nhi,there,pos\n"), r"row 2 \(line 3\): more values"),
+        (
+            lambda d: write_jsonl(d / "x.jsonl", ROWS + [{"text": "t", "label": "neutral"}]),
+            "label.*'neutral' \\(first at row 21\\) have no verbalizer word; add it to --verbalizer",
+        ),
+    ],
+)
 def test_user_dataset_file_errors(tmp_path, setup, message):
     with pytest.raises(DatasetError, match=message) as info:
         load(setup(tmp_path))
@@ -313,9 +361,16 @@ def test_user_dataset_label_errors(tmp_path):
 
 
 def test_task_direct_construction():
-    args = dict(name="t", labels=["a", "b"], verbalizer={"a": "x", "b": "y"},
-                template="{text} {mask}", metric="accuracy", pool=[Example("1", "a")], test=[],
-                version="v")
+    args = dict(
+        name="t",
+        labels=["a", "b"],
+        verbalizer={"a": "x", "b": "y"},
+        template="{text} {mask}",
+        metric="accuracy",
+        pool=[Example("1", "a")],
+        test=[],
+        version="v",
+    )
     task = Task(**args)
     assert task.pool == (Example("1", "a"),) and task.test == () and task.labels == ("a", "b")
     with pytest.raises(TaskError, match="lacks text2"):

@@ -9,8 +9,9 @@ from nograd.vocab import pmi_ngrams, words
 
 
 def test_collocations_merge_and_chance_pairs_do_not():
-    texts = ["we flew to new york city today"] * 6 + [f"the {w} and the {v}" for w, v in
-                                                     [("cat", "dog"), ("sun", "moon"), ("red", "blue")] * 3]
+    texts = ["we flew to new york city today"] * 6 + [
+        f"the {w} and the {v}" for w, v in [("cat", "dog"), ("sun", "moon"), ("red", "blue")] * 3
+    ]
     vocab = pmi_ngrams(texts, min_count=5, min_pmi=1.0, top=50)
     assert "new york city" in vocab and "new york" in vocab
     assert "the cat" not in vocab  # too rare

@@ -50,15 +50,25 @@ def test_plateau_losses_do_not_stop_early() -> None:
 
 def test_extra_options_pass_through_and_reserved_ones_are_rejected() -> None:
     opt = make_optimizer("cma", dim=6, popsize=8, options={"CMA_diagonal": True})
-    opt.tell(x := opt.ask(), (x ** 2).sum(axis=1))
+    opt.tell(x := opt.ask(), (x**2).sum(axis=1))
     for key in ("seed", "randn", "verb_log", "popsize", "bounds", "timeout"):
         with pytest.raises(ValueError, match="set by the CMA wrapper"):
             make_optimizer("cma", dim=6, options={key: 1})
 
 
-@pytest.mark.parametrize("kw", [{"dim": 1}, {"popsize": 1}, {"sigma0": 0.0}, {"sigma0": float("nan")},
-                                {"seed": -1}, {"bounds": -1.0}, {"x0": [1.0, 2.0]},
-                                {"x0": [2.0] * 4, "bounds": 1.0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"dim": 1},
+        {"popsize": 1},
+        {"sigma0": 0.0},
+        {"sigma0": float("nan")},
+        {"seed": -1},
+        {"bounds": -1.0},
+        {"x0": [1.0, 2.0]},
+        {"x0": [2.0] * 4, "bounds": 1.0},
+    ],
+)
 def test_invalid_arguments(kw: dict) -> None:
     args = {"dim": 4, **kw}
     with pytest.raises(ValueError):

@@ -26,7 +26,7 @@ def test_layers_cycle() -> None:
         seen.append(opt.layer)
         x = opt.ask()
         assert opt.layer == seen[-1]  # pending ask keeps its layer
-        opt.tell(x, (x ** 2).sum(axis=1))
+        opt.tell(x, (x**2).sum(axis=1))
     assert seen == [0, 1, 2, 0, 1, 2, 0]
     assert [o.generation for o in opt.inners] == [3, 2, 2]
 
@@ -72,7 +72,7 @@ def test_rounds_and_inner_budget() -> None:
     for _ in range(6):
         assert not opt.should_stop()
         x = opt.ask()
-        opt.tell(x, (x ** 2).sum(axis=1))
+        opt.tell(x, (x**2).sum(axis=1))
     assert opt.should_stop()
 
 
@@ -81,7 +81,7 @@ def test_compose_and_mean() -> None:
     x = opt.ask()
     full = opt.compose(x)
     assert full.shape == (6, 3, 4) and np.array_equal(full[:, 0], x) and not full[:, 1:].any()
-    opt.tell(x, (x ** 2).sum(axis=1))
+    opt.tell(x, (x**2).sum(axis=1))
     mean = opt.mean
     assert np.array_equal(mean[0], opt.inners[0].mean) and not mean[1:].any()
     with pytest.raises(ValueError):
@@ -91,7 +91,7 @@ def test_compose_and_mean() -> None:
 def test_inner_seeds_differ_per_layer() -> None:
     opt = _deep()
     first = opt.ask()
-    opt.tell(first, (first ** 2).sum(axis=1))
+    opt.tell(first, (first**2).sum(axis=1))
     assert not np.array_equal(first, opt.ask())
     assert [o.state_dict()["config"]["seed"] for o in opt.inners] == [0, 1, 2]
     assert [o.state_dict()["config"]["seed"] for o in _deep(seed=2).inners] == [2000, 2001, 2002]
@@ -103,7 +103,7 @@ def test_deep_with_nevergrad_inner_round_trips() -> None:
     for o in (opt, straight):
         for _ in range(4):
             x = o.ask()
-            o.tell(x, (x ** 2).sum(axis=1))
+            o.tell(x, (x**2).sum(axis=1))
     resumed = optimizer_from_state(opt.state_dict())
     assert isinstance(resumed, DivideAndConquer) and resumed.layer == 1
     assert np.array_equal(resumed.ask(), straight.ask())

@@ -115,6 +115,7 @@ def test_unknown_names_are_clear() -> None:
 
 def test_nevergrad_global_rng_use_is_sandboxed_and_deterministic(kit) -> None:
     """LhsDE draws from the global ``np.random``: the sandbox keeps that private and reproducible."""
+
     def make() -> Optimizer:
         return make_optimizer("ng:LhsDE", dim=6, popsize=10, seed=7, budget=400)
 

@@ -99,8 +99,10 @@ def test_version_mismatch_warns_but_replays(kit) -> None:
     assert np.array_equal(resumed.ask(), opt.ask())
 
 
-@pytest.mark.parametrize("patch, match", [({"version": 2}, "version"), ({"type": "adam"}, "unknown"),
-                                          ({"type": "deep"}, "corrupt 'deep' state")])
+@pytest.mark.parametrize(
+    "patch, match",
+    [({"version": 2}, "version"), ({"type": "adam"}, "unknown"), ({"type": "deep"}, "corrupt 'deep' state")],
+)
 def test_bad_envelopes(kit, patch: dict, match: str) -> None:
     state = dict(kit.build("cma").state_dict(), **patch)
     with pytest.raises(OptimizerError, match=match):
@@ -108,8 +110,14 @@ def test_bad_envelopes(kit, patch: dict, match: str) -> None:
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.lists(st.lists(st.sampled_from([0.0, 1.0, -2.5, 1e300, -1e-300, 7.0]) | st.floats(-1e6, 1e6),
-                         min_size=6, max_size=6), min_size=1, max_size=5), st.integers(0, 5))
+@given(
+    st.lists(
+        st.lists(st.sampled_from([0.0, 1.0, -2.5, 1e300, -1e-300, 7.0]) | st.floats(-1e6, 1e6), min_size=6, max_size=6),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(0, 5),
+)
 def test_cma_resume_for_arbitrary_losses(losses: list[list[float]], cut: int) -> None:
     cut = min(cut, len(losses))
 
@@ -156,8 +164,9 @@ def test_runs_are_reproducible_across_processes(tmp_path: Path) -> None:
     results = []
     for hash_seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(root))
-        proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
         results.append(proc.stdout.split())
     assert results[0] == results[1] and len(results[0]) == 12

@@ -8,8 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from nograd.optimizers import OptimizerError, PolicyGradient, optimizer_from_state, project_simplex, state_from_json, \
-    state_to_json
+from nograd.optimizers import (
+    OptimizerError,
+    PolicyGradient,
+    optimizer_from_state,
+    project_simplex,
+    state_from_json,
+    state_to_json,
+)
 
 
 @given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(2, 12)), elements=st.floats(-10, 10)))
@@ -58,10 +64,16 @@ def test_state_round_trip_is_bit_identical():
     np.testing.assert_array_equal(opt.probs, restored.probs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"n_choices": 1}, "n_choices"), ({"popsize": 1}, "popsize"), ({"lr": 0.0}, "lr"),
-    ({"betas": (1.0, 0.9)}, "betas"), ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_choices": 1}, "n_choices"),
+        ({"popsize": 1}, "popsize"),
+        ({"lr": 0.0}, "lr"),
+        ({"betas": (1.0, 0.9)}, "betas"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_bad_arguments_name_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PolicyGradient(**{"length": 3, "n_choices": 4, **kwargs})

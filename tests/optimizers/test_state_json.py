@@ -14,8 +14,13 @@ from hypothesis.extra import numpy as hnp
 from nograd.optimizers import state_from_json, state_to_json
 
 
-@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
-                  elements=st.floats(allow_nan=True, allow_infinity=True)))
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+        elements=st.floats(allow_nan=True, allow_infinity=True),
+    )
+)
 def test_float_arrays_round_trip_bit_exactly(arr: np.ndarray) -> None:
     back = state_from_json(state_to_json({"a": arr}))["a"]
     assert back.dtype == np.float64 and back.shape == arr.shape
@@ -25,9 +30,18 @@ def test_float_arrays_round_trip_bit_exactly(arr: np.ndarray) -> None:
 
 
 def test_scalars_nesting_and_strictness() -> None:
-    state = {"version": 1, "inf": math.inf, "ninf": -math.inf, "nested": {"t": (1, 2.5, None, True)},
-             "ints": np.arange(3), "flags": np.array([True, False]), "n": np.int64(7), "x": np.float64(0.1),
-             "big": 2**127 + 1, "empty": np.zeros((0, 5))}
+    state = {
+        "version": 1,
+        "inf": math.inf,
+        "ninf": -math.inf,
+        "nested": {"t": (1, 2.5, None, True)},
+        "ints": np.arange(3),
+        "flags": np.array([True, False]),
+        "n": np.int64(7),
+        "x": np.float64(0.1),
+        "big": 2**127 + 1,
+        "empty": np.zeros((0, 5)),
+    }
     text = state_to_json(state)
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
     json.loads(text)

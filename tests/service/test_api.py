@@ -15,8 +15,14 @@ from nograd.artifacts import read_prompt
 from nograd.service.api import create_app
 from nograd.service.settings import Settings
 
-FAST = {"method": "bbt", "task": "trec", "model": "fake", "budget": 40, "dev_every": 20,
-        "options": {"dim": 8, "popsize": 10}}
+FAST = {
+    "method": "bbt",
+    "task": "trec",
+    "model": "fake",
+    "budget": 40,
+    "dev_every": 20,
+    "options": {"dim": 8, "popsize": 10},
+}
 CSV = "text,label\n" + "".join(f"great movie number {i},pos\nawful film number {i},neg\n" for i in range(40))
 
 
@@ -107,8 +113,9 @@ def test_job_lifecycle_history_events_prompt(api):
     job = api.submit()
     assert job["status"] == "queued" and job["budget"] == 40
     events = []
-    with api.client.stream("GET", f"/v1/jobs/{job['id']}/events",
-                           headers={"Authorization": f"Bearer {api.keys['alice']}"}) as response:
+    with api.client.stream(
+        "GET", f"/v1/jobs/{job['id']}/events", headers={"Authorization": f"Bearer {api.keys['alice']}"}
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("event:"):
@@ -126,8 +133,11 @@ def test_job_lifecycle_history_events_prompt(api):
     saved = read_prompt(prompt.content)
     assert saved["x"].shape == (8,) and saved["config"].budget == 40
     # resume the event stream after generation 2: only later generations come back
-    with api.client.stream("GET", f"/v1/jobs/{job['id']}/events",
-                           headers={"Authorization": f"Bearer {api.keys['alice']}", "Last-Event-ID": "2"}) as r:
+    with api.client.stream(
+        "GET",
+        f"/v1/jobs/{job['id']}/events",
+        headers={"Authorization": f"Bearer {api.keys['alice']}", "Last-Event-ID": "2"},
+    ) as r:
         ids = [int(line[3:]) for line in r.iter_lines() if line.startswith("id:")]
     assert ids == [3, 4]
 
@@ -150,24 +160,27 @@ def test_baselines_report_metrics_without_budget(api):
     assert job["result"]["dev_metric"] is not None
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"method": "sgd"}, "method"),
-    ({"budget": 0}, "budget"),
-    ({"budget": 5}, "budget"),  # less than one population
-    ({"seed": -1}, "seed"),
-    ({"options": {"popsize": 1}}, "options.popsize"),
-    ({"options": {"nonsense": 1}}, "options.nonsense"),
-    ({"options": {"optimizer": "adam"}}, "options.optimizer"),
-    ({"options": {"mode": "deep"}}, "options.mode"),
-    ({"task": "nope"}, "task"),
-    ({"task": None}, "task"),
-    ({"dataset_id": "ds_x"}, "task"),  # both task and dataset
-    ({"task": None, "dataset_id": "ds_missing"}, "dataset_id"),
-    ({"model": "gpt-9"}, "model"),
-    ({"k_shot": 500}, "k_shot"),  # trec's smallest class has 77 examples
-    ({"init_from": "job_missing"}, "init_from"),
-    ({"extra": 1}, "extra"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"method": "sgd"}, "method"),
+        ({"budget": 0}, "budget"),
+        ({"budget": 5}, "budget"),  # less than one population
+        ({"seed": -1}, "seed"),
+        ({"options": {"popsize": 1}}, "options.popsize"),
+        ({"options": {"nonsense": 1}}, "options.nonsense"),
+        ({"options": {"optimizer": "adam"}}, "options.optimizer"),
+        ({"options": {"mode": "deep"}}, "options.mode"),
+        ({"task": "nope"}, "task"),
+        ({"task": None}, "task"),
+        ({"dataset_id": "ds_x"}, "task"),  # both task and dataset
+        ({"task": None, "dataset_id": "ds_missing"}, "dataset_id"),
+        ({"model": "gpt-9"}, "model"),
+        ({"k_shot": 500}, "k_shot"),  # trec's smallest class has 77 examples
+        ({"init_from": "job_missing"}, "init_from"),
+        ({"extra": 1}, "extra"),
+    ],
+)
 def test_bad_job_config_is_422_naming_the_field(api, change, field):
     response = api("POST", "/v1/jobs", json={**FAST, **change})
     assert response.status_code == 422, response.text
@@ -181,8 +194,7 @@ def test_malformed_json_body_is_422(api):
 
 
 def test_unknown_job_is_404_on_every_route(api):
-    for method, path in (("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/prompt"),
-                         ("POST", "/cancel")):
+    for method, path in (("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/prompt"), ("POST", "/cancel")):
         response = api(method, f"/v1/jobs/job_unknown{path}")
         assert response.status_code == 404, (path, response.text)
         assert "not found" in response.json()["detail"]
@@ -190,13 +202,16 @@ def test_unknown_job_is_404_on_every_route(api):
 
 def test_tenants_see_only_their_own_jobs_datasets_and_prompts(api):
     job = api.wait(api.submit()["id"])
-    for method, path in (("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/prompt"),
-                         ("POST", "/cancel")):
+    for method, path in (("GET", ""), ("GET", "/history"), ("GET", "/events"), ("GET", "/prompt"), ("POST", "/cancel")):
         response = api(method, f"/v1/jobs/{job['id']}{path}", tenant="bob")
         assert response.status_code == 404, path
     assert api("GET", "/v1/jobs", tenant="bob").json()["count"] == 0
-    dataset = api("POST", "/v1/datasets", files={"file": ("reviews.csv", CSV)},
-                  data={"template": "{text} It was {mask}.", "verbalizer": "neg:bad,pos:great"}).json()
+    dataset = api(
+        "POST",
+        "/v1/datasets",
+        files={"file": ("reviews.csv", CSV)},
+        data={"template": "{text} It was {mask}.", "verbalizer": "neg:bad,pos:great"},
+    ).json()
     assert api("GET", f"/v1/datasets/{dataset['id']}", tenant="bob").status_code == 404
     assert api("GET", "/v1/datasets", tenant="bob").json()["count"] == 0
     response = api("POST", "/v1/jobs", tenant="bob", json={**FAST, "task": None, "dataset_id": dataset["id"]})
@@ -233,8 +248,12 @@ def test_init_from_starts_at_the_source_prompt(api):
 
 # ------------------------------------------------------------------ datasets
 def test_upload_then_run_a_job_on_it(api):
-    response = api("POST", "/v1/datasets", files={"file": ("reviews.csv", CSV)},
-                   data={"template": "{text} It was {mask}.", "verbalizer": "neg:bad,pos:great", "name": "reviews"})
+    response = api(
+        "POST",
+        "/v1/datasets",
+        files={"file": ("reviews.csv", CSV)},
+        data={"template": "{text} It was {mask}.", "verbalizer": "neg:bad,pos:great", "name": "reviews"},
+    )
     assert response.status_code == 201, response.text
     dataset = response.json()
     assert dataset["summary"]["rows"] == 80 and dataset["summary"]["labels"] == ["neg", "pos"]
@@ -245,15 +264,18 @@ def test_upload_then_run_a_job_on_it(api):
     assert too_many.status_code == 422 and _field(too_many) == "k_shot"
 
 
-@pytest.mark.parametrize("filename, content, form, status, field", [
-    ("data.jsonl", '{"text": "a", "label": "pos"}\n{not json\n', {}, 422, "file"),
-    ("data.jsonl", '{"text": "a"}\n', {}, 422, "file"),  # no label field
-    ("data.txt", "hello", {}, 422, "file"),
-    ("data.csv", CSV, {"verbalizer": "neg:bad"}, 422, "verbalizer"),  # label pos has no word
-    ("data.csv", CSV, {"template": "no placeholders"}, 422, "template"),
-    ("data.csv", CSV, {"label_field": "missing"}, 422, "file"),
-    ("data.csv", "x" * 60_000, {}, 413, None),
-])
+@pytest.mark.parametrize(
+    "filename, content, form, status, field",
+    [
+        ("data.jsonl", '{"text": "a", "label": "pos"}\n{not json\n', {}, 422, "file"),
+        ("data.jsonl", '{"text": "a"}\n', {}, 422, "file"),  # no label field
+        ("data.txt", "hello", {}, 422, "file"),
+        ("data.csv", CSV, {"verbalizer": "neg:bad"}, 422, "verbalizer"),  # label pos has no word
+        ("data.csv", CSV, {"template": "no placeholders"}, 422, "template"),
+        ("data.csv", CSV, {"label_field": "missing"}, 422, "file"),
+        ("data.csv", "x" * 60_000, {}, 413, None),
+    ],
+)
 def test_bad_uploads_are_rejected_with_the_reason(api, filename, content, form, status, field):
     data = {"template": "{text} It was {mask}.", "verbalizer": "neg:bad,pos:great", **form}
     response = api("POST", "/v1/datasets", files={"file": (filename, content)}, data=data)
@@ -264,8 +286,12 @@ def test_bad_uploads_are_rejected_with_the_reason(api, filename, content, form, 
 
 
 def test_huge_upload_is_refused_before_parsing(api):
-    response = api("POST", "/v1/datasets", files={"file": ("big.csv", "x" * 200_000)},
-                   data={"template": "{text} {mask}", "verbalizer": "a:b"})
+    response = api(
+        "POST",
+        "/v1/datasets",
+        files={"file": ("big.csv", "x" * 200_000)},
+        data={"template": "{text} {mask}", "verbalizer": "a:b"},
+    )
     assert response.status_code == 413 and "NOGRAD_MAX_UPLOAD_MB" in response.json()["detail"]
 
 
@@ -300,19 +326,39 @@ def test_fuzzed_job_options_never_crash_the_runner(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    options = st.fixed_dictionaries({}, optional={
-        "popsize": st.integers(2, 30), "optimizer": st.sampled_from(["cma", "ng:OnePlusOne", "ng:Nope", "x"]),
-        "sigma0": st.floats(1e-6, 1e3), "alpha": st.floats(1e-6, 1e3), "bounds": st.floats(1e-3, 10),
-        "loss": st.sampled_from(["ce", "hinge", "perf"]), "mode": st.sampled_from(["cat", "add"]),
-        "n_tokens": st.integers(1, 256), "dim": st.integers(1, 64), "distribution": st.sampled_from(
-            ["normal", "uniform"]), "init": st.text(max_size=20), "icl_shots": st.integers(1, 32)})
-    jobs = st.fixed_dictionaries({
-        "method": st.sampled_from(["manual", "icl", "bbt", "bbtv2"]), "task": st.sampled_from(["trec", "sms"]),
-        "model": st.just("fake"), "budget": st.integers(1, 40), "seed": st.integers(0, 2**31 - 1),
-        "k_shot": st.integers(1, 100), "dev_every": st.integers(1, 100), "options": options})
+    options = st.fixed_dictionaries(
+        {},
+        optional={
+            "popsize": st.integers(2, 30),
+            "optimizer": st.sampled_from(["cma", "ng:OnePlusOne", "ng:Nope", "x"]),
+            "sigma0": st.floats(1e-6, 1e3),
+            "alpha": st.floats(1e-6, 1e3),
+            "bounds": st.floats(1e-3, 10),
+            "loss": st.sampled_from(["ce", "hinge", "perf"]),
+            "mode": st.sampled_from(["cat", "add"]),
+            "n_tokens": st.integers(1, 256),
+            "dim": st.integers(1, 64),
+            "distribution": st.sampled_from(["normal", "uniform"]),
+            "init": st.text(max_size=20),
+            "icl_shots": st.integers(1, 32),
+        },
+    )
+    jobs = st.fixed_dictionaries(
+        {
+            "method": st.sampled_from(["manual", "icl", "bbt", "bbtv2"]),
+            "task": st.sampled_from(["trec", "sms"]),
+            "model": st.just("fake"),
+            "budget": st.integers(1, 40),
+            "seed": st.integers(0, 2**31 - 1),
+            "k_shot": st.integers(1, 100),
+            "dev_every": st.integers(1, 100),
+            "options": options,
+        }
+    )
     client, _ = make_api(tmp_path, auth=False)
     created = []
     with client:
+
         @given(job=jobs)
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def submit(job):

@@ -17,8 +17,15 @@ from test_api import Api, _field, make_api  # noqa: E402
 from nograd.artifacts import read_prompt  # noqa: E402
 
 KEY = "sk-live-abcdef-0123456789-do-not-leak"
-BBPL = {"method": "bbpl", "task": "mr", "model": "fake", "budget": 40, "dev_every": 20, "k_shot": 8,
-        "options": {"popsize": 10, "prompt_length": 4, "vocab_size": 50, "ngram_min_count": 2}}
+BBPL = {
+    "method": "bbpl",
+    "task": "mr",
+    "model": "fake",
+    "budget": 40,
+    "dev_every": 20,
+    "k_shot": 8,
+    "options": {"popsize": 10, "prompt_length": 4, "vocab_size": 50, "ngram_min_count": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,9 @@ def api(tmp_path, server):
         yield Api(client, {"alice": store.create_key("alice"), "bob": store.create_key("bob")})
 
 
-@pytest.mark.parametrize("method, options", [("bbpl", BBPL["options"]),
-                                             ("icl_search", {"popsize": 10, "icl_shots": 1})])
+@pytest.mark.parametrize(
+    "method, options", [("bbpl", BBPL["options"]), ("icl_search", {"popsize": 10, "icl_shots": 1})]
+)
 def test_discrete_job_on_the_fake_model(api, method, options):
     job = api.wait(api.submit(**{**BBPL, "method": method, "options": options})["id"])
     assert job["status"] == "succeeded", job["error"]
@@ -48,8 +56,14 @@ def test_discrete_job_on_the_fake_model(api, method, options):
 
 
 def _endpoint(server, **kw) -> dict:
-    return {"kind": "openai", "base_url": server.url, "model": "fake-remote", "api_key_secret": "openai",
-            "concurrency": 8, **kw}
+    return {
+        "kind": "openai",
+        "base_url": server.url,
+        "model": "fake-remote",
+        "api_key_secret": "openai",
+        "concurrency": 8,
+        **kw,
+    }
 
 
 def test_bbpl_job_on_a_remote_endpoint_with_a_tenant_secret(api, server, caplog):
@@ -77,8 +91,9 @@ def test_bbpl_job_on_a_remote_endpoint_with_a_tenant_secret(api, server, caplog)
 def test_a_method_the_endpoint_cannot_serve_is_422(api, server):
     api("POST", "/v1/secrets", json={"name": "openai", "value": KEY})
     for method in ("bbt", "bbtv2"):
-        response = api("POST", "/v1/jobs", json={**BBPL, "method": method, "options": {},
-                                                 "endpoint": _endpoint(server)})
+        response = api(
+            "POST", "/v1/jobs", json={**BBPL, "method": method, "options": {}, "endpoint": _endpoint(server)}
+        )
         assert response.status_code == 422, response.text
         assert _field(response) == "method" and "bbpl" in response.text  # names what the endpoint can run
 

@@ -9,15 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
 
 from nograd.artifacts import read_prompt
 from nograd.sdk import Client
-from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
 
 pytestmark = pytest.mark.redis
 
-JOB = {"method": "bbt", "task": "trec", "budget": 80, "seed": 3, "dev_every": 30,
-       "options": {"dim": 16, "popsize": 10}}
+JOB = {"method": "bbt", "task": "trec", "budget": 80, "seed": 3, "dev_every": 30, "options": {"dim": 16, "popsize": 10}}
 
 
 @pytest.fixture
@@ -25,8 +24,13 @@ def deployment(tmp_path):
     """A Redis-backed service with auth on; yields a dict with the pieces and cleans up everything."""
     redis = RedisServer(tmp_path / "redis").start()
     data = tmp_path / "data"
-    key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "alice", "--data-dir",
-                          str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "alice", "--data-dir", str(data)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     port = free_port()
     procs = {"workers": []}
     env = {"redis": redis, "data": data, "port": port, "key": key, "procs": procs, "tmp": tmp_path}
@@ -54,8 +58,11 @@ def _client(env) -> Client:
 
 
 def _finished(api: Client, job_id: str, timeout: float = 120) -> dict:
-    return wait_until(lambda: (lambda j: j if j["status"] in ("succeeded", "failed", "cancelled") else None)(
-        api.job(job_id)), timeout, f"job {job_id}")
+    return wait_until(
+        lambda: (lambda j: j if j["status"] in ("succeeded", "failed", "cancelled") else None)(api.job(job_id)),
+        timeout,
+        f"job {job_id}",
+    )
 
 
 def _z(api: Client, job_id: str) -> np.ndarray:
@@ -94,8 +101,9 @@ def test_killed_worker_mid_batch_job_still_completes_with_exact_budget(deploymen
         wait_until(lambda: len(api.workers()) == 1, 30, "the first worker")
         job = api.submit(model="fake:0.3", **JOB)
         # Kill it while it holds a batch (its heartbeat names the batch in progress).
-        wait_until(lambda: api.history(job["id"]) and any(w["current"] for w in api.workers()), 60,
-                   "a batch in progress")
+        wait_until(
+            lambda: api.history(job["id"]) and any(w["current"] for w in api.workers()), 60, "a batch in progress"
+        )
         victim.kill()
         rescuer = deployment["start_worker"]("rescuer", "--claim-idle", "1.5")
         job = _finished(api, job["id"])
@@ -155,14 +163,40 @@ def test_two_replicas_on_postgres_one_dies_the_other_finishes_its_jobs(tmp_path,
     redis = RedisServer(tmp_path / "redis").start()
     procs = []
     try:
-        key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "alice",
-                              "--database-url", postgres_url, "--data-dir", str(tmp_path / "keys")], cwd=ROOT,
-                             check=True, capture_output=True, text=True).stdout.strip()
+        key = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nograd.cli",
+                "keys",
+                "create",
+                "--tenant",
+                "alice",
+                "--database-url",
+                postgres_url,
+                "--data-dir",
+                str(tmp_path / "keys"),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         ports = [free_port(), free_port()]
 
         def replica(i):
-            procs.append(serve(tmp_path / f"data{i}", redis.url, ports[i], "--database-url", postgres_url,
-                               "--lease-seconds", "2", models="fake:0.3"))
+            procs.append(
+                serve(
+                    tmp_path / f"data{i}",
+                    redis.url,
+                    ports[i],
+                    "--database-url",
+                    postgres_url,
+                    "--lease-seconds",
+                    "2",
+                    models="fake:0.3",
+                )
+            )
             return procs[-1]
 
         first_replica = replica(0)
@@ -190,8 +224,9 @@ def test_worker_sigterm_finishes_its_batch_and_exits_cleanly(deployment):
     with _client(deployment) as api:
         wait_until(lambda: len(api.workers()) == 1, 30, "the worker")
         job = api.submit(model="fake:0.3", **JOB)
-        wait_until(lambda: api.history(job["id"]) and any(w["current"] for w in api.workers()), 60,
-                   "a batch in progress")
+        wait_until(
+            lambda: api.history(job["id"]) and any(w["current"] for w in api.workers()), 60, "a batch in progress"
+        )
         assert first.terminate() == 0
         assert "stopped after" in first.output()
         second = deployment["start_worker"]("second")

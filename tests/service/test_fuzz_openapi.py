@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from procs import ROOT, free_port, serve
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from procs import ROOT, free_port, serve
 from nograd.service.api import create_app
 from nograd.service.settings import Settings
 
@@ -25,8 +25,13 @@ OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operat
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    key = subprocess.run([sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "fuzz", "--data-dir",
-                          str(data)], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run(
+        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "fuzz", "--data-dir", str(data)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     port = free_port()
     proc = serve(data, None, port, "--max-concurrent-jobs", "2", models="fake")
     yield f"http://127.0.0.1:{port}", key, proc
@@ -40,8 +45,11 @@ def test_no_server_errors(server, label):
     @given(case=OPERATIONS[label].as_strategy())
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
-        case.call_and_validate(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                               checks=[not_a_server_error, response_schema_conformance])
+        case.call_and_validate(
+            base_url=url,
+            headers={"Authorization": f"Bearer {key}"},
+            checks=[not_a_server_error, response_schema_conformance],
+        )
 
     check()
     assert proc.proc.poll() is None  # the server is still up

@@ -38,8 +38,7 @@ def run(coro):
 
 
 def _batch(job="job_1", model="m", n=0) -> Batch:
-    return Batch(id=f"b{n}-{uuid.uuid4().hex[:6]}", job_id=job, generation=n, model=model, context="ctx",
-                 work={"n": n})
+    return Batch(id=f"b{n}-{uuid.uuid4().hex[:6]}", job_id=job, generation=n, model=model, context="ctx", work={"n": n})
 
 
 def test_submit_take_finish_wait(make_queue):
@@ -54,7 +53,9 @@ def test_submit_take_finish_wait(make_queue):
         for _ in range(3):
             delivery = await queue.take("w1", ["m"], timeout=1)
             taken.append(delivery.batch.id)
-            await queue.finish(delivery, BatchResult(batch_id=delivery.batch.id, ok=True, data={"v": delivery.batch.work["n"]}))
+            await queue.finish(
+                delivery, BatchResult(batch_id=delivery.batch.id, ok=True, data={"v": delivery.batch.work["n"]})
+            )
         assert taken == [b.id for b in batches]  # FIFO
         results = await queue.wait("job_1", [b.id for b in batches], timeout=2)
         assert [results[b.id].data["v"] for b in batches] == [0, 1, 2]
@@ -65,6 +66,7 @@ def test_submit_take_finish_wait(make_queue):
         await queue.forget_job("job_1")
         assert await queue.get_context("job_1", "ctx") is None
         await queue.close()
+
     run(scenario())
 
 
@@ -78,6 +80,7 @@ def test_first_result_wins(make_queue):
         await queue.finish(delivery, BatchResult(batch_id=batch.id, ok=True, data={"v": 2}))
         assert (await queue.wait("job_1", [batch.id], timeout=1))[batch.id].data == {"v": 1}
         await queue.close()
+
     run(scenario())
 
 
@@ -88,6 +91,7 @@ def test_workers_only_take_their_models(make_queue):
         assert await queue.take("w1", ["small"], timeout=0.2) is None
         assert (await queue.take("w2", ["small", "big"], timeout=1)).batch.model == "big"
         await queue.close()
+
     run(scenario())
 
 
@@ -107,6 +111,7 @@ def test_retry_then_dead_letter_with_the_error(make_queue):
         assert dead[-1]["batch_id"] == batch.id and "boom" in dead[-1]["error"]
         assert await queue.take("w1", ["m"], timeout=0.2) is None
         await queue.close()
+
     run(scenario())
 
 
@@ -116,6 +121,7 @@ def test_wait_times_out_without_results(make_queue):
         with pytest.raises(TimeoutError):
             await queue.wait("job_1", ["missing"], timeout=0.3)
         await queue.close()
+
     run(scenario())
 
 
@@ -127,6 +133,7 @@ def test_heartbeats_expire(make_queue):
         await asyncio.sleep(1.3)
         assert await queue.workers() == []
         await queue.close()
+
     run(scenario())
 
 
@@ -135,8 +142,7 @@ def test_redis_dead_worker_batch_is_reclaimed_then_dead_lettered(redis_server):
     from nograd.service.queue import RedisQueue
 
     async def scenario():
-        queue = RedisQueue(redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}", claim_idle=0.2,
-                           max_deliveries=2)
+        queue = RedisQueue(redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}", claim_idle=0.2, max_deliveries=2)
         batch = _batch()
         await queue.submit([batch])
         first = await queue.take("dead-worker", ["m"], timeout=1)  # never finished: its worker "died"
@@ -151,12 +157,14 @@ def test_redis_dead_worker_batch_is_reclaimed_then_dead_lettered(redis_server):
         assert not result.ok and "died or stalled" in result.error
         assert (await queue.depth())["m"] == 0
         await queue.close()
+
     run(scenario())
 
 
 def test_identical_batches_of_two_jobs_each_get_a_result(make_queue):
     """Two jobs scoring the same examples with the same prompt (e.g. two manual baselines) submit batches with the
     same content id; each job must get its own result."""
+
     async def scenario():
         queue = make_queue()
         first = Batch(id="same", job_id="job_a", generation=0, model="m", context="ctx", work={})
@@ -169,6 +177,7 @@ def test_identical_batches_of_two_jobs_each_get_a_result(make_queue):
         assert (await queue.wait("job_a", ["same"], timeout=1))["same"].data == {"job": "job_a"}
         assert (await queue.wait("job_b", ["same"], timeout=1))["same"].data == {"job": "job_b"}
         await queue.close()
+
     run(scenario())
 
 
@@ -188,4 +197,5 @@ def test_redis_malformed_entry_is_dead_lettered_not_retried(redis_server):
         dead = await queue.dead_letters()
         assert len(dead) == 2 and all("malformed" in d["error"] for d in dead)
         await queue.close()
+
     run(scenario())

@@ -12,16 +12,18 @@ from nograd.service.store import JobStateError, Status, Store
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'nograd.db'}" if request.param == "sqlite" else request.getfixturevalue(
-        "postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'nograd.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
     store = Store(url)
     yield store
     store.close()
 
 
 def _job(store, tenant="alice", **kw):
-    return store.create_job(tenant=tenant, method="bbt", task="mr", dataset_id=None, model="fake",
-                            config={"budget": 10}, budget=10, **kw)
+    return store.create_job(
+        tenant=tenant, method="bbt", task="mr", dataset_id=None, model="fake", config={"budget": 10}, budget=10, **kw
+    )
 
 
 def test_claim_is_exclusive_and_fenced_by_the_lease(store):
@@ -71,8 +73,7 @@ def test_tenancy_and_paging(store):
     assert count == 3 and len(rows) == 2 and {r["tenant"] for r in rows} == {"alice"}
     assert store.get_job(rows[0]["id"], "bob") is None
     assert store.count_by_status()["queued"] == 4
-    dataset = store.create_dataset(tenant="alice", name="d", filename="d.csv", options={}, summary={},
-                                   content=b"x")
+    dataset = store.create_dataset(tenant="alice", name="d", filename="d.csv", options={}, summary={}, content=b"x")
     assert store.get_dataset(dataset["id"], "bob") is None
     assert store.list_datasets("bob") == ([], 0)
 

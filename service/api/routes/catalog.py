@@ -8,10 +8,12 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
+from nograd.config import RunConfig
+from nograd.methods import COMMON_DEFAULTS, METHODS
 from nograd.tasks import get_task, list_tasks
 
 from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
-from ..schemas import ModelPublic, TaskPublic, WorkerPublic
+from ..schemas import JobOptions, MethodPublic, ModelPublic, TaskPublic, WorkerPublic
 
 router = APIRouter(tags=["catalog"])
 
@@ -22,10 +24,50 @@ def tasks(tenant: CurrentTenant) -> list[dict]:
     out = []
     for name in list_tasks():
         task = get_task(name)
-        out.append({"name": name, "labels": list(task.labels), "verbalizer": dict(task.verbalizer),
-                    "metric": task.metric, "template": task.template, "pool": len(task.pool),
-                    "test": len(task.test)})
+        out.append(
+            {
+                "name": name,
+                "labels": list(task.labels),
+                "verbalizer": dict(task.verbalizer),
+                "metric": task.metric,
+                "template": task.template,
+                "pool": len(task.pool),
+                "test": len(task.test),
+            }
+        )
     return out
+
+
+def _option(name: str, method) -> dict:
+    schema = JobOptions.model_json_schema()["properties"][name]
+    value = next((v for v in schema.get("anyOf", [schema]) if v.get("type") != "null"), schema)
+    default = method.defaults.get(name, COMMON_DEFAULTS.get(name, getattr(RunConfig(), name)))
+    return {
+        "name": name,
+        "type": value.get("type", "string"),
+        "choices": value.get("enum"),
+        "default": None if callable(default) else default,
+        "description": schema.get("description", ""),
+    }
+
+
+@router.get("/v1/methods", response_model=list[MethodPublic])
+def methods(tenant: CurrentTenant) -> list[dict]:
+    """The methods (the registry): what each one searches, its defaults, the options it reads, where it runs."""
+    default = RunConfig()
+    return [
+        {
+            "name": m.name,
+            "description": m.description,
+            "search": m.is_search,
+            "prompt": m.prompt,
+            "needs_embeddings": m.needs_embeddings,
+            "transfers": m.transfers,
+            "endpoint_kinds": list(m.endpoint_kinds(default)),
+            "options": [_option(o, m) for o in m.options],
+        }
+        for m in METHODS.values()
+    ]
 
 
 def _public_worker(info: dict) -> dict:

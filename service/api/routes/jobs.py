@@ -28,8 +28,17 @@ from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 #: Where a run option lives in the request body (`ConfigError.field` -> the 422's location).
-_DATASET_FIELDS = ("dataset", "test_dataset", "test_fraction", "template", "verbalizer", "text_field", "text2_field",
-                   "label_field", "metric")
+_DATASET_FIELDS = (
+    "dataset",
+    "test_dataset",
+    "test_fraction",
+    "template",
+    "verbalizer",
+    "text_field",
+    "text2_field",
+    "label_field",
+    "metric",
+)
 
 
 def _location(field: str) -> str:
@@ -82,11 +91,16 @@ def _endpoint(body: JobCreate, store, tenant: str, settings) -> dict:
     except EndpointConfigError as exc:
         raise Invalid(f"endpoint.{exc.field or 'base_url'}", exc.message) from None
     if config.embedder_model and config.embedder_model not in settings.models:
-        raise Invalid("endpoint.embedder_model", f"{config.embedder_model!r} is not one of this service's models "
-                                                 f"({', '.join(settings.models)}); the operator adds it to NOGRAD_MODELS")
+        raise Invalid(
+            "endpoint.embedder_model",
+            f"{config.embedder_model!r} is not one of this service's models "
+            f"({', '.join(settings.models)}); the operator adds it to NOGRAD_MODELS",
+        )
     if config.api_key_secret and store.secret(tenant, config.api_key_secret) is None:
-        raise Invalid("endpoint.api_key_secret", f"secret {config.api_key_secret!r} not found; store the key "
-                                                 "with POST /v1/secrets first")
+        raise Invalid(
+            "endpoint.api_key_secret",
+            f"secret {config.api_key_secret!r} not found; store the key with POST /v1/secrets first",
+        )
     return endpoint
 
 
@@ -98,37 +112,54 @@ def _transfer(body: JobCreate, store, tenant: str) -> dict:
     if source["status"] != Status.succeeded.value:
         raise Invalid("init_from", f"job {body.init_from} is {source['status']}; start from a succeeded job")
     if not METHODS[body.method].transfers or source["method"] != body.method:
-        raise Invalid("init_from", f"a {source['method']} prompt can only start another {source['method']} job "
-                                   f"of a method whose prompts transfer (bbt, bbtv2; this job is {body.method})")
+        raise Invalid(
+            "init_from",
+            f"a {source['method']} prompt can only start another {source['method']} job "
+            f"of a method whose prompts transfer (bbt, bbtv2; this job is {body.method})",
+        )
     if source["model"] != body.model:
         raise Invalid("init_from", f"job {body.init_from} tuned {source['model']}, not {body.model}")
     return transfer_options(read_prompt(store.artifact(body.init_from))["spec"])
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-async def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep,
-                     settings: SettingsDep) -> dict:
+async def create_job(
+    body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep, settings: SettingsDep
+) -> dict:
     """Submit an optimization (or baseline) job."""
     if body.endpoint is None and body.model not in model_names(settings, await queue.workers()):
         raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
     config, name = await asyncio.to_thread(_resolved, body, store, tenant, settings)
-    job = await asyncio.to_thread(store.create_job, tenant=tenant, method=body.method, task=name,
-                                  dataset_id=body.dataset_id, model=config.model, config=config.to_dict(),
-                                  budget=body.budget if METHODS[body.method].is_search else 0,
-                                  init_from=body.init_from)
+    job = await asyncio.to_thread(
+        store.create_job,
+        tenant=tenant,
+        method=body.method,
+        task=name,
+        dataset_id=body.dataset_id,
+        model=config.model,
+        config=config.to_dict(),
+        budget=body.budget if METHODS[body.method].is_search else 0,
+        init_from=body.init_from,
+    )
     if request.app.state.runner is not None:
         request.app.state.runner.wake()
     return job
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(tenant: CurrentTenant, store: StoreDep,
-              status: Annotated[Status | None, Query()] = None, task: Annotated[str | None, Query()] = None,
-              method: Annotated[str | None, Query()] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict:
+def list_jobs(
+    tenant: CurrentTenant,
+    store: StoreDep,
+    status: Annotated[Status | None, Query()] = None,
+    task: Annotated[str | None, Query()] = None,
+    method: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> dict:
     """List this tenant's jobs, newest first."""
-    rows, count = store.list_jobs(tenant, status=None if status is None else status.value, task=task,
-                                  method=method, limit=limit, offset=offset)
+    rows, count = store.list_jobs(
+        tenant, status=None if status is None else status.value, task=task, method=method, limit=limit, offset=offset
+    )
     return {"data": rows, "count": count}
 
 
@@ -146,8 +177,9 @@ def get_job(job_id: str, tenant: CurrentTenant, store: StoreDep) -> dict:
 
 
 @router.get("/{job_id}/history", response_model=HistoryPublic)
-def get_history(job_id: str, tenant: CurrentTenant, store: StoreDep,
-                after: Annotated[int, Query(ge=-1, le=10**9)] = -1) -> dict:
+def get_history(
+    job_id: str, tenant: CurrentTenant, store: StoreDep, after: Annotated[int, Query(ge=-1, le=10**9)] = -1
+) -> dict:
     """Per-generation records (losses of the population, best loss, dev metric, step size)."""
     _job_or_404(store, job_id, tenant)
     rows = store.history(job_id, after)
@@ -166,22 +198,36 @@ def cancel_job(job_id: str, tenant: CurrentTenant, store: StoreDep) -> dict:
     return job
 
 
-@router.get("/{job_id}/prompt", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "prompt.safetensors"}})
+@router.get(
+    "/{job_id}/prompt",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "prompt.safetensors"}},
+)
 def get_prompt(job_id: str, tenant: CurrentTenant, store: StoreDep) -> Response:
     """The tuned prompt as a safetensors file (z, projection spec, task spec, run config)."""
     job = _job_or_404(store, job_id, tenant)
     data = store.artifact(job_id)
     if data is None:
         raise Conflict(f"job {job_id} is {job['status']}; the prompt exists once it succeeded")
-    return Response(data, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"'})
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"'},
+    )
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
-async def job_events(job_id: str, request: Request, tenant: CurrentTenant, store: StoreDep,
-                     last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    tenant: CurrentTenant,
+    store: StoreDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
     """Live progress as server-sent events: `job` (snapshot on change), `generation` (each history record,
     id = generation; reconnect with Last-Event-ID to resume), `end` when the job is finished."""
     job = await asyncio.to_thread(_job_or_404, store, job_id, tenant)
@@ -189,8 +235,11 @@ async def job_events(job_id: str, request: Request, tenant: CurrentTenant, store
         after = int(last_event_id) if last_event_id is not None else -1
     except ValueError:
         after = -1
-    return StreamingResponse(_events(request, store, job, after), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _events(request, store, job, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _events(request: Request, store, job: dict, after: int):

@@ -45,11 +45,12 @@ function chart(element, title, series, data, options = {}) {
 
 // ---------------------------------------------------------------- jobs list
 async function jobsPage() {
+  const methods = await api("/v1/methods");
   view.innerHTML = `<h2>Jobs</h2>
     <form id="filters">status <select name="status"><option value="">any</option>
       ${["queued", "running", "succeeded", "failed", "cancelled"].map(s => `<option>${s}</option>`).join("")}</select>
       method <select name="method"><option value="">any</option>
-      ${METHODS.map(s => `<option>${s}</option>`).join("")}</select>
+      ${methods.map(m => `<option>${esc(m.name)}</option>`).join("")}</select>
       task <input name="task" size="8"></form>
     <table id="jobs"><thead><tr><th>job</th><th>status</th><th>method</th><th>task</th><th>model</th>
       <th>calls / budget</th><th>best dev</th><th>test</th><th>age</th><th></th></tr></thead><tbody></tbody></table>
@@ -78,34 +79,40 @@ async function jobsPage() {
 }
 
 // ---------------------------------------------------------------- submit
-// [option, input kind, methods it applies to, placeholder or choices]; empty fields take the method's default.
-const METHODS = ["bbt", "bbtv2", "bbpl", "rlprompt", "icl_search", "manual", "icl"];
-const SEARCHES = "bbt bbtv2 bbpl rlprompt icl_search";
-const OPTIONS = [
-  ["popsize", "number", SEARCHES, "bbt 20, bbtv2 10, bbpl 20, rlprompt 16, icl_search 20"], ["optimizer", "text", "bbt bbtv2", "cma or ng:NGOpt"],
-  ["sigma0", "number", "bbt bbtv2", "1.0"], ["alpha", "number", "bbt bbtv2", "bbt 0.5, bbtv2 0.2"],
-  ["bounds", "number", "bbt bbtv2", "none"], ["loss", "select", "bbt bbtv2 bbpl icl_search", "ce,hinge,perf"],
-  ["mode", "select", "bbt", "add,cat"], ["n_tokens", "number", "bbt bbtv2", "50"], ["dim", "number", "bbt bbtv2", "500"],
-  ["distribution", "select", "bbt bbtv2", "normal,uniform"], ["init", "text", "bbt bbtv2", "text whose tokens seed the prompt"],
-  ["icl_shots", "number", "icl icl_search", "2 per class"],
-  ["prompt_length", "number", "bbpl rlprompt icl_search", "bbpl 10 n-grams, rlprompt 5 tokens, icl_search shots x labels"],
-  ["lr", "number", "bbpl rlprompt icl_search", "bbpl 1e-4, rlprompt 5e-5, icl_search 1e-3"],
-  ["vocab_size", "number", "bbpl", "200"], ["ngram_max", "number", "bbpl", "5"],
-  ["ngram_min_count", "number", "bbpl", "5"], ["min_pmi", "number", "bbpl", "1.0"],
-  ["top_k", "number", "rlprompt", "256"], ["mlp_hidden", "number", "rlprompt", "512"],
-  ["reward_correct", "number", "rlprompt", "200"], ["reward_wrong", "number", "rlprompt", "180"],
-];
+// The method registry (GET /v1/methods) says which options each method reads and their defaults: one input per
+// option, shown for the methods it applies to; empty fields take the method's default.
+function formOptions(methods) {
+  const options = new Map();
+  for (const method of methods) {
+    for (const option of method.options) {
+      const entry = options.get(option.name) || {...option, methods: [], defaults: []};
+      entry.methods.push(method.name);
+      if (option.default !== null) entry.defaults.push(`${method.name} ${option.default}`);
+      options.set(option.name, entry);
+    }
+  }
+  return [...options.values()].map(o => {
+    const kind = o.choices || o.type === "boolean" ? "select" : (o.type === "integer" || o.type === "number" ? "number" : "text");
+    const same = new Set(o.defaults.map(d => d.split(" ").slice(1).join(" "))).size === 1;
+    const hint = o.choices ? o.choices.join(",") : o.type === "boolean" ? "true,false"
+      : (o.defaults.length ? (same ? o.defaults[0].split(" ").slice(1).join(" ") : o.defaults.join(", ")) : o.description);
+    return [o.name, kind, o.methods.join(" "), hint, o.type];
+  });
+}
 // A remote endpoint instead of this service's workers (text-only APIs run bbpl, rlprompt, icl_search, manual, icl).
-const ENDPOINT = [["kind", "select", ",openai,vllm"], ["base_url", "text", "https://api.openai.com/v1"],
+const endpointFields = kinds => [["kind", "select", "," + kinds.join(",")], ["base_url", "text", "https://api.openai.com/v1"],
   ["model", "text", "remote model name"], ["api", "select", ",completions,chat"],
   ["api_key_secret", "text", "a secret's name (below)"]];
-const NUMBERS = new Set(["budget", "seed", "k_shot", "dev_every", ...OPTIONS.filter(o => o[1] === "number").map(o => "options." + o[0])]);
 
 async function submitPage() {
-  const [tasks, models, datasets] = await Promise.all([api("/v1/tasks"), api("/v1/models"), api("/v1/datasets")]);
+  const [tasks, models, datasets, methods] = await Promise.all([api("/v1/tasks"), api("/v1/models"), api("/v1/datasets"), api("/v1/methods")]);
+  const OPTIONS = formOptions(methods);
+  const ENDPOINT = endpointFields([...new Set(methods.flatMap(m => m.endpoint_kinds))].sort());
+  const NUMBERS = new Set(["budget", "seed", "k_shot", "dev_every", ...OPTIONS.filter(o => o[1] === "number").map(o => "options." + o[0])]);
+  const BOOLEANS = new Set(OPTIONS.filter(o => o[4] === "boolean").map(o => "options." + o[0]));
   const row = (name, input) => `<label for="f-${name}">${name}</label>${input}<span class="error" data-field="${name}"></span>`;
   view.innerHTML = `<h2>Submit a job</h2><form id="submit" class="grid">
-    ${row("method", `<select id="f-method" name="method">${METHODS.map(m => `<option>${m}</option>`).join("")}</select>`)}
+    ${row("method", `<select id="f-method" name="method">${methods.map(m => `<option title="${esc(m.description)}">${esc(m.name)}</option>`).join("")}</select>`)}
     ${row("task", `<select id="f-task" name="task"><option value="">(dataset)</option>${tasks.map(t => `<option>${esc(t.name)}</option>`).join("")}</select>`)}
     ${row("dataset_id", `<select id="f-dataset_id" name="dataset_id"><option value="">(bundled task)</option>${datasets.data.map(d => `<option value="${esc(d.id)}">${esc(d.name)}</option>`).join("")}</select>`)}
     ${row("model", `<select id="f-model" name="model">${models.map(m => `<option>${esc(m.name)}</option>`).join("")}</select>`)}
@@ -172,7 +179,7 @@ async function submitPage() {
     const job = {options: {}};
     for (const [name, raw] of new FormData(form)) {
       if (raw === "") continue;
-      const value = NUMBERS.has(name) ? Number(raw) : raw;
+      const value = NUMBERS.has(name) ? Number(raw) : BOOLEANS.has(name) ? raw === "true" : raw;
       if (name.startsWith("options.")) job.options[name.slice(8)] = value;
       else if (name.startsWith("endpoint.")) (job.endpoint ||= {})[name.slice(9)] = value;
       else job[name] = value;

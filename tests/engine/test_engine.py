@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from nograd.clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
-from nograd.clients.types import InvalidRequest
+from nograd.clients.types import EvalRequest, Examples, InvalidRequest, ProjectionSpec, PromptSpec, TaskSpec
 from nograd.engine import ContextLengthError, Engine, EngineError, VerbalizerError
 from nograd.engine.projection import Projections
 
 TASK = TaskSpec(template="Review: {text}\nSentiment: {mask}", labels=("neg", "pos"), verbalizer=("bad", "great"))
-TEXTS = ["the movie was great", "a dull boring film with bad jokes and awful pacing", "terrible",
-         "what a wonderful story , the acting superb"]
+TEXTS = [
+    "the movie was great",
+    "a dull boring film with bad jokes and awful pacing",
+    "terrible",
+    "what a wonderful story , the acting superb",
+]
 EXAMPLES = Examples(texts=TEXTS, labels=[1, 0, 0, 1])
 MODES = ["none", "cat", "add", "deep"]
 
@@ -26,12 +31,12 @@ def _z(population: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(population, 8))
 
 
-def _request(mode: str, examples=EXAMPLES, task=TASK, population: int = 3, layer: int = 2, scales=None,
-             **kw) -> EvalRequest:
+def _request(
+    mode: str, examples=EXAMPLES, task=TASK, population: int = 3, layer: int = 2, scales=None, **kw
+) -> EvalRequest:
     z = None if mode == "none" else _z(population)
     spec = PromptSpec(**{**_spec(mode).__dict__, "scales": scales})
-    return EvalRequest(task=task, examples=examples, prompt=spec, z=z,
-                       layer=layer if mode == "deep" else None, **kw)
+    return EvalRequest(task=task, examples=examples, prompt=spec, z=z, layer=layer if mode == "deep" else None, **kw)
 
 
 @pytest.fixture(params=["causal", "masked"])
@@ -46,8 +51,9 @@ def test_padding_never_changes_logits(handle, mode):
     result = engine.evaluate(_request(mode))
     batched = result.logits
     for i, text in enumerate(TEXTS):
-        alone = engine.evaluate(_request(mode, examples=Examples(texts=[text], labels=[EXAMPLES.labels[i]]),
-                                         scales=result.scales)).logits
+        alone = engine.evaluate(
+            _request(mode, examples=Examples(texts=[text], labels=[EXAMPLES.labels[i]]), scales=result.scales)
+        ).logits
         np.testing.assert_allclose(alone[:, 0], batched[:, i], atol=1e-5)
 
 
@@ -60,8 +66,9 @@ def test_population_equals_one_candidate_at_a_time(handle, mode):
         return
     z = _z(3)
     for p in range(3):
-        single = engine.evaluate(EvalRequest(TASK, EXAMPLES, _spec(mode), z=z[p:p + 1],
-                                             layer=2 if mode == "deep" else None))
+        single = engine.evaluate(
+            EvalRequest(TASK, EXAMPLES, _spec(mode), z=z[p : p + 1], layer=2 if mode == "deep" else None)
+        )
         np.testing.assert_allclose(single.logits[0], batched.logits[p], atol=1e-5)
 
 
@@ -83,8 +90,12 @@ def test_frozen_layer_reuse_every_layer(handle, layer):
 
 
 def test_icl_prefix_reuse_is_exact(causal_handle):
-    task = TaskSpec(template=TASK.template, labels=TASK.labels, verbalizer=TASK.verbalizer,
-                    demos=(("a wonderful story", None, 1), ("awful pacing", None, 0)))
+    task = TaskSpec(
+        template=TASK.template,
+        labels=TASK.labels,
+        verbalizer=TASK.verbalizer,
+        demos=(("a wonderful story", None, 1), ("awful pacing", None, 0)),
+    )
     plain = Engine(causal_handle, prefix_reuse=False).evaluate(_request("none", task=task)).logits
     reused = Engine(causal_handle, prefix_reuse=True).evaluate(_request("none", task=task)).logits
     np.testing.assert_allclose(reused, plain, atol=1e-5)
@@ -93,13 +104,14 @@ def test_icl_prefix_reuse_is_exact(causal_handle):
 
 
 def test_prompt_placeholder_after_an_instruction(causal_handle, causal_tokenizer):
-    task = TaskSpec(template="Task: {prompt}\nReview: {text}\nSentiment: {mask}", labels=TASK.labels,
-                    verbalizer=TASK.verbalizer)
+    task = TaskSpec(
+        template="Task: {prompt}\nReview: {text}\nSentiment: {mask}", labels=TASK.labels, verbalizer=TASK.verbalizer
+    )
     request = _request("add", task=task)
     layout = Engine(causal_handle).layout(request)
     instruction = causal_tokenizer("Task: ", add_special_tokens=False)["input_ids"]
     bos = [causal_tokenizer.bos_token_id]
-    assert layout.prefix_ids.tolist()[:len(bos) + len(instruction)] == bos + instruction
+    assert layout.prefix_ids.tolist()[: len(bos) + len(instruction)] == bos + instruction
     assert layout.slots.tolist() == list(range(len(bos) + len(instruction), len(bos) + len(instruction) + 4))
     plain = Engine(causal_handle, prefix_reuse=False).evaluate(request).logits
     np.testing.assert_allclose(Engine(causal_handle).evaluate(request).logits, plain, atol=1e-5)
@@ -116,8 +128,9 @@ def test_injection_changes_logits_and_zero_matches_base(causal_handle, mode):
     engine = Engine(causal_handle)
     result = engine.evaluate(_request(mode))
     assert not np.allclose(result.logits[0], result.logits[1])
-    zero = engine.evaluate(EvalRequest(TASK, EXAMPLES, _spec(mode), z=np.zeros((1, 8)),
-                                       layer=1 if mode == "deep" else None)).logits
+    zero = engine.evaluate(
+        EvalRequest(TASK, EXAMPLES, _spec(mode), z=np.zeros((1, 8)), layer=1 if mode == "deep" else None)
+    ).logits
     if mode in ("add", "deep"):  # z = 0 leaves the placeholder tokens as they are
         unprompted = engine.evaluate(EvalRequest(TASK, EXAMPLES, _spec(mode))).logits
         np.testing.assert_allclose(zero, unprompted, atol=1e-6)
@@ -200,11 +213,14 @@ def test_text_beyond_context(causal_handle):
         Engine(causal_handle).evaluate(EvalRequest(TASK, long, _spec("none")))
 
 
-@pytest.mark.parametrize("request_kw, message", [
-    ({"z": np.zeros((2, 5))}, "shape"),
-    ({"z": np.full((2, 8), np.nan)}, "NaN"),
-    ({"loss": "mse"}, "loss"),
-])
+@pytest.mark.parametrize(
+    "request_kw, message",
+    [
+        ({"z": np.zeros((2, 5))}, "shape"),
+        ({"z": np.full((2, 8), np.nan)}, "NaN"),
+        ({"loss": "mse"}, "loss"),
+    ],
+)
 def test_bad_candidates(causal_handle, request_kw, message):
     kw = {"z": _z(2), **request_kw}
     with pytest.raises(InvalidRequest, match=message):
@@ -219,3 +235,23 @@ def test_deep_needs_layer_and_bad_template(causal_handle):
         Engine(causal_handle).evaluate(EvalRequest(bad, EXAMPLES, _spec("add"), z=_z(2)))
     with pytest.raises(EngineError, match="empty"):
         Engine(causal_handle).evaluate(EvalRequest(TASK, Examples(texts=[], labels=[]), _spec("none")))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_scores_do_not_depend_on_the_memory_cap_in_bf16(causal_handle, mode):
+    """Fixed micro-batches: whatever the cap, every example is padded with the same neighbours, and a candidate's
+    rows are the same whether it shares a pass with others or runs alone: the logits are equal bit for bit."""
+    from tiny import make_causal
+
+    from nograd.engine.models import handle_from_model
+
+    bf16 = handle_from_model(make_causal().to(torch.bfloat16), causal_handle.tokenizer, name="tiny-bf16")
+    examples = Examples(texts=[t + " " + "and so on " * i for i in range(5) for t in TEXTS], labels=[1, 0, 0, 1] * 5)
+    request = _request(mode, examples=examples, population=6, scales=None)
+    tight, roomy = Engine(bf16, memory_cap_mb=0.01), Engine(bf16, memory_cap_mb=4096)
+    assert (
+        tight._candidates_per_pass(tight.layout(request), 6) == 1 < roomy._candidates_per_pass(roomy.layout(request), 6)
+    )
+    first = tight.evaluate(request)
+    second = roomy.evaluate(replace(request, prompt=replace(request.prompt, scales=first.scales)))
+    np.testing.assert_array_equal(first.logits, second.logits)

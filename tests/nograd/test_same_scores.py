@@ -1,0 +1,133 @@
+"""The same prompt scores the same everywhere, in bf16: `nograd run` -> `nograd eval`, and a service job -> its
+downloaded prompt -> `nograd eval`, each pair at two different memory caps. Scores are computed in fixed-shape
+micro-batches whatever the cap; the check that grouping matters (other micro-batches give other bf16 scores)
+keeps the equalities from holding by accident."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from nograd.cli import main
+from nograd.clients.local import LocalClient
+from nograd.clients.types import EvalRequest, PromptSpec
+from nograd.engine import Engine, load_model
+from nograd.pipeline import task_spec, to_examples
+from nograd.service.api import create_app
+from nograd.service.settings import Settings
+from nograd.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, causal_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=1100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=1,
+    )
+    folder = tmp_path_factory.mktemp("bf16") / "small-llama"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    causal_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _eval(capsys, prompt, cap) -> dict:
+    capsys.readouterr()
+    assert main(["eval", "--prompt", str(prompt), "--device", "cpu", "--memory-cap-mb", str(cap)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_run_then_eval_at_another_cap(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                "--task",
+                "mr",
+                "--model",
+                model_dir,
+                "--dtype",
+                "bf16",
+                "--device",
+                "cpu",
+                "--memory-cap-mb",
+                "0.2",
+                "--method",
+                "bbt",
+                "--budget",
+                "16",
+                "--popsize",
+                "8",
+                "--dim",
+                "6",
+                "--n-tokens",
+                "3",
+                "--k-shot",
+                "2",
+                "--dev-every",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "result.json").read_text())
+    for cap in (0.05, 1024):
+        rescored = _eval(capsys, out / "prompt.safetensors", cap)
+        assert (rescored["metric"], rescored["ce"]) == (result["test_metric"], result["test_ce"])
+
+
+def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys):
+    settings = Settings(
+        data_dir=tmp_path / "data", models=[model_dir], auth=False, dtype="bf16", device="cpu", memory_cap_mb=0.05
+    )
+    with TestClient(create_app(settings)) as http:
+        job = http.post(
+            "/v1/jobs",
+            json={
+                "method": "bbt",
+                "task": "mr",
+                "model": model_dir,
+                "budget": 16,
+                "k_shot": 2,
+                "dev_every": 8,
+                "options": {"popsize": 8, "dim": 6, "n_tokens": 3},
+            },
+        ).json()
+        deadline = time.monotonic() + 300
+        while (job := http.get(f"/v1/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert job["status"] == "succeeded", job["error"]
+        (tmp_path / "prompt.safetensors").write_bytes(http.get(f"/v1/jobs/{job['id']}/prompt").content)
+    rescored = _eval(capsys, tmp_path / "prompt.safetensors", 512)
+    assert (rescored["metric"], rescored["ce"]) == (job["result"]["test_metric"], job["result"]["test_ce"])
+
+
+def test_other_micro_batches_give_other_bf16_scores(model_dir, monkeypatch):
+    import nograd.engine.engine as engine_module
+
+    task = get_task("mr")
+    request = EvalRequest(task_spec(task), to_examples(task, task.test[:64]), PromptSpec(mode="none"))
+    engine = Engine(load_model(model_dir, dtype="bf16", device="cpu"), memory_cap_mb=0.05)
+    fixed = asyncio.run(LocalClient(engine).evaluate(request)).logits
+    assert np.array_equal(fixed, Engine(engine.handle, memory_cap_mb=2048).evaluate(request).logits)
+    monkeypatch.setattr(engine_module, "MICRO_BATCH", 64)  # all examples padded to the longest one
+    assert not np.array_equal(fixed, engine.evaluate(request).logits)
