@@ -20,7 +20,7 @@ class RemoteError(RuntimeError):
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """Where and how to reach a remote model; build one with `clients.kinds.parse_endpoint`, which checks every
+    """Where and how to reach a remote model; build one with `nograd.clients.kinds.parse_endpoint`, which checks every
     field. `api_key_secret` names a tenant secret (the CLI: an environment variable), never the key itself."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -1,5 +1,5 @@
 """Label-word scores from a remote endpoint's first-token top log-probabilities: which returned token stands for a
-label word, and the floor for a word the list does not contain (see `clients.openai` for the whole procedure)."""
+label word, and the floor for a word the list does not contain (see `nograd.clients.openai` for the whole procedure)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """OpenAI-compatible completions/chat endpoints behind the `ModelClient` protocol (OpenAI, llama.cpp's server,
 vLLM's text API, ...).
 
-Every prompt is rendered by `clients.render` (the same text the local engine tokenizes); with `api: chat` the text
-is the user message and the server applies the model's chat template, as the engine does under `TaskSpec.chat`.
+Every prompt is rendered by `nograd.clients.render` (the same text the local engine tokenizes); with `api: chat` the
+text is the user message and the server applies the model's chat template, as the engine does under `TaskSpec.chat`.
 
 Label-word scores come from the log-probabilities of the first generated token (max_tokens 1, temperature 0):
 a label's score is the log-probability of the returned top token whose text equals the label word (compared
@@ -74,7 +74,7 @@ class OpenAIClient:
     """An OpenAI-compatible endpoint. Text-only: serves the `none`, `text` and `demos` prompt modes. One instance per
     job: `usage` is that job's running token account."""
 
-    #: The endpoint kind this class serves (`clients.kinds.ENDPOINT_KINDS` is built from it).
+    #: The endpoint kind this class serves (`nograd.clients.kinds.ENDPOINT_KINDS` is built from it).
     kind: ClassVar[str] = "openai"
     description: ClassVar[str] = "any OpenAI-compatible server (OpenAI, llama.cpp, vLLM's text API)"
     prompt_modes: ClassVar[tuple[str, ...]] = ("none", *DISCRETE_MODES)
@@ -333,7 +333,7 @@ class OpenAIClient:
         return tokens if ok else None
 
     def texts(self, request: EvalRequest) -> list[list[str]]:
-        """(P, E) model inputs: each candidate's prompt rendered around each example (`clients.render`)."""
+        """(P, E) model inputs: each candidate's prompt rendered around each example (`nograd.clients.render`)."""
         mode = request.prompt.mode
         if mode not in self.prompt_modes:
             raise InvalidRequest(
@@ -367,6 +367,10 @@ class OpenAIClient:
                 task.cancel()
             raise
         logits = np.asarray([[scored[t] for t in row] for row in grid], dtype=np.float64)
+        return await self._result(request, logits, started, before)
+
+    async def _result(self, request: EvalRequest, logits: np.ndarray, started: float, before: dict) -> EvalResult:
+        """The evaluation's result, with what the endpoint charged since `before` (a copy of `usage`)."""
         return score_logits(
             request,
             logits,

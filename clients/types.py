@@ -85,7 +85,7 @@ class TaskSpec:
 
     template: uses `{text}`, optional `{text2}`, `{mask}` where the label word goes, optional `{prompt}` (where the
         soft prompt goes; default: at the very start); `{{` and `}}` stand for literal braces. Causal LMs score the
-        next token after the text before `{mask}`; masked LMs score at the mask token. `clients.render` turns a
+        next token after the text before `{mask}`; masked LMs score at the mask token. `nograd.clients.render` turns a
         template and an example into text, the same way for every endpoint.
     verbalizer: one word per label, in label order; each label is scored by its word's first token.
     demos: (text, text2, label index) triples shown before the input (in-context learning).
@@ -177,7 +177,7 @@ class EvalRequest:
 
 @dataclass
 class EvalResult:
-    """Per-candidate results; build one with `clients.losses.score_logits`.
+    """Per-candidate results; build one with `nograd.clients.losses.score_logits`.
 
     logits: (P, E, K) label-word logits; loss/metric: (P,); losses: every loss kind, (P,) each.
     usage: what a remote API charged and reported (`prompt_tokens`, `completion_tokens`, `requests`,

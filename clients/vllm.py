@@ -13,7 +13,6 @@ import numpy as np
 
 from .endpoint import EndpointConfig, RemoteError
 from .labels import label_scores
-from .losses import score_logits
 from .openai import OpenAIClient
 from .render import label_words
 from .types import DISCRETE_MODES, EvalRequest, EvalResult
@@ -75,13 +74,7 @@ class VLLMClient(OpenAIClient):
 
         results = await asyncio.gather(*[one(e) for row in rows for e in row])
         logits = np.asarray(results, dtype=np.float64).reshape(len(rows), len(rows[0]), -1)
-        return score_logits(
-            request,
-            logits,
-            model_id=(await self.describe()).model_id,
-            started=started,
-            usage={k: self.usage[k] - before[k] for k in self.usage},
-        )
+        return await self._result(request, logits, started, before)
 
 
 def encode_embeds(embeds: np.ndarray) -> str:

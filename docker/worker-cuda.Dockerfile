@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NOGRAD_MEMORY_CAP_MB=8192
 
 WORKDIR /opt/nograd/src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY nograd ./nograd
 COPY optimizers ./optimizers
 COPY clients ./clients

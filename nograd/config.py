@@ -36,10 +36,10 @@ class RunConfig:
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    method: Annotated[str, _opt("the method: manual, icl, bbt, bbtv2, bbpl, rlprompt or icl_search", max_length=32)] = (
-        "bbt"
+    method: Annotated[str, _opt("the method (one of nograd.methods.METHODS)", max_length=32)] = "bbt"
+    task: Annotated[str | None, _opt("bundled task (`nograd tasks` or GET /v1/tasks lists them)", max_length=100)] = (
+        "mr"
     )
-    task: Annotated[str | None, _opt("bundled task (mr, trec, sms, bbc)", max_length=100)] = "mr"
     # User dataset instead of a bundled task.
     dataset: Annotated[str | None, _opt("your own JSONL/CSV file instead of a bundled task", max_length=4096)] = None
     test_dataset: Annotated[str | None, _opt("a JSONL/CSV file of test examples for the dataset", max_length=4096)] = (

@@ -60,10 +60,14 @@ class DiscreteSearch(PromptSearch):
             self.task,
             examples,
             self.spec,
-            texts=[self.prompt_text(row) for row in rows],
             loss=self.config.loss,
             generation=self.generation if generation is None else generation,
+            **self._candidates(rows),
         )
+
+    def _candidates(self, rows: np.ndarray) -> dict:
+        """The request fields that carry these choice rows: the prompt texts (`text` mode)."""
+        return {"texts": [self.prompt_text(row) for row in rows]}
 
 
 class BBPLSearch(DiscreteSearch):
@@ -123,25 +127,9 @@ class ICLSearch(DiscreteSearch):
             seen.add(int(i))
         return np.asarray(out, dtype=np.float64)
 
-    def _request(
-        self,
-        examples: Examples,
-        x: np.ndarray | None = None,
-        *,
-        population: np.ndarray | None = None,
-        layer: int | None = None,
-        base: np.ndarray | None = None,
-        generation: int | None = None,
-    ) -> EvalRequest:
-        rows = np.asarray(x)[None] if x is not None else np.asarray(population)
-        return EvalRequest(
-            self.task,
-            examples,
-            self.spec,
-            z=np.stack([self._unique(r) for r in rows]),
-            loss=self.config.loss,
-            generation=self.generation if generation is None else generation,
-        )
+    def _candidates(self, rows: np.ndarray) -> dict:
+        """Demonstration indices (`demos` mode), repeated choices dropped."""
+        return {"z": np.stack([self._unique(r) for r in rows])}
 
     def _objective(self, result, scored: np.ndarray) -> np.ndarray:
         labels = np.asarray(self.train.labels)

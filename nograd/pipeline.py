@@ -14,7 +14,7 @@ import numpy as np
 
 from nograd.clients.losses import all_losses
 from nograd.clients.protocol import ModelClient
-from nograd.clients.types import EvalRequest, Examples, PromptSpec, TaskSpec
+from nograd.clients.types import EvalRequest, Examples, ModelInfo, PromptSpec, TaskSpec
 from nograd.engine import MICRO_BATCH
 from nograd.tasks import Example, Task, TaskError, UnknownTaskError, examples_hash, get_task, load_user_dataset
 
@@ -30,10 +30,16 @@ C = TypeVar("C", bound=RunConfig)
 TEST_CHUNK = 256
 
 
-def scoring(config: ResolvedConfig) -> dict:
-    """What scoring a prompt the same way again needs beyond the model and the prompt file's task spec: the dtype,
-    the evaluation micro-batch and the examples per request (saved with every prompt)."""
-    return {"dtype": config.dtype, "micro_batch": MICRO_BATCH, "request_examples": TEST_CHUNK}
+#: The dtypes an engine loads a model in (`ModelInfo.dtype` of a local or queued model).
+ENGINE_DTYPES = ("bf16", "fp16", "fp32")
+
+
+def scoring(config: ResolvedConfig, info: ModelInfo) -> dict:
+    """What scoring a prompt the same way again needs beyond the model and the prompt file's task spec (saved with
+    every prompt): the dtype the endpoint ran the model in (a service's workers decide it, not the job), the
+    evaluation micro-batch and the examples per request."""
+    dtype = info.dtype if info.dtype in ENGINE_DTYPES else config.dtype
+    return {"dtype": dtype, "micro_batch": MICRO_BATCH, "request_examples": TEST_CHUNK, "model_id": info.model_id}
 
 
 @dataclass
@@ -256,7 +262,7 @@ async def run(
             materialized=materialized,
             task_spec=data.spec,
             model_id=info.model_id,
-            scoring=scoring(config),
+            scoring=scoring(config, info),
             text=result.get("prompt_text"),
         )
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))

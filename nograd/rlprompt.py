@@ -161,6 +161,9 @@ class RLPromptPolicy:
         """(popsize, length) sampled prompts (token ids as float64)."""
         return self._generate(self.popsize, greedy=False)
 
+    #: No step size to report (the optimizer contract's dashboards field).
+    step_size = None
+
     @property
     def mean(self) -> np.ndarray:
         """The policy's greedy prompt: what is evaluated on dev beside the best sampled one."""

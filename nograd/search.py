@@ -93,6 +93,7 @@ class PromptSearch:
         self.best_train = {"loss": math.inf, "x": None}
         self._interval_best = {"loss": math.inf, "x": None}
         self._next_dev = self.config.dev_every
+        self.initial: dict | None = None
 
     # ---------------------------------------------------------------- candidates
     def _zero(self) -> np.ndarray:
@@ -219,7 +220,7 @@ class PromptSearch:
             "mean_loss": float(losses.mean()),
             "best_loss": self.best_train["loss"],
             "train_metric_max": float(np.max(result.metric)),
-            "sigma": _sigma(self.optimizer),
+            "sigma": self.optimizer.step_size,
             **self._entry_extra(result),
         }
         if self.calls >= self._next_dev or self.done:
@@ -249,7 +250,7 @@ class PromptSearch:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """State after a completed generation (numpy arrays inside; `optimizers.state_to_json` writes it
+        """State after a completed generation (numpy arrays inside; `nograd.optimizers.state_to_json` writes it
         losslessly); `load_state` continues bit-identically."""
         return {
             "version": STATE_VERSION,
@@ -262,7 +263,7 @@ class PromptSearch:
             "best_train": dict(self.best_train),
             "interval_best": dict(self._interval_best),
             "next_dev": self._next_dev,
-            "initial": getattr(self, "initial", None),
+            "initial": self.initial,
         }
 
     def _optimizer_from_state(self, state: dict):
@@ -283,8 +284,3 @@ class PromptSearch:
         self._interval_best = dict(state["interval_best"])
         self._next_dev = state["next_dev"]
         self.initial = state["initial"]
-
-
-def _sigma(optimizer) -> float | None:
-    sigma = getattr(optimizer, "sigma", None)
-    return None if sigma is None else float(sigma)

@@ -8,7 +8,7 @@ Invariants enforced here for all subclasses:
   same values, same order) and ``popsize`` finite losses; otherwise it raises ``ValueError`` and the
   optimizer is left unchanged, so the caller may fix the call and tell again.
 * ``generation`` counts completed tells; ``best`` is the lowest loss ever told (first one wins ties).
-* ``state_dict()`` is JSON-friendly apart from ``np.ndarray`` values (see :mod:`optimizers._state`), carries
+* ``state_dict()`` is JSON-friendly apart from ``np.ndarray`` values (see :mod:`nograd.optimizers._state`), carries
   ``"version"`` and ``"type"`` and suffices to continue bit-identically via ``from_state``.  Untold (pending)
   candidates are not saved: after loading, ``ask()`` regenerates them bit-identically.
 * Instances are not thread-safe: drive one optimizer from one thread (or serialise calls yourself).
@@ -132,6 +132,11 @@ class Optimizer(abc.ABC):
         """Registry name this optimizer is stored under (``state_dict()["type"]``)."""
 
     @property
+    def step_size(self) -> float | None:
+        """The method's current overall step size, for dashboards (CMA-ES's sigma); None where it has none."""
+        return None
+
+    @property
     @abc.abstractmethod
     def mean(self) -> np.ndarray:
         """The optimizer's current point estimate of the optimum (a fresh array)."""
@@ -236,7 +241,7 @@ class Optimizer(abc.ABC):
         """Everything needed to continue, as JSON-friendly values and ``np.ndarray``s.
 
         Always contains ``"version"`` (== ``STATE_VERSION``) and ``"type"`` (== :attr:`name`).  Store it with
-        :func:`optimizers.state_to_json`, or as arrays (``np.savez`` after flattening the dict).
+        :func:`nograd.optimizers.state_to_json`, or as arrays (``np.savez`` after flattening the dict).
         """
 
     @classmethod

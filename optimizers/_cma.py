@@ -133,6 +133,11 @@ class CMA(ReplayOptimizer):
         return float(self._es.sigma)
 
     @property
+    def step_size(self) -> float:
+        """``sigma``."""
+        return self.sigma
+
+    @property
     def mean(self) -> np.ndarray:
         """Distribution mean (in bounds: mapped into the box as pycma's ``result.xfavorite`` does)."""
         m = np.array(self._es.mean, dtype=np.float64)

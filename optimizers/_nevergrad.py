@@ -66,7 +66,7 @@ def check_nevergrad_name(name: str) -> str:
         raise ValueError(
             f"unknown nevergrad optimizer {name!r}; did you mean one of "
             f"{[NG_PREFIX + n for n in close or common]}? "
-            "(all names: optimizers.nevergrad_names())"
+            "(all names: nograd.optimizers.nevergrad_names())"
         )
     return short
 

@@ -74,7 +74,7 @@ class ReplayOptimizer(Optimizer):
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """See :meth:`Optimizer.state_dict`; layout documented in :mod:`optimizers._replay`.
+        """See :meth:`Optimizer.state_dict`; layout documented in :mod:`nograd.optimizers._replay`.
 
         Keys: ``version``, ``type``, ``config``, ``library_versions``, ``generation``, ``losses``
         (float64 array ``(generation, popsize)``), ``candidate_sha256`` (list of ``generation`` hex digests),

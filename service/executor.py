@@ -26,12 +26,13 @@ from nograd.artifacts import prompt_bytes, read_prompt
 from nograd.clients.endpoint import RemoteError
 from nograd.clients.protocol import ModelClient
 from nograd.clients.types import ModelInfo
-from nograd.config import ResolvedConfig
+from nograd.config import ResolvedConfig, RunConfig
 from nograd.endpoints import open_client
 from nograd.methods import make_search
 from nograd.optimizers import state_from_json, state_to_json
-from nograd.pipeline import RunData, finalize, located, prepare, scoring
+from nograd.pipeline import RunData, finalize, located, prepare, resolve_run, scoring
 from nograd.search import PromptSearch
+from nograd.validation import field_names
 
 from .queue import BatchQueue, QueueError
 from .queue.client import EvaluationError, QueueClient
@@ -88,7 +89,7 @@ class JobExecutor:
 
     @classmethod
     def from_settings(cls, store: Store, queue: BatchQueue, settings, **options) -> JobExecutor:
-        """A runner configured by `service.settings.Settings` (options override, e.g. `on_batch`)."""
+        """A runner configured by `nograd.service.settings.Settings` (options override, e.g. `on_batch`)."""
         return cls(
             store,
             queue,
@@ -262,12 +263,23 @@ class JobExecutor:
             **({} if self.remote_transport is None else {"transport": self.remote_transport}),
         )
 
+    def _config(self, job: dict) -> ResolvedConfig:
+        """The settings the job runs with: its config as resolved at submit time, never resolved again; with an
+        uploaded dataset, located at this runner's copy of the file."""
+        path = dataset_file(self.store, self.data_dir, job["dataset_id"]) if job.get("dataset_id") else None
+        values = dict(job["config"])
+        if set(field_names(RunConfig)) <= set(values):
+            return located(ResolvedConfig.from_dict(values), path)
+        # Stored by nograd 0.1, which kept the submitted options and resolved them whenever the job ran: resolve
+        # them this once (a job that starts now has no checkpoint written under other settings).
+        log.warning("job %s was stored by nograd 0.1 without resolved settings; resolving them now", job["id"])
+        if path is not None:
+            values.update(self.store.get_dataset(job["dataset_id"])["options"], task=None, dataset=str(path))
+        return resolve_run(RunConfig.from_dict(values))[0]
+
     async def _execute(self, job: dict) -> None:
         started = time.perf_counter()
-        config = ResolvedConfig.from_dict(job["config"])  # as resolved at submit time; never re-resolved
-        if job.get("dataset_id"):
-            path = await asyncio.to_thread(dataset_file, self.store, self.data_dir, job["dataset_id"])
-            config = located(config, path)
+        config = await asyncio.to_thread(self._config, job)
         data = await asyncio.to_thread(prepare, config)
         timing = {"queue": 0.0}
         client = await self._client(job, config, timing)
@@ -308,7 +320,7 @@ class JobExecutor:
             materialized=await client.materialize(prompt, x),
             task_spec=data.spec,
             model_id=info.model_id,
-            scoring=scoring(config),
+            scoring=scoring(config, info),
             text=result.get("prompt_text"),
         )
         await asyncio.to_thread(

@@ -14,6 +14,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nograd.config import ConfigError, RunConfig
+from nograd.methods import COMMON_DEFAULTS, METHODS
 from nograd.sdk import ApiError
 
 from .service import add_commands
@@ -37,13 +38,18 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field, its help the field's description (and its default)."""
     hints = typing.get_type_hints(RunConfig, include_extras=True)
     defaults = RunConfig()
+    by_method = set(COMMON_DEFAULTS).union(*(m.defaults for m in METHODS.values()))
     for f in fields(RunConfig):
         kind, extra = _option_type(hints[f.name])
         info = typing.get_args(hints[f.name])[1] if typing.get_origin(hints[f.name]) is typing.Annotated else None
         default = getattr(defaults, f.name)
-        help_text = (info.description if info is not None else "") + (
-            " (default: the method's)" if default is None else f" (default {default})"
-        )
+        if f.name in by_method:
+            shown = " (default: the method's)"
+        else:
+            shown = "" if default is None else f" (default {default})"
+        help_text = (info.description if info is not None else "") + shown
+        if f.name == "method":
+            extra["choices"] = list(METHODS)
         if extra.get("action") is None:
             extra["type"] = kind
         parser.add_argument(
@@ -119,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = {"test": task.test, "pool": task.pool}[args.split]
     client = local_client(
         config, dtype=args.dtype or saved["scoring"].get("dtype"), device=args.device, memory_cap_mb=args.memory_cap_mb
-    )
+    )  # by default in the dtype the prompt was scored in (a service job: its workers')
     chunk = saved["scoring"].get("request_examples")
     result = asyncio.run(
         score(

@@ -81,7 +81,7 @@ def _batch_ids(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def label_token_ids(tokenizer, task: TaskSpec) -> list[int]:
-    """First token of each label's string (`clients.render.label_words`); two labels sharing one is an error."""
+    """First token of each label's string (`nograd.clients.render.label_words`); two labels sharing one is an error."""
     ids = []
     for label, word in zip(task.labels, label_words(task)):
         tokens = text_ids(tokenizer, word)

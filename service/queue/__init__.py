@@ -26,7 +26,7 @@ def make_queue(redis_url: str | None, **options) -> BatchQueue:
 
 
 def queue_from_settings(settings) -> BatchQueue:
-    """The queue `service.settings.Settings` describe."""
+    """The queue `nograd.service.settings.Settings` describe."""
     return make_queue(
         settings.redis_url,
         namespace=settings.namespace,

@@ -54,6 +54,18 @@ def test_images_run_as_non_root_with_a_healthcheck(dockerfile):
         assert "nograd.engine.warm smollm2-135m" in text
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_copy_what_the_package_builds_from(dockerfile):
+    """`pip install .` in the image needs every folder pyproject.toml maps into nograd, and the license file."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {folder.split("/")[0] for folder in project["tool"]["setuptools"]["package-dir"].values()}
+    needed |= set(project["project"]["license-files"]) | {"pyproject.toml", project["project"]["readme"]}
+    copied = {src for line in re.findall(r"^COPY (.+)$", dockerfile.read_text(), re.M) for src in line.split()[:-1]}
+    assert needed <= copied, needed - copied
+
+
 def _compose(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [_tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), *args],

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from nograd.artifacts import load_prompt
 from nograd.cli import main
 from nograd.clients.local import LocalClient
 from nograd.clients.types import EvalRequest, PromptSpec
@@ -94,9 +95,12 @@ def test_run_then_eval_at_another_cap(model_dir, tmp_path, capsys):
         assert (rescored["metric"], rescored["ce"]) == (result["test_metric"], result["test_ce"])
 
 
-def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys, dtype):
+    """The workers' dtype, not a job option, decides how a service job is scored: the prompt records it and
+    `nograd eval` scores in it."""
     settings = Settings(
-        data_dir=tmp_path / "data", models=[model_dir], auth=False, dtype="bf16", device="cpu", memory_cap_mb=0.05
+        data_dir=tmp_path / "data", models=[model_dir], auth=False, dtype=dtype, device="cpu", memory_cap_mb=0.05
     )
     with TestClient(create_app(settings)) as http:
         job = http.post(
@@ -117,6 +121,7 @@ def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys)
             time.sleep(0.1)
         assert job["status"] == "succeeded", job["error"]
         (tmp_path / "prompt.safetensors").write_bytes(http.get(f"/v1/jobs/{job['id']}/prompt").content)
+    assert load_prompt(tmp_path / "prompt.safetensors")["scoring"]["dtype"] == dtype
     rescored = _eval(capsys, tmp_path / "prompt.safetensors", 512)
     assert (rescored["metric"], rescored["ce"]) == (job["result"]["test_metric"], job["result"]["test_ce"])
 

@@ -93,3 +93,30 @@ def test_a_job_resumed_after_a_default_changed_finishes_with_its_stored_settings
     )
     # ... while a job submitted now gets the new default.
     assert store.get_job(_submit(settings, store)["id"])["config"]["popsize"] == 7
+
+
+def test_a_job_stored_by_nograd_0_1_without_resolved_settings_still_runs(service):
+    """0.1 stored the submitted options only (and resolved them whenever the job ran)."""
+    settings, store = service
+    job = store.create_job(
+        tenant="local",
+        method="bbt",
+        task="trec",
+        dataset_id=None,
+        model="fake",
+        config={
+            "method": "bbt",
+            "model": "fake",
+            "budget": 40,
+            "seed": 0,
+            "k_shot": 16,
+            "dev_every": 20,
+            "task": "trec",
+            "dim": 8,
+        },
+        budget=40,
+    )
+    asyncio.run(_execute(store, settings, job["id"]))
+    done = store.get_job(job["id"])
+    assert done["status"] == "succeeded" and done["calls"] == 40, done["error"]
+    assert [len(h["losses"]) for h in store.history(job["id"]) if "losses" in h] == [20, 20]
