@@ -1,5 +1,8 @@
 """`nograd` command line: run an optimization, re-score a saved prompt, list bundled tasks; the service's commands
-(serve, worker, runner, submit, status, watch, jobs, secret, keys) are in `nograd.cli.service`."""
+(serve, worker, runner, submit, status, watch, jobs, secret, keys) are in `nograd.cli.service`.
+
+Each command imports what it needs when it runs (the CLI is the top layer: nothing imports it back), so a quick
+command such as `nograd jobs` does not load the optimizers, the model libraries or the web stack."""
 
 from __future__ import annotations
 

@@ -255,3 +255,49 @@ def test_scores_do_not_depend_on_the_memory_cap_in_bf16(causal_handle, mode):
     first = tight.evaluate(request)
     second = roomy.evaluate(replace(request, prompt=replace(request.prompt, scales=first.scales)))
     np.testing.assert_array_equal(first.logits, second.logits)
+
+
+CHAT = "{% for m in messages %}<s>user: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<s>{% endif %}"
+
+
+@pytest.fixture
+def chat_handle(causal_handle):
+    """The tiny causal model with a chat template on a copy of its tokenizer."""
+    import copy
+
+    tokenizer = copy.deepcopy(causal_handle.tokenizer)
+    tokenizer.chat_template = CHAT
+    return replace(causal_handle, tokenizer=tokenizer)
+
+
+def test_chat_template_scores_the_templated_text_and_keeps_soft_prompt_slots_inside(chat_handle):
+    engine = Engine(chat_handle)
+    task = replace(TASK, chat=True)
+    request = EvalRequest(task, EXAMPLES, PromptSpec(mode="text"), texts=["", "great"])
+    sequences, label_ids = engine.scored_tokens(request)
+    tokenizer = chat_handle.tokenizer
+    for candidate, text in zip(sequences, ["", "great\n"]):
+        for ids, example in zip(candidate, EXAMPLES.texts):
+            content = f"{text}Review: {example}\nSentiment:"
+            templated = tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+            assert ids == tokenizer(templated, add_special_tokens=False)["input_ids"]
+    assert label_ids == [
+        tokenizer("bad", add_special_tokens=False)["input_ids"][0],
+        tokenizer("great", add_special_tokens=False)["input_ids"][0],
+    ]  # the answer: no space
+    soft = EvalRequest(task, EXAMPLES, _spec("add"), z=_z(2))
+    layout = engine.layout(soft)
+    head = tokenizer("<s>user: ", add_special_tokens=False)["input_ids"]
+    assert layout.slots.tolist() == list(range(len(head), len(head) + 4))
+    assert layout.prefix_ids[: len(head)].tolist() == head
+    assert engine.evaluate(soft).logits.shape == (2, 4, 2)
+
+
+def test_chat_template_needs_a_causal_lm_with_a_template(causal_handle, masked_handle):
+    request = EvalRequest(replace(TASK, chat=True), EXAMPLES, PromptSpec(mode="none"))
+    with pytest.raises(EngineError, match="no chat template"):
+        Engine(causal_handle).evaluate(request)
+    with pytest.raises(EngineError, match="causal"):
+        Engine(masked_handle).evaluate(request)
