@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 from fastapi import APIRouter, Request
@@ -38,23 +39,23 @@ def tasks(tenant: CurrentTenant) -> list[dict]:
     return out
 
 
-def _option(name: str, method) -> dict:
-    schema = JobOptions.model_json_schema()["properties"][name]
-    value = next((v for v in schema.get("anyOf", [schema]) if v.get("type") != "null"), schema)
+def _option(name: str, method, schema: dict) -> dict:
+    field = schema[name]
+    value = next((v for v in field.get("anyOf", [field]) if v.get("type") != "null"), field)
     default = method.defaults.get(name, COMMON_DEFAULTS.get(name, getattr(RunConfig(), name)))
     return {
         "name": name,
         "type": value.get("type", "string"),
         "choices": value.get("enum"),
         "default": None if callable(default) else default,
-        "description": schema.get("description", ""),
+        "description": field.get("description", ""),
     }
 
 
-@router.get("/v1/methods", response_model=list[MethodPublic])
-def methods(tenant: CurrentTenant) -> list[dict]:
-    """The methods (the registry): what each one searches, its defaults, the options it reads, where it runs."""
-    default = RunConfig()
+@functools.cache
+def _methods() -> list[dict]:
+    """The registry as published: it never changes while the process runs, so it is built once."""
+    default, schema = RunConfig(), JobOptions.model_json_schema()["properties"]
     return [
         {
             "name": m.name,
@@ -64,10 +65,16 @@ def methods(tenant: CurrentTenant) -> list[dict]:
             "needs_embeddings": m.needs_embeddings,
             "transfers": m.transfers,
             "endpoint_kinds": list(m.endpoint_kinds(default)),
-            "options": [_option(o, m) for o in m.options],
+            "options": [_option(o, m, schema) for o in m.options],
         }
         for m in METHODS.values()
     ]
+
+
+@router.get("/v1/methods", response_model=list[MethodPublic])
+def methods(tenant: CurrentTenant) -> list[dict]:
+    """The methods (the registry): what each one searches, its defaults, the options it reads, where it runs."""
+    return _methods()
 
 
 def _public_worker(info: dict) -> dict:

@@ -27,28 +27,14 @@ from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-#: Where a run option lives in the request body (`ConfigError.field` -> the 422's location).
-_DATASET_FIELDS = (
-    "dataset",
-    "test_dataset",
-    "test_fraction",
-    "template",
-    "verbalizer",
-    "text_field",
-    "text2_field",
-    "label_field",
-    "metric",
-)
-
 
 def _location(field: str) -> str:
+    """Where a run option lives in the request body (`ConfigError.field` -> the 422's location): a job field or
+    an endpoint setting as it is, a method option under `options`; the rest (template, verbalizer, ...) comes with
+    the uploaded dataset."""
     if field in JOB_FIELDS or field.startswith("endpoint"):
         return field
-    if field in JOB_OPTIONS:
-        return f"options.{field}"
-    if field in _DATASET_FIELDS:
-        return "dataset_id"
-    return field
+    return f"options.{field}" if field in JOB_OPTIONS else "dataset_id"
 
 
 def _resolved(body: JobCreate, store, tenant: str, settings) -> tuple[ResolvedConfig, str]:
