@@ -1,4 +1,5 @@
-"""A remote endpoint's settings (`EndpointConfig`) and the errors remote endpoints raise."""
+"""A remote endpoint's settings (`EndpointConfig`), the operator's limits on it (`RemoteLimits`) and the errors remote
+endpoints raise."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class EndpointConfigError(FieldError):
 
 class RemoteError(RuntimeError):
     """The remote endpoint failed in a way retries cannot fix (or retries ran out)."""
+
+
+class ResponseTooLarge(RemoteError):
+    """A response body passed `RemoteLimits.max_response_bytes`; reading stopped there. Final: not retried (an
+    endpoint that answers this way once will again, and every retry would read as much)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class EndpointConfig:
         bool, Field(description="ask again with logit_bias for a label word without an exact match in the top list")
     ] = True
     label_token_ids: Annotated[
-        dict[str, Annotated[int, Field(ge=0, strict=True)]] | None,
+        dict[Annotated[str, Field(max_length=200)], Annotated[int, Field(ge=0, strict=True)]] | None,
         Field(
             max_length=1000,
             description="label word -> the endpoint's id of its first token (else the server's "
@@ -75,3 +81,39 @@ class EndpointConfig:
         ),
     ] = None
     exact_label_ids: Annotated[bool, Field(description="vllm: exact label-word scores via logprob_token_ids")] = False
+
+
+@dataclass(frozen=True)
+class RemoteLimits:
+    """The operator's limits on every remote endpoint a job calls (the service: `Settings.remote_max_response_mb`,
+    `Settings.remote_max_concurrency`; the CLI: these defaults, on the user's own machine).
+
+    Attributes:
+        max_response_bytes: largest response body read; reading stops past it (`ResponseTooLarge`).
+        max_concurrency: most requests a client has in flight, whatever `EndpointConfig.concurrency` asks.
+    """
+
+    max_response_bytes: int = 16 * 2**20
+    max_concurrency: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_response_bytes < 1 or self.max_concurrency < 1:
+            raise ValueError(f"remote limits must be positive, got {self}")
+
+    @classmethod
+    def from_settings(cls, settings) -> RemoteLimits:
+        """The limits `nograd.service.settings.Settings` sets (MB are MiB, as for the request limits)."""
+        return cls(int(settings.remote_max_response_mb * 2**20), int(settings.remote_max_concurrency))
+
+    def concurrency(self, config: EndpointConfig) -> int:
+        """Requests in flight for `config`: what it asks, at most the cap."""
+        return min(config.concurrency, self.max_concurrency)
+
+    def check(self, config: EndpointConfig) -> None:
+        """Refuse settings past the limits (at submit time); raises EndpointConfigError naming the field."""
+        if config.concurrency > self.max_concurrency:
+            raise EndpointConfigError(
+                "concurrency",
+                f"at most {self.max_concurrency} requests in flight on this service (got {config.concurrency}); "
+                "the operator sets the cap with NOGRAD_REMOTE_MAX_CONCURRENCY",
+            )

@@ -26,7 +26,7 @@ def parse_endpoint(data: Mapping[str, Any]) -> EndpointConfig:
     url = urlsplit(config.base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise EndpointConfigError("base_url", "must be an http(s) URL with a host, e.g. https://api.openai.com/v1")
-    if url.username or url.password:
+    if "@" in url.netloc:  # an empty user (http://@host) too: one URL, one reading
         raise EndpointConfigError("base_url", "must not carry credentials; store the key as a secret")
     if any(not word.strip() for word in config.label_token_ids or {}):
         raise EndpointConfigError(
@@ -38,7 +38,7 @@ def parse_endpoint(data: Mapping[str, Any]) -> EndpointConfig:
 def remote_client(
     config: EndpointConfig, api_key: str | None = None, *, embedder: Embedder | None = None, **options: Any
 ) -> OpenAIClient:
-    """The client of `config.kind` (`options`: `allow`, `transport`, `sleep`; see `OpenAIClient`)."""
+    """The client of `config.kind` (`options`: `allow`, `limits`, `transport`, `sleep`; see `OpenAIClient`)."""
     cls = ENDPOINT_KINDS[config.kind]
     if cls.embeds_locally:
         return cls(config, api_key, embedder=embedder, **options)

@@ -21,27 +21,32 @@ A word that is still without a score (no token id, or the endpoint ignored the b
 lowest returned log-probability minus `floor_margin` (1 nat by default): the word is known to be less likely than
 everything returned. Every floored score is counted (`usage["missing_label_words"]`) and reported with the job.
 
-Requests run concurrently up to `concurrency`; 429, 5xx, timeouts, connection errors and unparseable bodies are
-retried with exponential backoff and full jitter, honouring `Retry-After`. A response without log-probabilities
-is not retried: the endpoint cannot serve label-word scores and the job fails with that message. API keys are held
-only in memory and sent as a bearer token; they never appear in errors, logs or `repr`.
+Requests run concurrently up to `concurrency`, at most the operator's `RemoteLimits.max_concurrency` (tokenizer
+probes included); `timeout` bounds each request as a whole. 429, 5xx, timeouts, connection errors and unparseable
+bodies are retried with exponential backoff and full jitter, honouring `Retry-After`. A response without
+log-probabilities is not retried: the endpoint cannot serve label-word scores and the job fails with that message.
+Every response body is streamed and read up to `RemoteLimits.max_response_bytes` (decompressed size; identity is
+asked for): a larger one stops the read there and fails the job (`ResponseTooLarge`, not retried). API keys are
+held only in memory and sent as a bearer token; they never appear in errors, logs or `repr`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import random
 import time
+import zlib
 from typing import ClassVar
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
-from .endpoint import EndpointConfig, RemoteError
+from .endpoint import EndpointConfig, RemoteError, RemoteLimits, ResponseTooLarge
 from .guard import guarded_transport
 from .labels import match_label, with_floor
 from .losses import score_logits
@@ -62,6 +67,46 @@ def _retry_after(response: httpx.Response) -> float | None:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+#: Bytes of an error response (4xx) read for its message.
+ERROR_BODY_BYTES = 4096
+
+
+async def read_body(response: httpx.Response, cap: int, *, prefix: bool = False) -> bytearray:
+    """A streamed response's body, decoded, never more than `cap` bytes of it held: past the cap the read stops and
+    ResponseTooLarge is raised (with `prefix`: the first `cap` bytes are returned). Raises zlib.error for a body
+    that is not the gzip/deflate it says it is, RemoteError for an encoding other than those."""
+    length = response.headers.get("content-length", "")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        if not prefix and length.isdigit() and int(length) > cap:
+            raise _too_large(response, cap)
+
+        def decode(chunk: bytes, room: int) -> bytes:
+            return chunk
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, told apart by zlib
+
+        def decode(chunk: bytes, room: int) -> bytes:
+            return decompressor.decompress(chunk, room)  # at most `room` bytes: a compression bomb stops here
+    else:
+        raise RemoteError(f"{response.request.url} answered in Content-Encoding {encoding!r}; identity was asked for")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += decode(chunk, cap + 1 - len(body))
+        if len(body) > cap:
+            if prefix:
+                return body[:cap]
+            raise _too_large(response, cap)
+    return body  # not copied: json.loads takes a bytearray
+
+
+def _too_large(response: httpx.Response, cap: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"{response.request.url} answered more than {cap / 2**20:g} MB, the limit on a remote endpoint's response "
+        "(the operator sets it with NOGRAD_REMOTE_MAX_RESPONSE_MB); the read stopped there and the job is not retried"
+    )
 
 
 class _Retryable(Exception):
@@ -88,17 +133,21 @@ class OpenAIClient:
         *,
         transport=None,
         allow: tuple[str, ...] | None = None,
+        limits: RemoteLimits | None = None,
         sleep=asyncio.sleep,
     ):
         """`allow`: apply the operator allowlist to every connection (`GuardedBackend`); None: no check (the CLI,
-        on the user's own machine). `transport` (tests) replaces the transport altogether."""
-        self.config = config
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        on the user's own machine). `limits`: the operator's caps on response size and requests in flight (None:
+        `RemoteLimits()`). `transport` (tests) replaces the transport altogether."""
+        self.config, self.limits = config, limits or RemoteLimits()
+        self._headers = {"Accept-Encoding": "identity"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         if transport is None and allow is not None:
             transport = guarded_transport(allow)
         self._transport, self._sleep, self._guarded = transport, sleep, allow is not None
         self._client: httpx.AsyncClient | None = None
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._slots = asyncio.Semaphore(self.limits.concurrency(config))  # every request, tokenizer probes too
         self.usage: dict[str, int] = {
             "requests": 0,
             "retries": 0,
@@ -168,23 +217,35 @@ class OpenAIClient:
                 await self._sleep(min(wait, c.max_backoff))
         raise AssertionError("unreachable")
 
+    async def _send(self, url: str, body: dict) -> tuple[httpx.Response, bytearray]:
+        """POST `body` to `url` (relative to `base_url`, or absolute) within `timeout`: the response and its body,
+        read up to the cap (429 and 5xx: not read; 4xx: its first bytes). Call it holding a slot."""
+        async with asyncio.timeout(self.config.timeout), self._http().stream("POST", url, json=body) as response:
+            self.usage["requests"] += 1
+            status = response.status_code
+            if status == 429 or status >= 500:
+                return response, bytearray()
+            if status >= 400:
+                return response, await read_body(response, ERROR_BODY_BYTES, prefix=True)
+            return response, await read_body(response, self.limits.max_response_bytes)
+
     async def _post_once(self, path: str, body: dict) -> dict:
         try:
-            response = await self._http().post(path, json=body)
-        except httpx.TimeoutException:
+            response, content = await self._send(path, body)
+        except (httpx.TimeoutException, TimeoutError):
             raise _Retryable("timed out") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection failed ({type(exc).__name__})") from None
-        self.usage["requests"] += 1
+        except zlib.error:
+            raise _Retryable("the response does not decompress") from None
         if response.status_code == 429 or response.status_code >= 500:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after(response))
         if response.status_code >= 400:
-            raise RemoteError(
-                f"{self.config.base_url}{path} answered HTTP {response.status_code}: {response.text[:300]}"
-            )
+            text = content.decode("utf-8", errors="replace")[:300]
+            raise RemoteError(f"{self.config.base_url}{path} answered HTTP {response.status_code}: {text}")
         try:
-            data = response.json()
-        except ValueError:
+            data = json.loads(content)
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             raise _Retryable("the response is not JSON") from None
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
@@ -320,14 +381,16 @@ class OpenAIClient:
         return None
 
     async def _tokenize_at(self, url: str, field: str, text: str) -> list[int] | None:
+        """`text`'s ids from one tokenizer route; None when it does not answer them (a response past the size cap
+        fails the job: ResponseTooLarge)."""
         try:
-            response = await self._http().post(url, json={"model": self.config.model, field: text})
-        except httpx.HTTPError:
+            async with self._slots:
+                response, content = await self._send(url, {"model": self.config.model, field: text})
+        except (httpx.HTTPError, TimeoutError, zlib.error):
             return None
-        self.usage["requests"] += 1
         try:
-            tokens = response.json().get("tokens") if response.status_code == 200 else None
-        except (ValueError, AttributeError):
+            tokens = json.loads(content).get("tokens") if response.status_code == 200 else None
+        except (ValueError, RecursionError, AttributeError):
             return None
         ok = isinstance(tokens, list) and all(isinstance(t, int) for t in tokens)
         return tokens if ok else None

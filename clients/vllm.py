@@ -63,10 +63,15 @@ class VLLMClient(OpenAIClient):
             if self.config.exact_label_ids:
                 body["logprob_token_ids"] = [int(i) for i in label_ids]
             data = await self._post("completions", body)
-            if self.config.exact_label_ids and "logprob_token_ids" in (data["choices"][0].get("logprobs") or {}):
-                found = data["choices"][0]["logprobs"]["logprob_token_ids"][0]
-                self.usage["label_scores"] += len(label_ids)
-                return [float(found[str(i)]) for i in label_ids]
+            if self.config.exact_label_ids:
+                try:
+                    found = data["choices"][0]["logprobs"]["logprob_token_ids"][0]
+                    scores = [float(found[str(i)]) for i in label_ids]
+                except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+                    scores = None  # no exact scores in this answer: the top list's (or its error) below
+                if scores is not None:
+                    self.usage["label_scores"] += len(label_ids)
+                    return scores
             scores, missing = label_scores(self._top_logprobs(data), words, self.config.floor_margin)
             self.usage["label_scores"] += len(words)
             self.usage["missing_label_words"] += missing

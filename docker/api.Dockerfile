@@ -28,7 +28,9 @@ USER 10001
 
 EXPOSE 8000
 VOLUME ["/data"]
+# Liveness (/livez): an orchestrator that replaces unhealthy containers must not restart the API because Redis is
+# away (it keeps accepting jobs into the store meanwhile). Route traffic on /readyz (store and queue answer).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('NOGRAD_PORT', '8000'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('NOGRAD_PORT', '8000'), timeout=4)"]
 # Settings come from NOGRAD_* variables (NOGRAD_REDIS_URL, NOGRAD_DATABASE_URL, NOGRAD_MODELS, ...).
 CMD ["nograd", "serve"]

@@ -83,7 +83,7 @@ class RunConfig:
         _opt("bbt prompt injection: add (A z added to placeholder embeddings) or cat (A z + p0 inserted)"),
     ] = "add"
     n_tokens: Annotated[int, _opt("soft prompt tokens", ge=1, le=256)] = 50
-    dim: Annotated[int, _opt("dimension d of z", ge=1, le=10_000)] = 500
+    dim: Annotated[int, _opt("dimension d of z (CMA-ES needs 2 or more)", ge=2, le=10_000)] = 500
     distribution: Annotated[Literal["normal", "uniform"], _opt("the projection's distribution")] = "normal"
     alpha: Annotated[float | None, _opt("projection scale", gt=0, le=1000)] = None
     init: Annotated[str | None, _opt("text whose tokens seed the soft prompt", max_length=2000)] = None

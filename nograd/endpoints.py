@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nograd.clients.endpoint import EndpointConfig
+from nograd.clients.endpoint import EndpointConfig, RemoteLimits
 from nograd.clients.guard import check_url
 from nograd.clients.kinds import ENDPOINT_KINDS, remote_client
 from nograd.clients.local import LocalClient
@@ -43,6 +43,7 @@ async def open_client(
     local: Callable[[], Awaitable[ModelClient]],
     api_key: str | None = None,
     allow: tuple[str, ...] | None = None,
+    limits: RemoteLimits | None = None,
     **options: Any,
 ) -> ModelClient:
     """The client `config` scores on: `await local()` without an endpoint, else the remote endpoint's client.
@@ -51,6 +52,7 @@ async def open_client(
         api_key: the remote endpoint's key (the caller looks up `endpoint.api_key_secret`).
         allow: the operator's allowlist, checked now and on every connection; None: no check (the CLI, on the
             user's own machine).
+        limits: the operator's caps on response size and requests in flight (None: `RemoteLimits()`, the CLI's).
         options: passed to the remote client (`transport` in tests).
     """
     if config.endpoint is None:
@@ -61,4 +63,4 @@ async def open_client(
     embedder = None
     if METHODS[config.method].needs_embeddings and ENDPOINT_KINDS[endpoint.kind].embeds_locally:
         embedder = await asyncio.to_thread(shared_engine, endpoint.embedder_model)
-    return remote_client(endpoint, api_key, embedder=embedder, allow=allow, **options)
+    return remote_client(endpoint, api_key, embedder=embedder, allow=allow, limits=limits, **options)

@@ -182,6 +182,16 @@ def resolve(config: RunConfig, task: Task) -> ResolvedConfig:
             values[name] = default(config, task) if callable(default) else default
     if method.is_search and config.budget < values["popsize"]:
         raise ConfigError("budget", f"must be at least popsize ({values['popsize']}) calls")
+    if method.prompt in ("soft", "deep") and config.optimizer == "cma" and values["popsize"] < 3:
+        raise ConfigError("popsize", "CMA-ES needs at least 3 candidates per generation (pycma fails on 2)")
+    if method.name == "icl_search" and values["prompt_length"] >= config.k_shot * len(task.labels):
+        train = config.k_shot * len(task.labels)
+        raise ConfigError(
+            "prompt_length",
+            f"icl_search would show {values['prompt_length']} demonstrations out of {train} training examples, "
+            "and scores each candidate on the examples it does not show: use fewer (prompt_length or icl_shots) "
+            "or a larger k_shot",
+        )
     if config.optimizer != "cma" and not config.optimizer.startswith("ng:"):
         raise ConfigError(
             "optimizer", f"{config.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt"

@@ -134,6 +134,12 @@ class Client:
     def datasets(self) -> dict:
         return self._json(self._http.get("/v1/datasets"))
 
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (refused with 409 while a queued or running job uses it)."""
+        response = self._http.delete(f"/v1/datasets/{dataset_id}")
+        if response.status_code >= 400:
+            self._json(response)
+
     def tasks(self) -> list[dict]:
         return self._json(self._http.get("/v1/tasks"))
 

@@ -22,8 +22,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from nograd import costs
 from nograd.artifacts import prompt_bytes, read_prompt
-from nograd.clients.endpoint import RemoteError
+from nograd.clients.endpoint import RemoteError, RemoteLimits
 from nograd.clients.protocol import ModelClient
 from nograd.clients.types import ModelInfo
 from nograd.config import ResolvedConfig, RunConfig
@@ -34,6 +35,7 @@ from nograd.pipeline import RunData, finalize, located, prepare, resolve_run, sc
 from nograd.search import PromptSearch
 from nograd.validation import field_names
 
+from .fairness import FairShare
 from .queue import BatchQueue, QueueError
 from .queue.client import EvaluationError, QueueClient
 from .secrets import SecretBox, SecretError, tenant_secret
@@ -52,10 +54,16 @@ class JobExecutor:
         after this); leases are renewed every third of it.
     batch_size: most candidates per queue batch (None: one batch per population).
     worker_wait: seconds a job waits for a worker serving its model before failing.
+    tenant_running_jobs: most jobs one tenant runs at once over all runners (None: no cap); slots are shared
+        round-robin across tenants (`Store.claim_jobs`).
+    max_takeovers: times a job is taken over from a runner that died on it before it is failed (None: no limit).
     on_batch: metrics hook(roundtrip_seconds, n_batches).
     secret_box: decrypts tenant secrets (remote endpoints' API keys); remote_allow: hosts/CIDRs a remote
         endpoint may resolve to although private (checked again when the job starts, against DNS changes).
+    remote_limits: the operator's caps on remote endpoints' response size and requests in flight per job.
     remote_transport: httpx transport for remote endpoints (tests).
+    job_limits: the operator's limits on a job's memory and calls (`nograd.costs`), checked again once the served
+        model's shape is known (None: not checked).
     """
 
     def __init__(
@@ -69,16 +77,23 @@ class JobExecutor:
         poll: float = 0.25,
         batch_size: int | None = None,
         worker_wait: float = 600.0,
+        tenant_running_jobs: int | None = None,
+        max_takeovers: int | None = None,
         on_batch=None,
         owner: str | None = None,
         secret_box=None,
         remote_allow: tuple[str, ...] = (),
+        remote_limits: RemoteLimits | None = None,
         remote_transport=None,
+        job_limits: costs.Limits | None = None,
     ):
         self.store, self.queue, self.data_dir = store, queue, Path(data_dir)
         self.max_concurrent, self.lease_seconds, self.poll = max_concurrent, lease_seconds, poll
         self.batch_size, self.worker_wait, self.on_batch = batch_size, worker_wait, on_batch
+        self.tenant_running_jobs, self.max_takeovers = tenant_running_jobs, max_takeovers
         self.secret_box, self.remote_allow, self.remote_transport = secret_box, tuple(remote_allow), remote_transport
+        self.remote_limits = remote_limits or RemoteLimits()
+        self.job_limits = job_limits
         self.owner = owner or f"runner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
@@ -86,6 +101,9 @@ class JobExecutor:
         # One thread for all jobs' optimizer work and checkpoint serialization: the work holds the GIL, and a
         # single thread leaves the event loop (API requests, queue I/O) its fair share of it.
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="nograd-search")
+        # Tenants share the workers equally, whatever their number of jobs (`fairness.FairShare`).
+        self._fair = FairShare()
+        self._serving: dict[str, int] = {}  # model -> workers serving it when a job last looked
 
     @classmethod
     def from_settings(cls, store: Store, queue: BatchQueue, settings, **options) -> JobExecutor:
@@ -98,7 +116,11 @@ class JobExecutor:
             lease_seconds=settings.lease_seconds,
             batch_size=settings.batch_size,
             worker_wait=settings.worker_wait,
+            tenant_running_jobs=settings.tenant_running_jobs,
+            max_takeovers=settings.max_takeovers,
             remote_allow=tuple(settings.remote_allow),
+            remote_limits=RemoteLimits.from_settings(settings),
+            job_limits=costs.Limits.from_settings(settings),
             **{"secret_box": SecretBox.from_settings(settings), **options},
         )
 
@@ -121,7 +143,14 @@ class JobExecutor:
                 free = self.max_concurrent - len(self.tasks)
                 if free > 0:
                     try:
-                        claimed = await asyncio.to_thread(self.store.claim_jobs, self.owner, self.lease_seconds, free)
+                        claimed = await asyncio.to_thread(
+                            self.store.claim_jobs,
+                            self.owner,
+                            self.lease_seconds,
+                            free,
+                            tenant_running=self.tenant_running_jobs,
+                            max_takeovers=self.max_takeovers,
+                        )
                     except Exception:
                         log.exception("claiming jobs failed")
                         claimed = []
@@ -201,17 +230,21 @@ class JobExecutor:
         await self._forget(job_id)
 
     async def _forget(self, job_id: str) -> None:
+        # Only cleanup (results and contexts expire anyway): bounded, so a Redis outage neither holds the job's
+        # runner slot for the queue's whole retry time nor delays a shutdown.
         try:
-            await self.queue.forget_job(job_id)
-        except Exception:  # only cleanup: results and contexts expire anyway
+            await self.queue.bounded(5.0).forget_job(job_id)
+        except Exception:
             log.warning("could not drop job %s's queue data", job_id, exc_info=True)
 
     async def _model_info(self, job_id: str, model: str) -> ModelInfo:
         deadline = time.monotonic() + self.worker_wait
         waiting = False
         while True:
-            for worker in await self.queue.workers():
+            live = await self.queue.workers()
+            for worker in live:
                 if model in worker.get("models", {}):
+                    self._serving[model] = sum(model in w.get("models", {}) for w in live)
                     if waiting:
                         await asyncio.to_thread(self.store.set_message, job_id, self.owner, None)
                     return ModelInfo.from_dict(worker["models"][model])
@@ -252,7 +285,15 @@ class JobExecutor:
 
         async def workers() -> ModelClient:
             info = await self._model_info(job["id"], config.model)
-            return QueueClient(self.queue, job["id"], config.model, info, batch_size=self.batch_size, on_batch=on_batch)
+            return QueueClient(
+                self.queue,
+                job["id"],
+                config.model,
+                info,
+                batch_size=self.batch_size,
+                on_batch=on_batch,
+                gate=lambda: self._fair.slot(job["tenant"], self._serving.get(config.model, 1)),
+            )
 
         key = await asyncio.to_thread(self._api_key, job, config)
         return await open_client(
@@ -260,6 +301,7 @@ class JobExecutor:
             local=workers,
             api_key=key,
             allow=self.remote_allow,
+            limits=self.remote_limits,
             **({} if self.remote_transport is None else {"transport": self.remote_transport}),
         )
 
@@ -283,9 +325,11 @@ class JobExecutor:
         data = await asyncio.to_thread(prepare, config)
         timing = {"queue": 0.0}
         client = await self._client(job, config, timing)
+        self._fair.join(job["tenant"])
         try:
             await self._run_search(job, config, data, client, timing, started)
         finally:
+            await self._fair.leave(job["tenant"])
             await client.aclose()
 
     async def _run_search(
@@ -293,6 +337,9 @@ class JobExecutor:
     ) -> None:
         job_id = job["id"]
         info = await client.describe()
+        if self.job_limits is not None and config.endpoint is None:
+            # The shape the API may not have known at submit (no worker yet): a job that cannot fit fails here.
+            costs.check(config, info, self.job_limits)
         init = await asyncio.to_thread(self._init_from, job)
         search = await asyncio.to_thread(make_search, config, data.spec, data.train, data.dev, info.n_layers, **init)
         if search is not None:
@@ -363,9 +410,11 @@ def dataset_file(store: Store, data_dir: Path, dataset_id: str) -> Path:
     suffix = Path(dataset["filename"]).suffix
     path = Path(data_dir) / "datasets" / f"{dataset['id']}-{dataset['sha256'][:12]}{suffix}"
     if not path.exists():  # the content (up to the upload limit) is read only the first time
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-        tmp.write_bytes(store.get_dataset(dataset_id, with_content=True)["content"])
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a tenant's data: owner-only
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(store.get_dataset(dataset_id, with_content=True)["content"])
         tmp.replace(path)
     return path
 

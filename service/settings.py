@@ -51,6 +51,37 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20.0, gt=0)
     worker_wait: float = Field(600.0, gt=0, description="seconds a job waits for a worker serving its model")
 
+    # Limits and quotas (README "Limits and quotas": what each one bounds, what a user sees when it is hit).
+    max_job_memory_mb: float = Field(
+        1024.0, gt=0, description="largest memory a job's search may need in its runner (optimizer state, policy)"
+    )
+    worker_memory_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="memory a worker may spend on one job's batches beyond the model (projections, prompts, "
+        "activations); jobs that need more are refused at submit and failed by the worker",
+    )
+    projection_cache_mb: float = Field(512.0, gt=0, description="bytes of projection matrices a worker keeps")
+    max_job_calls: int = Field(200_000, ge=1, description="largest budget (model calls) of one job")
+    max_takeovers: int = Field(
+        3, ge=1, description="times a job may be taken over from a runner that died on it before it is failed"
+    )
+    max_body_mb: float = Field(1.0, gt=0, description="largest request body except dataset uploads")
+    max_json_depth: int = Field(32, ge=2, description="deepest nesting of a JSON value in an uploaded dataset")
+    remote_max_response_mb: float = Field(16.0, gt=0, description="largest response body read from an endpoint")
+    remote_max_concurrency: int = Field(8, ge=1, description="most requests one job has in flight to an endpoint")
+    tenant_running_jobs: int = Field(
+        4, ge=1, description="running jobs per tenant; more wait queued, runner slots are shared fairly"
+    )
+    tenant_queued_jobs: int = Field(100, ge=1, description="queued jobs per tenant; more: 429")
+    tenant_streams: int = Field(16, ge=1, description="open event streams per tenant; more: 429")
+    tenant_storage_mb: float = Field(200.0, gt=0, description="dataset storage per tenant; more: 429")
+    ready_timeout: float = Field(1.0, gt=0, description="seconds /readyz and API calls wait for the store or queue")
+    shutdown_grace: float = Field(5.0, gt=0, description="seconds open connections get to close on SIGTERM")
+    operator_key: str | None = Field(
+        None, description="bearer key for /metrics (and other operator routes); None: data_dir/operator.key"
+    )
+
     remote_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="host names or CIDRs remote endpoints may use although they are "

@@ -13,12 +13,17 @@ import enum
 import hashlib
 import hmac
 import json
+import logging
+import os
 import secrets
 import time
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
+
+log = logging.getLogger("nograd.store")
 
 
 class Status(str, enum.Enum):  # noqa: UP042 (str() stays 'Status.x' as before)
@@ -61,6 +66,8 @@ jobs = sa.Table(
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Claims of the job after its runner died holding it (lease expired); past `max_takeovers` it is failed.
+    sa.Column("takeovers", sa.Integer, nullable=False, default=0, server_default="0"),
 )
 history = sa.Table(
     "history",
@@ -96,6 +103,9 @@ api_keys = sa.Table(
     sa.Column("tenant", sa.String(100), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("name", sa.String(100)),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
 )
 secrets_table = sa.Table(
     "secrets",
@@ -132,11 +142,13 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         if url.startswith("sqlite"):
+            _private_sqlite_file(url)
             self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -258,37 +270,151 @@ class Store:
             )
 
     # ---------------------------------------------------------------- leases
-    def claim_jobs(self, owner: str, lease_seconds: float, limit: int) -> list[dict]:
-        """Take up to `limit` runnable jobs (queued, or running with an expired lease), oldest first."""
+    def claim_jobs(
+        self,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        *,
+        tenant_running: int | None = None,
+        max_takeovers: int | None = None,
+    ) -> list[dict]:
+        """Take up to `limit` runnable jobs (queued, or running with an expired lease), shared fairly: round-robin
+        across tenants, the tenant with the fewest running jobs first, oldest job first within a tenant.
+
+        Args:
+            tenant_running: most jobs one tenant has running at once, counted over every runner sharing this
+                database (jobs with a live lease); the others stay queued until one of its jobs ends. None: no cap.
+                The cap is checked inside the claiming UPDATE; on PostgreSQL a per-tenant advisory lock orders
+                concurrent claims, so several runners never over-commit a tenant.
+            max_takeovers: a job whose runner died holding it (its lease expired while it ran; a job handed back
+                with `release` is not one) is taken over at most this many times, then failed with a message
+                instead of being handed out again. None: no limit.
+        """
         if limit <= 0:
             return []
         now = time.time()
-        runnable = sa.and_(jobs.c.status.in_([Status.queued.value, Status.running.value]), jobs.c.lease_until < now)
         with self.engine.connect() as conn:
-            candidates = (
-                conn.execute(sa.select(jobs.c.id).where(runnable).order_by(jobs.c.created_at).limit(limit * 4))
-                .scalars()
+            running = dict(
+                conn.execute(
+                    sa.select(jobs.c.tenant, sa.func.count())
+                    .where(jobs.c.status == Status.running.value, jobs.c.lease_until >= now)
+                    .group_by(jobs.c.tenant)
+                ).all()
+            )
+            # The oldest `limit` runnable jobs of each tenant: enough for any split of the free slots.
+            rank = sa.func.row_number().over(partition_by=jobs.c.tenant, order_by=(jobs.c.created_at, jobs.c.id))
+            ranked = (
+                sa.select(
+                    jobs.c.id, jobs.c.tenant, jobs.c.status, jobs.c.lease_owner, jobs.c.takeovers, jobs.c.created_at
+                )
+                .add_columns(rank.label("n"))
+                .where(_runnable(now))
+                .subquery()
+            )
+            rows = (
+                conn.execute(sa.select(ranked).where(ranked.c.n <= limit).order_by(ranked.c.n, ranked.c.created_at))
+                .mappings()
                 .all()
             )
+        waiting: dict[str, list] = {}
+        for row in rows:  # each tenant's list oldest first; tenants in the order of their oldest job
+            waiting.setdefault(row["tenant"], []).append(row)
         claimed = []
-        for job_id in candidates:
-            with self.engine.begin() as conn:
-                changed = conn.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, runnable)
-                    .values(
-                        lease_owner=owner,
-                        lease_until=now + lease_seconds,
-                        status=Status.running.value,
-                        started_at=sa.func.coalesce(jobs.c.started_at, now),
-                        updated_at=now,
-                    )
-                ).rowcount
-            if changed:
-                claimed.append(self.get_job(job_id, with_checkpoint=True))
-                if len(claimed) >= limit:
-                    break
+        while waiting and len(claimed) < limit:
+            tenant = min(waiting, key=lambda t: running.get(t, 0))  # ties: the tenant whose oldest job is oldest
+            if tenant_running is not None and running.get(tenant, 0) >= tenant_running:
+                del waiting[tenant]
+                continue
+            row = waiting[tenant].pop(0)
+            if not waiting[tenant]:
+                del waiting[tenant]
+            takeover = row["status"] == Status.running.value and row["lease_owner"] is not None
+            if takeover and max_takeovers is not None and row["takeovers"] >= max_takeovers:
+                self._fail_takeovers(row["id"], row["takeovers"] + 1, now)
+                continue
+            job = self._claim(row["id"], tenant, owner, now, lease_seconds, tenant_running)
+            if job is not None:
+                claimed.append(job)
+                running[tenant] = running.get(tenant, 0) + 1
+            elif tenant_running is not None:
+                running[tenant] = self._running_count(tenant, now)  # taken by another runner, or the cap is full
         return claimed
+
+    def _claim(
+        self, job_id: str, tenant: str, owner: str, now: float, lease_seconds: float, tenant_running: int | None
+    ) -> dict | None:
+        """The conditional UPDATE that is the claim: the job is still runnable (and, with a cap, its tenant has
+        fewer than `tenant_running` jobs under a live lease)."""
+        where = [jobs.c.id == job_id, _runnable(now)]
+        with self.engine.begin() as conn:
+            if tenant_running is not None:
+                if conn.dialect.name == "postgresql":  # READ COMMITTED: serialize this tenant's claims
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(tenant))))
+                other = jobs.alias("other")
+                live = (
+                    sa.select(sa.func.count())
+                    .select_from(other)
+                    .where(
+                        other.c.tenant == tenant,
+                        other.c.status == Status.running.value,
+                        other.c.lease_until >= now,
+                        other.c.id != job_id,
+                    )
+                    .scalar_subquery()
+                )
+                where.append(live < tenant_running)
+            # A job still marked running by an owner whose lease expired is a takeover (its runner died on it).
+            died = sa.and_(jobs.c.status == Status.running.value, jobs.c.lease_owner.is_not(None))
+            changed = conn.execute(
+                jobs.update()
+                .where(*where)
+                .values(
+                    lease_owner=owner,
+                    lease_until=now + lease_seconds,
+                    status=Status.running.value,
+                    started_at=sa.func.coalesce(jobs.c.started_at, now),
+                    updated_at=now,
+                    takeovers=jobs.c.takeovers + sa.case((died, 1), else_=0),
+                )
+            ).rowcount
+        return self.get_job(job_id, with_checkpoint=True) if changed else None
+
+    def _fail_takeovers(self, job_id: str, deaths: int, now: float) -> None:
+        """Fail a job its runners keep dying on (e.g. it needs more memory than a runner has) instead of handing
+        it to the next runner to kill."""
+        with self.engine.begin() as conn:
+            failed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, _runnable(now), jobs.c.lease_owner.is_not(None))
+                .values(
+                    status=Status.failed.value,
+                    error=f"the runner died {deaths} times while running this job; its options may need more memory "
+                    "than a runner has (see max_job_memory_mb)",
+                    message=None,
+                    lease_owner=None,
+                    lease_until=0.0,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            ).rowcount
+        if failed:
+            log.warning("job %s failed: its runner died %d times while running it", job_id, deaths)
+
+    def _running_count(self, tenant: str, now: float) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).where(
+                    jobs.c.tenant == tenant, jobs.c.status == Status.running.value, jobs.c.lease_until >= now
+                )
+            ).scalar_one()
+
+    def count_jobs(self, tenant: str, status: Status) -> int:
+        """How many jobs `tenant` has in `status` (the API's queued-jobs quota)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).where(jobs.c.tenant == tenant, jobs.c.status == status.value)
+            ).scalar_one()
 
     def renew_leases(self, owner: str, job_ids: list[str], lease_seconds: float) -> set[str]:
         """Extend this owner's leases; returns the ids it still holds."""
@@ -397,6 +523,14 @@ class Store:
             )
         return [json.loads(r) for r in rows]
 
+    def last_generation(self, job_id: str) -> int:
+        """The job's newest history generation (-1: none yet)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(history.c.generation)).where(history.c.job_id == job_id)
+            ).scalar()
+        return -1 if value is None else int(value)
+
     def artifact(self, job_id: str) -> bytes | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(artifacts.c.data).where(artifacts.c.job_id == job_id)).scalar()
@@ -445,18 +579,60 @@ class Store:
             )
         return [_dataset(r) for r in rows], int(count)
 
+    def dataset_bytes(self, tenant: str) -> int:
+        """Bytes of dataset content `tenant` stores (the API's storage quota)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(datasets.c.content)), 0)).where(
+                        datasets.c.tenant == tenant
+                    )
+                ).scalar_one()
+            )
+
+    def delete_dataset(self, dataset_id: str, tenant: str | None) -> bool:
+        """Delete a dataset; False if it does not exist for this tenant. Raises `JobStateError` while a queued or
+        running job uses it (finished jobs keep their results and prompts)."""
+        with self.engine.begin() as conn:
+            query = sa.select(datasets.c.id).where(datasets.c.id == dataset_id)
+            if tenant is not None:
+                query = query.where(datasets.c.tenant == tenant)
+            if conn.execute(query.with_for_update()).first() is None:
+                return False
+            using = conn.execute(
+                sa.select(jobs.c.id)
+                .where(
+                    jobs.c.dataset_id == dataset_id,
+                    jobs.c.status.in_([Status.queued.value, Status.running.value]),
+                )
+                .limit(1)
+            ).scalar()
+            if using is not None:
+                raise JobStateError(
+                    f"dataset {dataset_id} is used by job {using}, which has not finished; cancel it "
+                    f"(POST /v1/jobs/{using}/cancel) or wait until it ends"
+                )
+            conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+        return True
+
     # ---------------------------------------------------------------- API keys
-    def create_key(self, tenant: str) -> str:
-        """A new API key for `tenant`; only its hash is stored, so the returned key is shown once."""
+    def create_key(self, tenant: str, *, name: str | None = None, expires_at: float | None = None) -> str:
+        """A new API key for `tenant` (refused from `expires_at` on, a Unix time, if given); only its hash is
+        stored, so the returned key is shown once."""
+        if not tenant or len(tenant) > 100:
+            raise ValueError(f"tenant must be 1 to 100 characters (got {len(tenant)})")
+        if name is not None and len(name) > 100:
+            raise ValueError(f"key name must be at most 100 characters (got {len(name)})")
         key_id = uuid.uuid4().hex[:12]
         secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        row = {"id": key_id, "tenant": tenant, "key_hash": _hash_key(secret), "created_at": time.time()}
         with self.engine.begin() as conn:
-            conn.execute(
-                api_keys.insert().values(id=key_id, tenant=tenant, key_hash=_hash_key(secret), created_at=time.time())
-            )
+            conn.execute(api_keys.insert().values(**row, name=name, expires_at=expires_at))
         return secret
 
     def tenant_for_key(self, secret: str) -> str | None:
+        """The tenant of a valid key; None for unknown, revoked or expired keys. Read on every request (never
+        cached), so a revocation takes effect at the next request."""
         if not secret.startswith(KEY_PREFIX) or secret.count("_") < 2:
             return None
         key_id = secret[len(KEY_PREFIX) :].split("_", 1)[0]
@@ -464,7 +640,29 @@ class Store:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], _hash_key(secret)):
             return None
+        if row["revoked_at"] is not None or (row["expires_at"] is not None and row["expires_at"] <= time.time()):
+            return None
         return row["tenant"]
+
+    def list_keys(self, tenant: str | None = None) -> list[dict]:
+        """Keys' metadata (id, tenant, name, created_at, expires_at, revoked_at), oldest first; never the hash."""
+        columns = [c for c in api_keys.c if c.name != "key_hash"]
+        query = sa.select(*columns).order_by(api_keys.c.created_at, api_keys.c.id)
+        if tenant is not None:
+            query = query.where(api_keys.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def revoke_key(self, key_id: str) -> dict | None:
+        """Revoke a key (refused from the next request on); returns its metadata, None if there is no such key.
+        Revoking a revoked key keeps its first revocation time."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        return next((k for k in self.list_keys() if k["id"] == key_id), None)
 
     # ---------------------------------------------------------------- tenant secrets (encrypted by the caller)
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> dict:
@@ -509,6 +707,53 @@ class Store:
 
 class JobStateError(RuntimeError):
     """The job is in a state that does not allow the operation."""
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added since a database was created (`create_all` makes missing tables only): each is nullable or
+    has a server default, so an ADD COLUMN keeps the rows there are."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(engine.dialect)
+            default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+            null = " NOT NULL" if not column.nullable and default else ""
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}{null}'))
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite database file 0600 before SQLite does (it would honour the umask, and gives the -wal and
+    -shm files the database file's mode); an existing file readable by others is made 0600 too."""
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
+        return
+    except FileExistsError:
+        pass
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.exists() and file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+                log.warning("%s was readable by other users; made it 0600", file)
+        except PermissionError:
+            log.warning("%s is readable by other users and not ours to change: chmod 600 it", file)
+
+
+def _runnable(now: float):
+    """Jobs a runner may claim: queued, or running under a lease that expired (or was released)."""
+    return sa.and_(jobs.c.status.in_([Status.queued.value, Status.running.value]), jobs.c.lease_until < now)
+
+
+def _lock_key(tenant: str) -> int:
+    """A PostgreSQL advisory-lock key (signed 64-bit) for one tenant's claims."""
+    return int.from_bytes(hashlib.sha256(f"nograd-claim:{tenant}".encode()).digest()[:8], "big", signed=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

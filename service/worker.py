@@ -4,7 +4,12 @@
 unknown verbalizer word, a context too long, a malformed candidate, ...) -> an error result, since retrying cannot
 help;
 anything else -> the traceback is logged and the batch is handed back for a retry, dead-lettered after
-`max_deliveries`. A worker that dies mid-batch leaves it unacknowledged; another worker reclaims it.
+`max_deliveries`. A worker that dies mid-batch leaves it unacknowledged; another worker reclaims it as soon as the
+dead worker's heartbeat expires.
+
+Stopping never waits on the broker for long: a `take` or heartbeat in progress is abandoned at once, and writing the
+result of the batch in progress gets `stop_grace` seconds. A batch whose outcome the queue did not take stays
+pending; the worker `leave`s the queue on its way out, so another worker takes the batch over at once.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from dataclasses import asdict
 from nograd.clients.protocol import Evaluator
 from nograd.clients.types import InvalidRequest, ModelInfo
 
-from .queue import BatchQueue, BatchResult, Delivery
+from .queue import BatchQueue, BatchResult, Delivery, QueueError
 from .queue.wire import decode_context, decode_work, encode_result
 
 log = logging.getLogger("nograd.worker")
+
+
+class _Stopping(Exception):
+    """The worker is stopping and a queue call did not finish within its grace."""
 
 
 class Worker:
@@ -38,6 +47,8 @@ class Worker:
         heartbeat: seconds between heartbeats; a worker is listed as live for 3 heartbeats.
         poll: seconds a `take` blocks.
         context_cache: how many job contexts (task data) to keep.
+        heartbeat_file: touched after each heartbeat the broker took (a container healthcheck reads it).
+        stop_grace: seconds a queue call (writing the last result) may still take once the worker is stopping.
     """
 
     def __init__(
@@ -50,11 +61,13 @@ class Worker:
         poll: float = 1.0,
         context_cache: int = 64,
         heartbeat_file: str | None = None,
+        stop_grace: float = 2.0,
     ):
         self.queue, self.engines = queue, dict(engines)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.heartbeat_every, self.poll = heartbeat, poll
-        self.heartbeat_file = heartbeat_file  # touched after each heartbeat the broker took (container healthcheck)
+        self.heartbeat_file, self.stop_grace = heartbeat_file, stop_grace
+        self._stop: asyncio.Event | None = None  # set by `run`
         self._contexts: OrderedDict = OrderedDict()
         self._context_cache = context_cache
         self.batches_done = 0
@@ -79,37 +92,66 @@ class Worker:
             "last_heartbeat": time.time(),
         }
 
+    async def _queue_io(self, awaitable, grace: float | None = None):
+        """`await awaitable` (a queue call); once the worker is stopping, it gets `grace` (default `stop_grace`)
+        more seconds, then it is cancelled and `_Stopping` raised. Without `run`, a plain await."""
+        if self._stop is None:
+            return await awaitable
+        call, stopped = asyncio.ensure_future(awaitable), asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({call, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():
+                await asyncio.wait({call}, timeout=self.stop_grace if grace is None else grace)
+            if not call.done():
+                raise _Stopping
+            return call.result()
+        finally:
+            stopped.cancel()
+            call.cancel()  # no-op when it finished; else the broker call is abandoned
+
+    async def _beat(self) -> None:
+        try:
+            await self._queue_io(self.queue.heartbeat(self.status(), ttl=3 * self.heartbeat_every), grace=0)
+            if self.heartbeat_file:
+                with open(self.heartbeat_file, "a"):
+                    os.utime(self.heartbeat_file)
+        except _Stopping:
+            pass
+        except Exception:  # a broker outage must not kill the worker; the next beat retries
+            log.warning("heartbeat failed", exc_info=True)
+
     async def _heartbeats(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.queue.heartbeat(self.status(), ttl=3 * self.heartbeat_every)
-                if self.heartbeat_file:
-                    with open(self.heartbeat_file, "a"):
-                        os.utime(self.heartbeat_file)
-            except Exception:  # a broker outage must not kill the worker; the next beat retries
-                log.warning("heartbeat failed", exc_info=True)
-            try:
-                await asyncio.wait_for(stop.wait(), self.heartbeat_every)
-            except TimeoutError:
-                pass
+        while not await _stopped_within(stop, self.heartbeat_every):
+            await self._beat()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Take and process batches until `stop` is set; the batch in progress is finished first."""
-        beats = asyncio.create_task(self._heartbeats(stop))
+        """Take and process batches until `stop` is set; the batch in progress is finished first, then the worker
+        leaves the queue (its heartbeat goes), within about `stop_grace` seconds whatever the broker does."""
+        self._stop = stop
         log.info("worker %s serving %s", self.id, ", ".join(self.engines))
+        # Heartbeat before the first take: a consumer without a live heartbeat is taken for dead and its
+        # batches are taken over.
+        await self._beat()
+        beats = asyncio.create_task(self._heartbeats(stop))
         try:
             while not stop.is_set():
                 try:
-                    delivery = await self.queue.take(self.id, list(self.engines), timeout=self.poll)
+                    delivery = await self._queue_io(self.queue.take(self.id, list(self.engines), self.poll), grace=0)
+                except _Stopping:
+                    break
                 except Exception:
                     log.warning("take failed; retrying", exc_info=True)
-                    await asyncio.sleep(1.0)
+                    await _stopped_within(stop, 1.0)
                     continue
                 if delivery is not None:
                     await self.process_one(delivery)
         finally:
             stop.set()
             await beats
+            try:  # best effort, so briefly: a broker that is away gets a second
+                await asyncio.wait_for(self.queue.leave(self.id), min(1.0, self.stop_grace))
+            except Exception as exc:  # its heartbeat then expires on its own
+                log.warning("worker %s could not leave the queue: %r", self.id, exc)
             log.info("worker %s stopped after %d batches", self.id, self.batches_done)
 
     async def _context(self, job_id: str, key: str):
@@ -117,7 +159,7 @@ class Worker:
         if cache_key in self._contexts:
             self._contexts.move_to_end(cache_key)
             return self._contexts[cache_key]
-        data = await self.queue.get_context(job_id, key)
+        data = await self._queue_io(self.queue.get_context(job_id, key))
         if data is None:
             raise LookupError(f"the task data of job {job_id} are not in the queue (job finished or broker reset)")
         value = decode_context(data)
@@ -127,7 +169,9 @@ class Worker:
         return value
 
     async def process_one(self, delivery: Delivery) -> str:
-        """Returns the outcome: 'done', 'rejected' (bad input) or 'retry' / 'dead' (unexpected error)."""
+        """Returns the outcome: 'done', 'rejected' (bad input), 'retry' / 'dead' (unexpected error) or 'abandoned'
+        (the queue did not take the outcome: the worker is stopping, or the broker stayed away; the batch stays
+        pending and another worker takes it over)."""
         batch = delivery.batch
         self.current = f"{batch.job_id}/{batch.generation}"
         if delivery.deliveries > 1:
@@ -143,24 +187,54 @@ class Worker:
             request = decode_work(batch.work, task, examples)
             result = await asyncio.to_thread(self.engines[batch.model].evaluate, request)
             seconds = time.perf_counter() - started
-            await self.queue.finish(
-                delivery,
-                BatchResult(batch_id=batch.id, ok=True, data=encode_result(result), worker=self.id, seconds=seconds),
+            await self._queue_io(
+                self.queue.finish(
+                    delivery,
+                    BatchResult(
+                        batch_id=batch.id, ok=True, data=encode_result(result), worker=self.id, seconds=seconds
+                    ),
+                )
             )
             self.batches_done += 1
             return "done"
+        except (_Stopping, QueueError) as exc:
+            return self._abandoned(delivery, exc)
         except InvalidRequest as exc:  # the request cannot be scored as sent: final
             self.errors += 1
             log.info("batch %s of job %s rejected: %s", batch.id, batch.job_id, exc)
-            await self.queue.finish(
-                delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True, worker=self.id)
-            )
+            rejected = BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True, worker=self.id)
+            try:
+                await self._queue_io(self.queue.finish(delivery, rejected))
+            except (_Stopping, QueueError) as lost:
+                return self._abandoned(delivery, lost)
             return "rejected"
         except Exception as exc:
             self.errors += 1
             log.error("batch %s of job %s failed:\n%s", batch.id, batch.job_id, traceback.format_exc())
-            requeued = await self.queue.retry(delivery, f"{type(exc).__name__}: {exc}")
+            try:
+                requeued = await self._queue_io(self.queue.retry(delivery, f"{type(exc).__name__}: {exc}"))
+            except (_Stopping, QueueError) as lost:
+                return self._abandoned(delivery, lost)
             return "retry" if requeued else "dead"
         finally:
             self.busy_seconds += time.perf_counter() - started
             self.current = None
+
+    def _abandoned(self, delivery: Delivery, exc: Exception) -> str:
+        reason = "the worker is stopping" if isinstance(exc, _Stopping) else str(exc)
+        log.warning(
+            "batch %s of job %s left unacknowledged (%s); another worker takes it over",
+            delivery.batch.id,
+            delivery.batch.job_id,
+            reason,
+        )
+        return "abandoned"
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `stop`; whether it is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+    return stop.is_set()

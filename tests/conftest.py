@@ -77,3 +77,16 @@ def llamacpp_url(tmp_path_factory):
     proc, url = llama_server(tmp_path_factory.mktemp("llama") / "server.log", threads=2)
     yield url
     proc.terminate()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """A fresh store on SQLite and on PostgreSQL (skipped where none runs)."""
+    from nograd.service.store import Store
+
+    url = (
+        f"sqlite:///{tmp_path / 'nograd.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    store = Store(url)
+    yield store
+    store.close()

@@ -180,3 +180,11 @@ def llama_server(log: Path, threads: int = 1) -> tuple[Proc, str]:
 
     wait_until(lambda: answers(f"http://127.0.0.1:{port}/v1/models", proc), 120, "the llama.cpp server")
     return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")

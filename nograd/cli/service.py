@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from nograd.engine import DEFAULT_MEMORY_CAP_MB
 
@@ -51,9 +52,10 @@ def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def _until_signal(run, *, cleanup) -> None:
+async def _until_signal(run, *, cleanup, cleanup_timeout: float = 5.0) -> None:
     """`await run(stop)` until SIGTERM/SIGINT sets `stop` (graceful: the callee finishes or hands back its
-    work), then `await cleanup()`."""
+    work without waiting long on a broker that is away), then `await cleanup()`, for at most `cleanup_timeout`
+    seconds (closing connections to an unreachable broker must not hold the exit)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,7 +63,10 @@ async def _until_signal(run, *, cleanup) -> None:
     try:
         await run(stop)
     finally:
-        await cleanup()
+        try:
+            await asyncio.wait_for(cleanup(), cleanup_timeout)
+        except TimeoutError:
+            logging.getLogger("nograd").warning("cleanup took over %g s; exiting without it", cleanup_timeout)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -81,7 +86,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"auth {'on' if settings.auth else 'off'}, models {', '.join(settings.models)})",
         file=sys.stderr,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # Tell long-lived responses (event streams) to end now, before uvicorn waits for connections to close;
+            # whatever is still open after `shutdown_grace` is cancelled, then the lifespan hands jobs back.
+            stopping = getattr(app.state, "stopping", None)
+            if stopping is not None:
+                stopping.set()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=settings.shutdown_grace,  # seconds; uvicorn waits on it with wait_for
+    )
+    Server(config).run()
     return 0
 
 
@@ -126,7 +149,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         engines = {
-            m: build_engine(m, dtype=settings.dtype, device=settings.device, memory_cap_mb=settings.memory_cap_mb)
+            m: build_engine(
+                m,
+                dtype=settings.dtype,
+                device=settings.device,
+                memory_cap_mb=settings.memory_cap_mb,
+                memory_budget_mb=settings.worker_memory_mb,
+                projection_cache_mb=settings.projection_cache_mb,
+            )
             for m in settings.models
         }
         queue = queue_from_settings(settings)
@@ -256,6 +286,7 @@ def cmd_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    """`nograd keys create | list | revoke`: API keys, straight in the store (the operator's side; no server)."""
     from nograd.service.settings import Settings
     from nograd.service.store import Store
 
@@ -264,12 +295,42 @@ def cmd_keys(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_url)
     try:
-        key = store.create_key(args.tenant)
+        if args.keys_command == "list":
+            _print_keys(store.list_keys(args.tenant))
+            return 0
+        if args.keys_command == "revoke":
+            revoked = store.revoke_key(args.key_id)
+            if revoked is None:
+                raise ValueError(f"no API key with id {args.key_id!r}; `nograd keys list` shows the ids")
+            print(f"revoked key {revoked['id']} of tenant {revoked['tenant']!r}", file=sys.stderr)
+            return 0
+        if args.expires_in is not None and not args.expires_in > 0:
+            raise ValueError(f"--expires-in must be a positive number of days (got {args.expires_in:g})")
+        expires_at = None if args.expires_in is None else time.time() + args.expires_in * 86400
+        key = store.create_key(args.tenant, name=args.name, expires_at=expires_at)
     finally:
         store.close()
     print(key)
     print(f"API key for tenant {args.tenant!r}; it is shown only this once (only its hash is stored).", file=sys.stderr)
     return 0
+
+
+def _print_keys(keys: list[dict]) -> None:
+    """One line per key: id, tenant, name, created, expires, revoked (UTC; '-' for none). Never the key."""
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
+
+    rows = [("id", "tenant", "name", "created", "expires", "revoked")]
+    now = time.time()
+    for k in keys:
+        expired = k["expires_at"] is not None and k["expires_at"] <= now
+        expires = when(k["expires_at"]) + (" (expired)" if expired else "")
+        rows.append((k["id"], k["tenant"], k["name"] or "-", when(k["created_at"]), expires, when(k["revoked_at"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(keys)} keys", file=sys.stderr)
 
 
 def add_commands(sub) -> None:
@@ -329,10 +390,16 @@ def add_commands(sub) -> None:
         "--claim-idle",
         dest="claim_idle",
         type=float,
-        help="take over batches unacknowledged this long (a few batch times; default 60)",
+        help="take over batches a live worker left unacknowledged this long (a stalled worker; a few batch times; "
+        "default 60). A dead worker's batch is taken over as soon as its heartbeat expires",
     )
     worker.add_argument("--max-deliveries", dest="max_deliveries", type=int, help="default 3")
-    worker.add_argument("--heartbeat", type=float, default=2.0)
+    worker.add_argument(
+        "--heartbeat",
+        type=float,
+        default=2.0,
+        help="seconds between heartbeats; after 3 missed the worker counts as dead and its batch is taken over",
+    )
     worker.add_argument("--id", default=None)
     worker.add_argument(
         "--heartbeat-file",
@@ -392,8 +459,15 @@ def add_commands(sub) -> None:
 
     keys = sub.add_parser("keys", help="manage API keys (operator)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create an API key for a tenant")
+    create = keys_sub.add_parser("create", help="create an API key for a tenant (printed once, on stdout)")
     create.add_argument("--tenant", required=True)
-    create.add_argument("--data-dir")
-    create.add_argument("--database-url")
-    create.set_defaults(func=cmd_keys)
+    create.add_argument("--name", help="what the key is for (shown by `keys list`)")
+    create.add_argument("--expires-in", dest="expires_in", type=float, metavar="DAYS", help="refused after DAYS")
+    listing = keys_sub.add_parser("list", help="list keys: id, tenant, name, created, expires, revoked (no secrets)")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request on")
+    revoke.add_argument("key_id", help="the key's id (`keys list`; the part after ng_ in the key)")
+    for p in (create, listing, revoke):
+        p.add_argument("--data-dir")
+        p.add_argument("--database-url")
+        p.set_defaults(func=cmd_keys)

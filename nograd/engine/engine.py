@@ -34,6 +34,7 @@ from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelI
 
 from . import DEFAULT_MEMORY_CAP_MB, MICRO_BATCH
 from .batching import PromptSet, cache_from, ranges, select
+from .budget import batch_cost
 from .errors import EngineError
 from .injection import Injector, Plan
 from .layout import Layout, build_layout
@@ -64,13 +65,16 @@ class Engine:
         prefix_reuse: bool = True,
         layer_reuse: bool = True,
         discrete_batching: bool | None = None,
+        memory_budget_mb: float | None = None,
+        projection_cache_mb: float = 512.0,
     ):
         self.handle = handle
+        self.memory_budget = None if memory_budget_mb is None else memory_budget_mb * 2**20
         self.discrete_batching = handle.device.type != "cpu" if discrete_batching is None else discrete_batching
         self.memory_cap = memory_cap_mb * 2**20
         self.prefix_reuse = prefix_reuse
         self.layer_reuse = layer_reuse
-        self.projections = Projections()
+        self.projections = Projections(projection_cache_mb * 2**20)
         self.injector = Injector(handle.layers)
         self._layer_scales: dict[tuple, list[float]] = {}
         self._emb_std = handle.embedding_std()
@@ -210,6 +214,7 @@ class Engine:
                 raise EngineError("prompt.mode is 'none' but candidates z were sent; set a prompt mode or omit z")
             return PromptSet(population=1)
         d = spec.projection.dim
+        self._check_budget(request, n)
         if spec.mode in ("cat", "add"):
             z = np.zeros((1, d)) if request.z is None else np.asarray(request.z)
             scales = spec.scales or (self._emb_std,)
@@ -236,6 +241,18 @@ class Engine:
             spec.projection, z, request.layer, n, h.hidden_size, scales[request.layer]
         )
         return PromptSet(population=z.shape[0], deep=deep, varying_layer=request.layer, scales=scales)
+
+    def _check_budget(self, request: EvalRequest, n_tokens: int) -> None:
+        """Refuse, before allocating, a request whose projection and prompts would not fit the worker's budget."""
+        if self.memory_budget is None:
+            return
+        population = 1 if request.z is None else len(request.z)
+        cost = batch_cost(population, request.prompt.projection.dim, n_tokens, self.handle.hidden_size, self.memory_cap)
+        if cost.total > self.memory_budget:
+            raise EngineError(
+                f"this batch needs {cost.describe()}, over this worker's memory budget of "
+                f"{self.memory_budget / 2**20:,.0f} MB (NOGRAD_WORKER_MEMORY_MB); lower n_tokens, dim or popsize"
+            )
 
     def layer_scales(self, layout: Layout) -> tuple[float, ...]:
         """BBTv2's per-layer scale: layer 0 from the embedding matrix; layer i > 0 from the std of the hidden

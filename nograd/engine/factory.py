@@ -11,16 +11,29 @@ from .fake import parse_fake
 
 
 def build_engine(
-    model: str, *, dtype: str = "bf16", device: str = "auto", memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB
+    model: str,
+    *,
+    dtype: str = "bf16",
+    device: str = "auto",
+    memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB,
+    memory_budget_mb: float | None = None,
+    projection_cache_mb: float = 512.0,
 ) -> Evaluator:
-    """The engine for a model name: `fake[:latency]` (tests, benchmarks) or any model `load_model` accepts."""
+    """The engine for a model name: `fake[:latency]` (tests, benchmarks) or any model `load_model` accepts.
+    memory_budget_mb: what one batch may allocate beyond the model (a worker's budget; None: unchecked);
+    projection_cache_mb: bytes of projection matrices kept between batches."""
     fake = parse_fake(model)
     if fake is not None:
         return fake
     from .engine import Engine  # torch and transformers load only for a real model
     from .models import load_model
 
-    return Engine(load_model(model, dtype=dtype, device=device), memory_cap_mb=memory_cap_mb)
+    return Engine(
+        load_model(model, dtype=dtype, device=device),
+        memory_cap_mb=memory_cap_mb,
+        memory_budget_mb=memory_budget_mb,
+        projection_cache_mb=projection_cache_mb,
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,15 +11,18 @@ from nograd.tasks._errors import DatasetError
 
 JSON_SUFFIXES = (".jsonl", ".json")
 CSV_SUFFIXES = (".csv",)
+#: Deepest nesting of a JSON value in a data file (a row object is depth 1); deeper: a DatasetError.
+MAX_JSON_DEPTH = 32
 OPTIONS = {"text_field": "--text-field", "text2_field": "--text2-field", "label_field": "--label-field"}
 
 
-def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
+def read_rows(path: Path, needed: dict[str, str], max_depth: int = MAX_JSON_DEPTH) -> list[tuple[str, dict]]:
     """Reads a JSONL/JSON/CSV data file into (position, row) pairs.
 
     Args:
         path: The file.
         needed: Option name (e.g. "text_field") -> field name, for CSV header checks.
+        max_depth: Deepest JSON nesting allowed (the file's array counts as one level).
 
     Returns:
         Pairs whose position reads like "row 3" (for error messages) and whose row is a dict.
@@ -45,7 +48,7 @@ def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
         return _csv_rows(path, content, needed)
     if content.lstrip().startswith("["):  # a .json file holding one array of objects
         try:
-            items = json.loads(content)
+            items = _loads(content, path, "the file", max_depth + 1)
         except json.JSONDecodeError as exc:
             raise DatasetError(
                 f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); "
@@ -58,7 +61,7 @@ def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
             if not line.strip():
                 continue
             try:
-                rows.append((f"row {n}", json.loads(line)))
+                rows.append((f"row {n}", _loads(line, path, f"row {n}", max_depth)))
             except json.JSONDecodeError as exc:
                 raise DatasetError(
                     f"{path}, row {n}: malformed JSON ({exc.msg}); each line "
@@ -72,6 +75,37 @@ def read_rows(path: Path, needed: dict[str, str]) -> list[tuple[str, dict]]:
                 'object; write each row as {"text": "...", "label": "..."}'
             )
     return rows
+
+
+def _loads(text: str, path: Path, where: str, max_depth: int):
+    """`json.loads`, refusing values nested deeper than `max_depth` (the decoder recurses: a nesting bomb would
+    otherwise end in a RecursionError)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+        depth = max_depth + 1
+    else:
+        depth = _depth(value)
+    if depth > max_depth:
+        raise DatasetError(
+            f"{path}, {where}: JSON nested deeper than {max_depth} levels; rows are flat objects like "
+            '{"text": "...", "label": "..."}'
+        )
+    return value
+
+
+def _depth(value) -> int:
+    """Nesting depth of a decoded JSON value (iterative: the value may be ~1000 levels deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _csv_rows(path: Path, content: str, needed: dict[str, str]) -> list[tuple[str, dict]]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from nograd.tasks._errors import DatasetError, TaskError
 from nograd.tasks._example import Example, examples_hash
-from nograd.tasks._files import OPTIONS, read_rows
+from nograd.tasks._files import MAX_JSON_DEPTH, OPTIONS, read_rows
 from nograd.tasks._task import METRICS, Task
 from nograd.tasks._template import validate_template
 
@@ -103,6 +103,7 @@ def load_user_dataset(
     test_path: str | Path | None = None,
     test_fraction: float = 0.0,
     seed: int = 0,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> Task:
     """Loads a JSONL (.jsonl/.json) or CSV (.csv) file as a ``Task``.
 
@@ -122,6 +123,7 @@ def load_user_dataset(
         test_fraction: Without ``test_path``, the fraction of each label's rows (rounded
             down) held out as test, chosen with ``seed``.
         seed: Seed of the held-out split.
+        max_depth: Deepest JSON nesting a row may have.
 
     Raises:
         DatasetError: naming the file, row and field of the problem and how to fix it.
@@ -139,9 +141,9 @@ def load_user_dataset(
     if test_path is not None and test_fraction:
         raise DatasetError("give either test_path or test_fraction, not both", field="test_fraction")
     keys = {"text": text_field, "text2": text2_field, "label": label_field}
-    pool = _read_examples(Path(path), keys, verbalizer, require_all_labels=True)
+    pool = _read_examples(Path(path), keys, verbalizer, require_all_labels=True, max_depth=max_depth)
     if test_path is not None:
-        test = _read_examples(Path(test_path), keys, verbalizer, require_all_labels=False)
+        test = _read_examples(Path(test_path), keys, verbalizer, require_all_labels=False, max_depth=max_depth)
     else:
         pool, test = _hold_out(pool, test_fraction, seed)
     try:
@@ -173,12 +175,16 @@ def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list
 
 
 def _read_examples(
-    path: Path, keys: dict[str, str | None], verbalizer: dict[str, str], require_all_labels: bool
+    path: Path,
+    keys: dict[str, str | None],
+    verbalizer: dict[str, str],
+    require_all_labels: bool,
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> list[Example]:
     """Reads and checks one data file."""
     examples, first_seen = [], {}
     needed = {f"{slot}_field": key for slot, key in keys.items() if key is not None}
-    for where, row in read_rows(path, needed):
+    for where, row in read_rows(path, needed, max_depth):
         values = {
             option[: -len("_field")]: _value(row, key, f"{path}, {where}", option) for option, key in needed.items()
         }

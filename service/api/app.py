@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -20,7 +20,8 @@ from ..secrets import SecretBox
 from ..settings import Settings, get_settings
 from ..store import Store
 from ..worker import Worker
-from . import errors
+from . import errors, security
+from .limits import RequestLimits
 from .routes import catalog, datasets, jobs, secrets
 
 log = logging.getLogger("nograd.api")
@@ -63,9 +64,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        """State the routes read: `store`; `queue`, a handle whose calls give up after `ready_timeout` (a route
+        answers, or fails with 503, while Redis is away), whereas the runner and the embedded worker keep the
+        patient queue that rides out a Redis restart; `runner` (None without one); `stopping`, an asyncio.Event
+        set as soon as the server begins to shut down (`nograd serve` sets it when uvicorn starts its graceful
+        shutdown, this lifespan when it exits at the latest): long-lived responses (event streams) watch it and
+        end, so the shutdown reaches the step below that hands running jobs back."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.store = store or Store(settings.db_url)
-        app.state.queue = queue or queue_from_settings(settings)
+        patient = queue or queue_from_settings(settings)
+        app.state.queue = patient.bounded(settings.ready_timeout)
+        app.state.stopping = asyncio.Event()
         stop, background = asyncio.Event(), []
         app.state.runner = None
         if settings.redis_url is None or settings.embedded_worker:
@@ -79,23 +88,24 @@ def create_app(
                         dtype=settings.dtype,
                         device=settings.device,
                         memory_cap_mb=settings.memory_cap_mb,
+                        memory_budget_mb=settings.worker_memory_mb,
+                        projection_cache_mb=settings.projection_cache_mb,
                     )
             # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
-            worker = Worker(app.state.queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
+            worker = Worker(patient, loaded, poll=0.1 if settings.redis_url is None else 1.0)
             background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
         if settings.run_jobs:
-            runner = JobExecutor.from_settings(
-                app.state.store, app.state.queue, settings, on_batch=app.state.metrics.on_batch
-            )
+            runner = JobExecutor.from_settings(app.state.store, patient, settings, on_batch=app.state.metrics.on_batch)
             app.state.runner = runner
             background.append(asyncio.create_task(runner.run(stop), name="job-runner"))
         try:
             yield
         finally:
-            stop.set()
+            app.state.stopping.set()
+            stop.set()  # the runner hands its jobs back (lease cleared; they resume from their checkpoints)
             await asyncio.gather(*background, return_exceptions=True)
             if queue is None:
-                await app.state.queue.close()
+                await patient.close()
             if store is None:
                 app.state.store.close()
 
@@ -104,27 +114,22 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         description="Gradient-free prompt tuning for language models you can only query.",
+        docs_url=None,  # /docs comes from security.install (vendored Swagger UI, no CDN); no ReDoc (no offline copy)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.secret_box = SecretBox.from_settings(settings)
     errors.install(app)
 
-    @app.middleware("http")
-    async def _upload_limit(request, call_next):
-        # Refuse an oversized upload before its body is parsed (the route also caps what it reads, for uploads
-        # sent without a Content-Length).
-        if request.method == "POST" and request.url.path == "/v1/datasets":
-            length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > settings.max_upload_mb * 1024 * 1024 + 64 * 1024:
-                return JSONResponse(
-                    {
-                        "detail": f"upload larger than {settings.max_upload_mb:g} MB; split the file "
-                        "or ask the operator to raise NOGRAD_MAX_UPLOAD_MB"
-                    },
-                    status_code=413,
-                )
-        return await call_next(request)
+    # Outermost: bodies are bounded and, with auth on, their sender known before a byte is read.
+    app.add_middleware(
+        RequestLimits,
+        max_body=int(settings.max_body_mb * 2**20),
+        max_upload=int(settings.max_upload_mb * 2**20),
+        authenticate=(lambda key: app.state.store.tenant_for_key(key)) if settings.auth else None,
+    )
+    security.install(app, settings)  # added last, so outside all: Host/Origin checks and headers on every response
 
     for module in (jobs, datasets, catalog, secrets):
         app.include_router(module.router)

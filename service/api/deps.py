@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from nograd.service.queue import BatchQueue
+from nograd.service.queue import BatchQueue, QueueError
 from nograd.service.settings import Settings
 from nograd.service.store import Store
 
@@ -32,9 +32,19 @@ StoreDep = Annotated[Store, Depends(get_store)]
 QueueDep = Annotated[BatchQueue, Depends(get_queue)]
 
 
-def model_names(settings: Settings, workers: list[dict]) -> set[str]:
-    """Models jobs may use: those the operator configured and those live workers serve."""
-    return set(settings.models) | {name for worker in workers for name in worker.get("models", {})}
+async def live_workers(queue: BatchQueue) -> list[dict] | None:
+    """The live workers, or None when the queue does not answer (Redis away: the API's handle gives up after
+    `ready_timeout`)."""
+    try:
+        return await queue.workers()
+    except QueueError:
+        return None
+
+
+def model_names(settings: Settings, workers: list[dict] | None) -> set[str]:
+    """Models jobs may use: those the operator configured and those live workers serve (None: unknown, the
+    configured ones only)."""
+    return set(settings.models) | {name for worker in workers or [] for name in worker.get("models", {})}
 
 
 def current_tenant(request: Request, settings: SettingsDep, store: StoreDep) -> str:

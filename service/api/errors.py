@@ -3,6 +3,9 @@ one format ({"detail": [{"loc": [...], "msg": ..., "type": ...}]} for field erro
 
 from __future__ import annotations
 
+import logging
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -34,6 +37,17 @@ class TooLarge(ApiError):
     status_code = 413
 
 
+class TooMany(ApiError):
+    """Over a tenant quota: `retry_after` (seconds, sent as Retry-After) when waiting helps; None when the tenant
+    must free something first (the message says what)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Invalid(ApiError):
     """A request field is invalid: `field` names it, the message says how to fix it."""
 
@@ -47,13 +61,51 @@ class Invalid(ApiError):
         return {"detail": [{"loc": [self.location, self.field], "msg": self.message, "type": "value_error"}]}
 
 
+def _plain(value, depth: int = 0):
+    """A validation error's detail as JSON can hold it: non-finite floats as their names (JSON has no NaN), long
+    or deep inputs cut (the error echoes what was sent; it must not echo a megabyte back or fail to render)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, bytes)) and len(value) > 200:
+        return f"{value[:200]!s}..."
+    if depth > 8:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k)[:200]: _plain(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value[:50]]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)[:200]
+
+
 def install(app: FastAPI) -> None:
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from sqlalchemy.exc import DataError
+
+    from ..queue import QueueError
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _plain(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, TooMany) and exc.retry_after is not None:
+            headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(QueueError)
+    async def _queue_error(_request: Request, exc: QueueError) -> JSONResponse:
+        # The API's queue handle gives up after `ready_timeout` (Redis down or hung): answer now, never hang.
+        logging.getLogger("nograd.api").warning("queue unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": "the batch queue (Redis) is not answering; retry in a few seconds"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(DataError)
     async def _data_error(_request: Request, _exc: DataError) -> JSONResponse:

@@ -183,15 +183,17 @@ class ModelPublic(BaseModel):
 
 
 class WorkerPublic(BaseModel):
-    id: str
-    host: str
-    pid: int
+    """A live worker as tenants see it: no host or pid, and only their own work named."""
+
+    id: str = Field(description="a digest of the worker's id (its default id names its host and pid)")
     models: list[str]
     devices: list[str]
     batches_done: int
     errors: int
     busy_seconds: float
-    current: str | None
+    current: str | None = Field(
+        description="'JOB_ID/GENERATION' while it evaluates one of your jobs, 'busy' for another tenant's, null idle"
+    )
     started_at: float
     last_heartbeat: float
     heartbeat_age: float

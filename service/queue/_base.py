@@ -2,8 +2,9 @@
 
 Runner side: `put_context` (task data, once per job and example set), `submit` (batches), `wait` (results).
 Worker side: `take` (a delivery for one of its models), `finish` (idempotent result write, then ack), `retry`
-(hand the batch back after an error), `heartbeat`. A batch's id is the hash of its content (see `queue.wire`),
-so the same batch submitted twice, or delivered twice, produces one result.
+(hand the batch back after an error), `heartbeat`, `leave`. A worker's consumer name in `take` is its heartbeat
+`id`: a batch held by a consumer whose heartbeat expired is taken over at once. A batch's id is the hash of its
+content (see `queue.wire`), so the same batch submitted twice, or delivered twice, produces one result.
 """
 
 from __future__ import annotations
@@ -125,6 +126,16 @@ class BatchQueue(abc.ABC):
     @abc.abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[dict]:
         """The most recent dead-lettered batches with their errors."""
+
+    async def leave(self, worker_id: str) -> None:  # noqa: B027 (an optional hook: nothing to drop by default)
+        """A worker stops: its heartbeat goes at once, so it leaves the live list and whatever it still holds is
+        taken over without waiting for the heartbeat to expire."""
+
+    def bounded(self, seconds: float) -> BatchQueue:
+        """A handle on this queue whose calls raise `QueueError` after `seconds` instead of riding out a broker
+        outage: for request paths (API routes, readiness) that must answer fast. Runners and workers keep the
+        patient handle, which survives a broker restart. A queue that never waits on a broker returns itself."""
+        return self
 
     async def close(self) -> None:  # noqa: B027 (an optional hook: queues without connections have nothing to do)
         """Release connections."""

@@ -88,6 +88,9 @@ class MemoryQueue(BatchQueue):
     async def heartbeat(self, worker: dict, ttl: float) -> None:
         self._workers[worker["id"]] = (time.time() + ttl, dict(worker))
 
+    async def leave(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
     async def workers(self) -> list[dict]:
         now = time.time()
         return [info for expires, info in self._workers.values() if expires > now]

@@ -1,12 +1,16 @@
 """`BatchQueue` on Redis Streams: one stream per model, one consumer group of workers.
 
 Entries are XACKed and XDELed only after the batch's result is written (HSETNX: the first result wins), so a
-stream's length is the number of batches waiting or in progress. A worker that dies leaves its entry pending; any
-other worker XAUTOCLAIMs entries idle for longer than `claim_idle` seconds. An entry delivered or retried
-`max_deliveries` times goes to the dead-letter stream with its last error, and the job gets an error result.
+stream's length is the number of batches waiting or in progress. A worker that dies leaves its entry pending under
+its consumer name, which is its heartbeat id: as soon as that heartbeat key expires (3 heartbeats) or the worker
+`leave`s, the next `take` of any other worker XCLAIMs the entry. Entries of live consumers are XAUTOCLAIMed only
+once idle for longer than `claim_idle` (a worker alive but stalled). Every takeover counts as a delivery: an entry
+delivered or retried `max_deliveries` times goes to the dead-letter stream with its last error, and the job gets
+an error result, so a batch that kills every worker it reaches ends instead of going round forever.
 
 Every Redis call retries connection errors with backoff (a Redis restart is survivable); `epoch` counts the
-connection failures seen so callers can resubmit work a data-losing restart may have dropped.
+connection failures seen so callers can resubmit work a data-losing restart may have dropped. `bounded(seconds)`
+gives request paths a handle on the same connections whose calls give up after `seconds` instead.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ class RedisQueue(BatchQueue):
         batch times.
     max_deliveries: deliveries + error retries before a batch is dead-lettered.
     retry_for: seconds to keep retrying a Redis call through connection errors before raising QueueError.
+    dead_grace: seconds an entry of a consumer without a live heartbeat stays idle before it is taken over (at
+        most `claim_idle`; covers a worker between its first `take` and its first heartbeat).
+    call_timeout: seconds after which any call raises QueueError, whatever Redis does (None: no bound; see
+        `bounded`).
+    client: a `redis.asyncio.Redis` to share (then `close` leaves it open); default: one for `url`.
     """
 
     def __init__(
@@ -47,17 +56,47 @@ class RedisQueue(BatchQueue):
         claim_idle: float = 60.0,
         max_deliveries: int = 3,
         retry_for: float = 120.0,
+        dead_grace: float = 1.0,
+        call_timeout: float | None = None,
+        client: aioredis.Redis | None = None,
     ):
         self.url, self.namespace = url, namespace
         self.claim_idle, self.max_deliveries, self.retry_for = claim_idle, max_deliveries, retry_for
-        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=10)
+        self.dead_grace, self.call_timeout = min(dead_grace, claim_idle), call_timeout
+        self._owns_client = client is None
+        self.redis = client or aioredis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=30, health_check_interval=10
+        )
         self.epoch = 0
         self._groups: set[str] = set()
+
+    def bounded(self, seconds: float) -> RedisQueue:
+        """The same queue and connections; every call raises QueueError after `seconds` (Redis down or hung)."""
+        return RedisQueue(
+            self.url,
+            namespace=self.namespace,
+            claim_idle=self.claim_idle,
+            max_deliveries=self.max_deliveries,
+            retry_for=seconds,
+            dead_grace=self.dead_grace,
+            call_timeout=seconds,
+            client=self.redis,
+        )
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
 
     async def _call(self, fn):
+        if self.call_timeout is None:
+            return await self._retrying(fn)
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                return await self._retrying(fn)
+        except TimeoutError as exc:  # only asyncio.timeout raises the builtin; redis-py has its own TimeoutError
+            self.epoch += 1
+            raise QueueError(f"Redis at {self._safe_url()} did not answer within {self.call_timeout:g} s") from exc
+
+    async def _retrying(self, fn):
         delay, deadline = 0.05, time.monotonic() + self.retry_for
         while True:
             try:
@@ -185,29 +224,68 @@ class RedisQueue(BatchQueue):
             return None
 
     async def _reclaim(self, stream: str, consumer: str) -> Delivery | None:
-        """Take over one entry another consumer left unacknowledged for longer than `claim_idle`."""
+        """Take over one entry left unacknowledged by a consumer whose heartbeat is gone (dead: at once) or by
+        any other consumer for longer than `claim_idle` (alive but stalled)."""
         while True:
-            _, claimed, _ = await self.redis.xautoclaim(
+            orphan = await self._orphan(stream, consumer)
+            if orphan is None:
+                break
+            delivery = await self._taken_over(stream, consumer, *orphan)
+            if delivery is not None:
+                return delivery
+        while True:
+            _, claimed, *_ = await self.redis.xautoclaim(
                 stream, GROUP, consumer, min_idle_time=int(self.claim_idle * 1000), start_id="0-0", count=1
             )
             if not claimed:
                 return None
-            entry_id, fields = claimed[0]
-            if not fields:  # deleted while pending
-                await self.redis.xack(stream, GROUP, entry_id)
+            delivery = await self._taken_over(stream, consumer, *claimed[0])
+            if delivery is not None:
+                return delivery
+
+    async def _orphan(self, stream: str, consumer: str) -> tuple | None:
+        """XCLAIM one entry pending under a consumer that has no live heartbeat key; (entry id, fields) or None.
+        XCLAIM's idle-time condition makes the takeover exclusive when several workers race for it."""
+        summary = await self.redis.xpending(stream, GROUP)
+        names = [_text(c["name"]) for c in summary.get("consumers") or [] if int(c["pending"]) > 0]
+        names = [n for n in names if n != consumer]
+        if not names:
+            return None
+        alive = await self.redis.mget([self._key("worker", n) for n in names])
+        idle = int(self.dead_grace * 1000)
+        for name, beat in zip(names, alive):
+            if beat is not None:
                 continue
-            batch = await self._decode(stream, entry_id, fields)
-            if batch is None:
+            pending = await self.redis.xpending_range(stream, GROUP, "-", "+", 1, consumername=name, idle=idle)
+            if not pending:
                 continue
-            info = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
-            deliveries = int(info[0]["times_delivered"]) if info else 2
-            delivery = Delivery(batch=batch, handle=_handle(stream, entry_id), deliveries=deliveries)
-            if delivery.batch.attempts + deliveries > self.max_deliveries:
-                await self._dead_letter(
-                    delivery, f"the worker died or stalled while processing it ({deliveries - 1} times)", consumer
-                )
-                continue
-            return delivery
+            entry_id = pending[0]["message_id"]
+            claimed = await self.redis.xclaim(stream, GROUP, consumer, min_idle_time=idle, message_ids=[entry_id])
+            if claimed:  # else deleted meanwhile (XCLAIM drops it from the pending list) or another worker won it
+                return claimed[0]
+        return None
+
+    async def _taken_over(self, stream: str, consumer: str, entry_id, fields) -> Delivery | None:
+        """A claimed entry as a delivery; None when it was skipped (deleted, malformed, or dead-lettered after
+        too many deliveries)."""
+        if not fields:  # deleted while pending
+            await self.redis.xack(stream, GROUP, entry_id)
+            return None
+        batch = await self._decode(stream, entry_id, fields)
+        if batch is None:
+            return None
+        info = await self.redis.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+        deliveries = int(info[0]["times_delivered"]) if info else 2
+        delivery = Delivery(batch=batch, handle=_handle(stream, entry_id), deliveries=deliveries)
+        if batch.attempts + deliveries > self.max_deliveries:
+            await self._dead_letter(
+                Delivery(batch=batch, handle=delivery.handle, deliveries=deliveries - 1),  # the ones that failed
+                f"the worker died or stalled while processing it ({deliveries - 1} times; a batch that kills "
+                "every worker it reaches, e.g. out of memory, ends here: see the workers' logs)",
+                consumer,
+            )
+            return None
+        return delivery
 
     async def finish(self, delivery: Delivery, result: BatchResult) -> None:
         batch = delivery.batch
@@ -251,8 +329,17 @@ class RedisQueue(BatchQueue):
     async def heartbeat(self, worker: dict, ttl: float) -> None:
         async def go():
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._key("worker", worker["id"]), json.dumps(worker), ex=max(1, int(round(ttl))))
+                pipe.set(self._key("worker", worker["id"]), json.dumps(worker), px=max(1, int(ttl * 1000)))
                 pipe.sadd(self._key("workers"), worker["id"])
+                await pipe.execute()
+
+        await self._call(go)
+
+    async def leave(self, worker_id: str) -> None:
+        async def go():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self._key("worker", worker_id))
+                pipe.srem(self._key("workers"), worker_id)
                 await pipe.execute()
 
         await self._call(go)
@@ -282,7 +369,12 @@ class RedisQueue(BatchQueue):
         return [json.loads(fields[b"record"]) for _, fields in reversed(entries)]
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._owns_client:
+            await self.redis.aclose()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _handle(stream: str, entry_id) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
 
 import numpy as np
@@ -36,6 +37,7 @@ class QueueClient:
     batch_size: most candidates per batch (None: a whole population per batch).
     on_batch: optional callback(seconds, n_batches) after each evaluation (metrics).
     check_every: seconds between checks for a broker restart while waiting (then the work is resubmitted).
+    gate: a factory of async context managers entered around each evaluation (fair shares), or None.
     """
 
     usage = MappingProxyType({})  # this service's workers charge nothing
@@ -50,8 +52,10 @@ class QueueClient:
         batch_size: int | None = None,
         on_batch: Callable[[float, int], None] | None = None,
         check_every: float = 2.0,
+        gate: Callable[[], AbstractAsyncContextManager] | None = None,
     ):
         self.queue, self.job_id, self.model, self.info = queue, job_id, model, info
+        self.gate = gate  # entered around each evaluation (the runner's fair share of the workers)
         self.batch_size, self.on_batch, self.check_every = batch_size, on_batch, check_every
         self._contexts: dict[str, bytes] = {}
 
@@ -79,6 +83,12 @@ class QueueClient:
             await self.queue.put_context(self.job_id, key, data)
 
     async def evaluate(self, request: EvalRequest) -> EvalResult:
+        if self.gate is None:
+            return await self._evaluate(request)
+        async with self.gate():
+            return await self._evaluate(request)
+
+    async def _evaluate(self, request: EvalRequest) -> EvalResult:
         started = time.perf_counter()
         context = encode_context(request.task, request.examples)
         key = digest(context)

@@ -80,7 +80,8 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
     page.set_input_files("#u-file", str(good))
     page.fill("#u-verbalizer", "neg:bad,pos:great")
     page.click("#upload button")
-    page.wait_for_function("document.getElementById('f-dataset_id').selectedOptions[0].text === 'reviews'")
+    # Predicates are functions: the page's CSP has no 'unsafe-eval', and Playwright evals bare expressions there.
+    page.wait_for_function("() => document.getElementById('f-dataset_id').selectedOptions[0].text === 'reviews'")
 
     page.select_option("#f-dataset_id", "")
     page.select_option("#f-task", "trec")
@@ -95,10 +96,10 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
     page.fill("#f-options\\.dim", "20")
     page.click("#submit button")
     page.wait_for_url("**/#/job/*")
-    page.wait_for_function("Number(document.getElementById('view').dataset.generations || 0) >= 3")
+    page.wait_for_function("() => Number(document.getElementById('view').dataset.generations || 0) >= 3")
     early = int(page.get_attribute("#view", "data-generations"))
     page.screenshot(path=str(tmp_path / "job-running.png"))
-    page.wait_for_function("document.getElementById('view').dataset.ended === '1'", timeout=120_000)
+    page.wait_for_function("() => document.getElementById('view').dataset.ended === '1'", timeout=120_000)
     assert int(page.get_attribute("#view", "data-generations")) == 20 > early  # the charts kept updating
     assert page.locator(".uplot").count() == 4
     page.wait_for_selector("#stats .status-succeeded")
@@ -106,6 +107,7 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
 
     page.click("text=Jobs")
     page.wait_for_selector("#jobs tbody tr")
+    assert page.eval_on_selector("#jobs [data-share]", "bar => bar.style.width") == "100%"  # set from script (CSP)
     page.check("#jobs input[type=checkbox]")
     page.click("#compare-selected")
     page.wait_for_selector("#summary td")

@@ -8,6 +8,7 @@ import logging
 import time
 
 import pytest
+from apiclient import Api
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -26,36 +27,12 @@ FAST = {
 CSV = "text,label\n" + "".join(f"great movie number {i},pos\nawful film number {i},neg\n" for i in range(40))
 
 
-class Api:
-    def __init__(self, client: TestClient, keys: dict[str, str]):
-        self.client, self.keys = client, keys
-
-    def __call__(self, method: str, path: str, tenant: str | None = "alice", **kw):
-        headers = kw.pop("headers", {})
-        if tenant is not None:
-            headers["Authorization"] = f"Bearer {self.keys[tenant]}"
-        return self.client.request(method, path, headers=headers, **kw)
-
-    def submit(self, tenant: str = "alice", **job) -> dict:
-        response = self("POST", "/v1/jobs", tenant, json={**FAST, **job})
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def wait(self, job_id: str, tenant: str = "alice", timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self("GET", f"/v1/jobs/{job_id}", tenant).json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.05)
-        raise TimeoutError(job_id)
-
-
 def make_api(tmp_path, **settings) -> tuple[TestClient, Settings]:
     options = dict(data_dir=tmp_path / "data", models=["fake"], auth=True, lease_seconds=2.0, max_upload_mb=0.05)
     options.update(settings)
     config = Settings(**options)
-    return TestClient(create_app(config)), config
+    # A loopback Host: with auth off the app serves no other name (DNS rebinding); TestClient's default is testserver.
+    return TestClient(create_app(config), base_url="http://127.0.0.1"), config
 
 
 @pytest.fixture
@@ -64,7 +41,11 @@ def api(tmp_path):
     with client:
         store = client.app.state.store
         client.app.state.events_poll = 0.05
-        yield Api(client, {"alice": store.create_key("alice"), "bob": store.create_key("bob")})
+        yield Api(client, {"alice": store.create_key("alice"), "bob": store.create_key("bob")}, FAST)
+
+
+def _operator(api: Api) -> dict:
+    return {"Authorization": f"Bearer {api.client.app.state.operator_key}"}
 
 
 def _field(response) -> str:
@@ -82,7 +63,8 @@ def test_missing_or_wrong_key_is_401_and_health_is_open(api):
     assert api("GET", "/v1/jobs", None, headers={"Authorization": f"Bearer {bad}"}).status_code == 401
     assert api("GET", "/v1/jobs", None, headers={"Authorization": api.keys["alice"]}).status_code == 401
     assert api("GET", "/healthz", None).json()["status"] == "ok"
-    assert "nograd_jobs" in api("GET", "/metrics", None).text
+    assert api("GET", "/metrics", None).status_code == 401  # the operator's (tests/abuse/test_hardening.py)
+    assert "nograd_jobs" in api("GET", "/metrics", None, headers=_operator(api)).text
 
 
 def test_auth_off_only_on_loopback(tmp_path):
@@ -98,7 +80,7 @@ def test_keys_are_stored_hashed_and_never_returned_or_logged(api, caplog):
     job = api.submit()
     api.wait(job["id"])
     bodies = [api("GET", p).text for p in ("/v1/jobs", f"/v1/jobs/{job['id']}", "/v1/workers", "/v1/models")]
-    bodies.append(api("GET", "/metrics", None).text)
+    bodies.append(api("GET", "/metrics", None, headers=_operator(api)).text)
     for key in api.keys.values():
         assert all(key not in body for body in bodies)
         assert key not in caplog.text
@@ -308,7 +290,7 @@ def test_catalog_routes(api):
     assert models[0]["name"] == "fake" and models[0]["workers"] == 1
     workers = api("GET", "/v1/workers").json()
     assert len(workers) == 1 and workers[0]["models"] == ["fake"] and workers[0]["heartbeat_age"] < 10
-    metrics = api("GET", "/metrics", None).text
+    metrics = api("GET", "/metrics", None, headers=_operator(api)).text
     assert "nograd_queue_depth" in metrics or "nograd_workers 1.0" in metrics
 
 

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
 from fake_openai import FakeOpenAI  # noqa: E402
-from test_api import Api, _field, make_api  # noqa: E402
+from test_api import FAST, Api, _field, make_api  # noqa: E402
 
 from nograd.artifacts import read_prompt  # noqa: E402
 
@@ -39,7 +39,7 @@ def api(tmp_path, server):
     client, _ = make_api(tmp_path, remote_allow=["127.0.0.1"])
     with client:
         store = client.app.state.store
-        yield Api(client, {"alice": store.create_key("alice"), "bob": store.create_key("bob")})
+        yield Api(client, {"alice": store.create_key("alice"), "bob": store.create_key("bob")}, FAST)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_a_method_the_endpoint_cannot_serve_is_422(api, server):
 def test_remote_hosts_outside_the_allowlist_are_422(tmp_path, server):
     client, _ = make_api(tmp_path)  # default: loopback and private ranges denied
     with client:
-        api = Api(client, {"alice": client.app.state.store.create_key("alice")})
+        api = Api(client, {"alice": client.app.state.store.create_key("alice")}, FAST)
         response = api("POST", "/v1/jobs", json={**BBPL, "endpoint": _endpoint(server, api_key_secret=None)})
         assert response.status_code == 422 and _field(response) == "endpoint.base_url"
         assert "NOGRAD_REMOTE_ALLOW" in response.text

@@ -32,7 +32,8 @@ def test_the_schema_is_generated_from_the_registries():
 
 
 def test_v1_methods_publishes_the_registry(tmp_path):
-    with TestClient(create_app(Settings(data_dir=tmp_path, models=["fake"], auth=False))) as http:
+    app = create_app(Settings(data_dir=tmp_path, models=["fake"], auth=False))
+    with TestClient(app, base_url="http://127.0.0.1") as http:  # auth off serves loopback Host names only
         methods = http.get("/v1/methods").json()
     assert [m["name"] for m in methods] == list(METHODS)
     by_name = {m["name"]: m for m in methods}

@@ -26,7 +26,7 @@ JOB = {"method": "bbt", "task": "trec", "model": "fake", "budget": 120, "dev_eve
 
 
 def _submit(settings: Settings, store: Store) -> dict:
-    with TestClient(create_app(settings, store=store)) as http:
+    with TestClient(create_app(settings, store=store), base_url="http://127.0.0.1") as http:  # auth off: loopback
         created = http.post("/v1/jobs", json=JOB)
     assert created.status_code == 201, created.text
     return created.json()

@@ -7,17 +7,7 @@ import time
 
 import pytest
 
-from nograd.service.store import JobStateError, Status, Store
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    url = (
-        f"sqlite:///{tmp_path / 'nograd.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    )
-    store = Store(url)
-    yield store
-    store.close()
+from nograd.service.store import JobStateError, Status
 
 
 def _job(store, tenant="alice", **kw):

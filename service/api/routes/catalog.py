@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import logging
 import time
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from nograd.config import RunConfig
 from nograd.methods import COMMON_DEFAULTS, METHODS
 from nograd.tasks import get_task, list_tasks
 
-from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
+from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, live_workers, model_names
 from ..schemas import JobOptions, MethodPublic, ModelPublic, TaskPublic, WorkerPublic
+from ..security import require_operator
 
 router = APIRouter(tags=["catalog"])
+log = logging.getLogger("nograd.api")
 
 
 @router.get("/v1/tasks", response_model=list[TaskPublic])
@@ -77,14 +81,27 @@ def methods(tenant: CurrentTenant) -> list[dict]:
     return _methods()
 
 
-def _public_worker(info: dict) -> dict:
-    return {**info, "models": sorted(info.get("models", {})), "heartbeat_age": time.time() - info["last_heartbeat"]}
+def _public_worker(info: dict, own_jobs: set[str]) -> dict:
+    """A worker as a tenant sees it: no host or pid (its default id embeds both, so the id is a digest), and its
+    current batch ("job_id/generation") named only when the job is the tenant's, else "busy"."""
+    current = info.get("current")
+    if current is not None and current.partition("/")[0] not in own_jobs:
+        current = "busy"
+    return {
+        **{k: v for k, v in info.items() if k not in ("host", "pid")},
+        "id": "w_" + hashlib.sha256(info["id"].encode()).hexdigest()[:12],
+        "current": current,
+        "models": sorted(info.get("models", {})),
+        "heartbeat_age": time.time() - info["last_heartbeat"],
+    }
 
 
 @router.get("/v1/models", response_model=list[ModelPublic])
 async def models(tenant: CurrentTenant, queue: QueueDep, settings: SettingsDep) -> list[dict]:
-    """Models jobs can use: those configured for this service and those live workers serve."""
-    workers = await queue.workers()
+    """Models jobs can use: those configured for this service and those live workers serve. While the queue
+    (Redis) does not answer within `ready_timeout`: the configured models only, each with 0 workers (jobs for them
+    are still accepted; they run once Redis is back)."""
+    workers = await live_workers(queue) or []
     names = sorted(model_names(settings, workers))
     out = []
     for name in names:
@@ -94,31 +111,87 @@ async def models(tenant: CurrentTenant, queue: QueueDep, settings: SettingsDep) 
 
 
 @router.get("/v1/workers", response_model=list[WorkerPublic])
-async def workers(tenant: CurrentTenant, queue: QueueDep) -> list[dict]:
-    """Live workers: models, devices, batches done, last heartbeat."""
-    return [_public_worker(w) for w in await queue.workers()]
+async def workers(tenant: CurrentTenant, queue: QueueDep, store: StoreDep) -> list[dict]:
+    """Live workers: models, devices, batches done, last heartbeat; what each one runs, if it is yours."""
+    live = await queue.workers()
+    busy = {w["current"].partition("/")[0] for w in live if w.get("current")}
+
+    def own() -> set[str]:
+        return {job_id for job_id in busy if store.get_job(job_id, tenant) is not None}
+
+    own_jobs = await asyncio.to_thread(own) if busy else set()
+    return [_public_worker(w, own_jobs) for w in live]
 
 
-@router.get("/healthz")
-async def healthz(request: Request, store: StoreDep, queue: QueueDep) -> dict:
-    """Liveness and readiness: the store and the queue answer."""
-    await asyncio.to_thread(store.count_by_status)
-    depth = await queue.depth()
-    return {"status": "ok", "queue_depth": sum(depth.values()), "runner": request.app.state.runner is not None}
+@router.get("/livez")
+def livez() -> dict:
+    """Liveness: the process answers; it touches neither the store nor the queue (restart on this, not readyz)."""
+    return {"status": "ok"}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+async def _unready(name: str, call, timeout: float) -> str | None:
+    """None when `call` (an awaitable) finishes within `timeout` seconds, else what went wrong (no details: the
+    route needs no key; the log has them)."""
+    try:
+        await asyncio.wait_for(call, timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except Exception as exc:
+        log.warning("readiness: the %s failed", name, exc_info=True)
+        return f"unavailable ({type(exc).__name__})"
+    return None
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the store or the queue did not answer, or the server is shutting down"}},
+)
+@router.get("/healthz", include_in_schema=False)  # the older name, kept as an alias
+async def readyz(request: Request, store: StoreDep, queue: QueueDep, settings: SettingsDep) -> JSONResponse:
+    """Readiness: the store and the queue each answer within `ready_timeout` seconds (checked side by side), else
+    503 naming the one that did not; 503 too once the server is shutting down. No key needed."""
+    depth: dict[str, int] = {}
+
+    async def queue_depth() -> None:
+        depth.update(await queue.depth())
+
+    store_error, queue_error = await asyncio.gather(
+        _unready("store", asyncio.to_thread(store.count_by_status), settings.ready_timeout),
+        _unready("queue", queue_depth(), settings.ready_timeout),
+    )
+    stopping = getattr(request.app.state, "stopping", None)
+    status = "stopping" if stopping is not None and stopping.is_set() else "ok"
+    if store_error or queue_error:
+        status = "unavailable"
+    body = {
+        "status": status,
+        "store": store_error or "ok",
+        "queue": queue_error or "ok",
+        "queue_depth": None if queue_error else sum(depth.values()),
+        "runner": request.app.state.runner is not None,
+    }
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_operator)])
 async def metrics(request: Request, store: StoreDep, queue: QueueDep) -> PlainTextResponse:
-    """Prometheus metrics: queue depth, batches, batch round-trip latency, jobs by status, workers."""
+    """Prometheus metrics (operator key): queue depth, batches, batch round-trip latency, jobs by status, workers.
+
+    Label values are the operator's own names (models workers serve, worker ids, job statuses), never a tenant's
+    data; gauges of models and workers that are gone are dropped at each scrape."""
     from prometheus_client import generate_latest
 
     m = request.app.state.metrics
-    for model, depth in (await queue.depth()).items():
-        m.queue_depth.labels(model=model).set(depth)
-    for status, count in (await asyncio.to_thread(store.count_by_status)).items():
-        m.jobs.labels(status=status).set(count)
+    depths = await queue.depth()
+    counts = await asyncio.to_thread(store.count_by_status)
     live = await queue.workers()
+    m.queue_depth.clear()
+    for model, depth in depths.items():
+        m.queue_depth.labels(model=model).set(depth)
+    for status, count in counts.items():
+        m.jobs.labels(status=status).set(count)
     m.workers.set(len(live))
+    m.worker_batches.clear()
     for w in live:
         m.worker_batches.labels(worker=w["id"]).set(w.get("batches_done", 0))
     return PlainTextResponse(generate_latest(m.registry).decode(), media_type="text/plain; version=0.0.4")

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from nograd import costs
 from nograd.artifacts import read_prompt
-from nograd.clients.endpoint import EndpointConfigError
+from nograd.clients.endpoint import EndpointConfigError, RemoteLimits
 from nograd.clients.guard import check_url
 from nograd.clients.kinds import parse_endpoint
+from nograd.clients.types import ModelInfo
 from nograd.config import JOB_FIELDS, JOB_OPTIONS, ConfigError, ResolvedConfig, RunConfig
 from nograd.methods import METHODS
 from nograd.pipeline import located, resolve_run
 
 from ...executor import dataset_file, transfer_options
-from ...store import TERMINAL, JobStateError, Status
+from ...store import JobStateError, Status
 from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Invalid, NotFound, TooMany
 from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
+from ..streams import StreamsDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+QUEUED_RETRY_AFTER = 30  # seconds a tenant over its queued-jobs quota is asked to wait
 
 
 def _location(field: str) -> str:
@@ -69,10 +71,12 @@ def _remote_model(body: JobCreate) -> str:
 
 
 def _endpoint(body: JobCreate, store, tenant: str, settings) -> dict:
-    """The endpoint settings to store: a URL the operator's allowlist admits, a secret the tenant has."""
+    """The endpoint settings to store: a URL the operator's allowlist admits, limits within the operator's, a secret
+    the tenant has."""
     endpoint = body.endpoint.model_dump(exclude_none=True)
     try:
         config = parse_endpoint(endpoint)
+        RemoteLimits.from_settings(settings).check(config)
         check_url(config.base_url, tuple(settings.remote_allow))
     except EndpointConfigError as exc:
         raise Invalid(f"endpoint.{exc.field or 'base_url'}", exc.message) from None
@@ -108,14 +112,57 @@ def _transfer(body: JobCreate, store, tenant: str) -> dict:
     return transfer_options(read_prompt(store.artifact(body.init_from))["spec"])
 
 
+def _check_queued_quota(store, tenant: str, settings) -> None:
+    """429 when the tenant already has `tenant_queued_jobs` jobs waiting. Concurrent submissions may pass the check
+    together and go a few over; the quota bounds a flood, not an exact count."""
+    queued = store.count_jobs(tenant, Status.queued)
+    if queued >= settings.tenant_queued_jobs:
+        raise TooMany(
+            f"queued-jobs quota: {queued} of your jobs are waiting to start, the most a tenant may have queued "
+            f"(tenant_queued_jobs, NOGRAD_TENANT_QUEUED_JOBS={settings.tenant_queued_jobs}); submit more once "
+            "some have started, or cancel some",
+            retry_after=QUEUED_RETRY_AFTER,
+        )
+
+
+async def _model_shape(queue, config: ResolvedConfig, settings) -> ModelInfo | None:
+    """The served model's shape from a live worker's heartbeat; None when no worker serves it yet, the queue does
+    not answer within `ready_timeout`, or the model is remote (the runner checks again once it knows the shape)."""
+    if config.endpoint is not None:
+        return None
+    try:
+        workers = await asyncio.wait_for(queue.workers(), settings.ready_timeout)
+    except Exception:  # noqa: BLE001 (an unreachable queue must not refuse or stall a submission)
+        return None
+    for worker in workers:
+        if config.model in worker.get("models", {}):
+            return ModelInfo.from_dict(worker["models"][config.model])
+    return None
+
+
+def _admit(body: JobCreate, config: ResolvedConfig, info: ModelInfo | None, settings) -> None:
+    """Refuse a job whose estimated memory or calls exceed the operator's limits (`nograd.costs`)."""
+    try:
+        costs.check(config, info, costs.Limits.from_settings(settings), asked=frozenset(body.options.model_fields_set))
+    except ConfigError as exc:
+        raise Invalid(_location(exc.field), exc.message) from None
+
+
 @router.post("", status_code=201, response_model=JobPublic)
 async def create_job(
     body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep, settings: SettingsDep
 ) -> dict:
     """Submit an optimization (or baseline) job."""
-    if body.endpoint is None and body.model not in model_names(settings, await queue.workers()):
+    await asyncio.to_thread(_check_queued_quota, store, tenant, settings)
+    # Only a model the operator did not configure needs the queue (a worker serving it); Redis away: 503 at once.
+    if (
+        body.endpoint is None
+        and body.model not in settings.models
+        and body.model not in model_names(settings, await queue.workers())
+    ):
         raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
     config, name = await asyncio.to_thread(_resolved, body, store, tenant, settings)
+    _admit(body, config, await _model_shape(queue, config, settings), settings)
     job = await asyncio.to_thread(
         store.create_job,
         tenant=tenant,
@@ -209,42 +256,21 @@ def get_prompt(job_id: str, tenant: CurrentTenant, store: StoreDep) -> Response:
 )
 async def job_events(
     job_id: str,
-    request: Request,
     tenant: CurrentTenant,
     store: StoreDep,
+    streams: StreamsDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Live progress as server-sent events: `job` (snapshot on change), `generation` (each history record,
     id = generation; reconnect with Last-Event-ID to resume), `end` when the job is finished."""
-    job = await asyncio.to_thread(_job_or_404, store, job_id, tenant)
+    slot = streams.reserve(tenant)  # 429 past the tenant's stream quota, before any database work
+    try:
+        job = await asyncio.to_thread(_job_or_404, store, job_id, tenant)
+    except BaseException:
+        slot.release()
+        raise
     try:
         after = int(last_event_id) if last_event_id is not None else -1
     except ValueError:
         after = -1
-    return StreamingResponse(
-        _events(request, store, job, after),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _events(request: Request, store, job: dict, after: int):
-    job_id, last_update, last_ping = job["id"], None, time.monotonic()
-    poll = getattr(request.app.state, "events_poll", 0.5)
-    while True:
-        job = await asyncio.to_thread(store.get_job, job_id)
-        for entry in await asyncio.to_thread(store.history, job_id, after):
-            after = entry["generation"]
-            yield f"id: {after}\nevent: generation\ndata: {json.dumps(entry)}\n\n"
-        if job["updated_at"] != last_update:
-            last_update = job["updated_at"]
-            yield f"event: job\ndata: {JobPublic.model_validate(job).model_dump_json()}\n\n"
-        if job["status"] in TERMINAL:
-            yield f"event: end\ndata: {json.dumps({'status': job['status']})}\n\n"
-            return
-        if await request.is_disconnected():
-            return
-        if time.monotonic() - last_ping > 15:
-            last_ping = time.monotonic()
-            yield ": ping\n\n"
-        await asyncio.sleep(poll)
+    return streams.response(job, after, slot)

@@ -63,10 +63,12 @@ async function jobsPage() {
       const share = job.budget ? Math.min(100, 100 * job.calls / job.budget) : (job.status === "succeeded" ? 100 : 0);
       return `<tr data-id="${esc(job.id)}"><td><a href="#/job/${esc(job.id)}">${esc(job.id)}</a></td>
         <td class="status-${esc(job.status)}">${esc(job.status)}</td><td>${esc(job.method)}</td><td>${esc(job.task)}</td>
-        <td>${esc(job.model)}</td><td><span class="bar"><span style="width:${share}%"></span></span>
+        <td>${esc(job.model)}</td><td><span class="bar"><span data-share="${share}"></span></span>
         ${job.calls}/${job.budget}</td><td>${fmt(job.best_dev_metric)}</td><td>${fmt(job.test_metric)}</td>
         <td>${Math.round(Date.now() / 1000 - job.created_at)} s</td><td><input type="checkbox" value="${esc(job.id)}"></td></tr>`;
     }).join("");
+    // Widths set from script: the page's Content-Security-Policy refuses style attributes in markup.
+    document.querySelectorAll("#jobs [data-share]").forEach(bar => { bar.style.width = bar.dataset.share + "%"; });
   }
   form.onchange = refresh;
   document.getElementById("compare-selected").onclick = () => {
@@ -120,7 +122,7 @@ async function submitPage() {
     ${row("seed", `<input id="f-seed" name="seed" type="number" value="0">`)}
     ${row("k_shot", `<input id="f-k_shot" name="k_shot" type="number" value="16">`)}
     ${row("dev_every", `<input id="f-dev_every" name="dev_every" type="number" value="100">`)}
-    ${OPTIONS.map(([name, kind, methods, hint]) => `<div class="option" data-methods="${methods}" style="display: contents">
+    ${OPTIONS.map(([name, kind, methods, hint]) => `<div class="option" data-methods="${methods}">
       ${row("options." + name, kind === "select"
         ? `<select id="f-options.${name}" name="options.${name}"><option value="">method default</option>${hint.split(",").map(v => `<option>${v}</option>`).join("")}</select>`
         : `<input id="f-options.${name}" name="options.${name}" ${kind === "number" ? 'type="number" step="any"' : ""} placeholder="${esc(hint)}">`)}</div>`).join("")}
