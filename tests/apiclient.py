@@ -14,6 +14,10 @@ class Api:
     def __init__(self, client: TestClient, keys: dict[str, str], job: dict | None = None):
         self.client, self.keys, self.job = client, keys, dict(job or {})
 
+    @property
+    def store(self):
+        return self.client.app.state.store
+
     def __call__(self, method: str, path: str, tenant: str | None = "alice", **kw):
         headers = kw.pop("headers", {})
         if tenant is not None:
