@@ -14,6 +14,7 @@ change a job that already started.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -124,6 +125,12 @@ class JobExecutor:
             **{"secret_box": SecretBox.from_settings(settings), **options},
         )
 
+    @functools.cached_property
+    def _cleanup_queue(self) -> BatchQueue:
+        """The queue for cleanup after a job, bounded: a Redis outage must neither hold the job's runner slot for
+        the queue's whole retry time nor delay a shutdown (results and contexts expire anyway)."""
+        return self.queue.bounded(5.0)
+
     def wake(self) -> None:
         """Look for new jobs now instead of at the next poll (the API calls this after a submission)."""
         self._wake.set()
@@ -230,10 +237,8 @@ class JobExecutor:
         await self._forget(job_id)
 
     async def _forget(self, job_id: str) -> None:
-        # Only cleanup (results and contexts expire anyway): bounded, so a Redis outage neither holds the job's
-        # runner slot for the queue's whole retry time nor delays a shutdown.
         try:
-            await self.queue.bounded(5.0).forget_job(job_id)
+            await self._cleanup_queue.forget_job(job_id)
         except Exception:
             log.warning("could not drop job %s's queue data", job_id, exc_info=True)
 

@@ -121,6 +121,7 @@ KEY_PREFIX = "ng_"
 # listings, job pages and the events stream poll these tables often.
 _JOB_SUMMARY = [c for c in jobs.c if c.name != "checkpoint"]
 _DATASET_SUMMARY = [c for c in datasets.c if c.name != "content"]
+_KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]  # what may be shown of a key
 
 
 def _new_id(prefix: str) -> str:
@@ -296,11 +297,7 @@ class Store:
         now = time.time()
         with self.engine.connect() as conn:
             running = dict(
-                conn.execute(
-                    sa.select(jobs.c.tenant, sa.func.count())
-                    .where(jobs.c.status == Status.running.value, jobs.c.lease_until >= now)
-                    .group_by(jobs.c.tenant)
-                ).all()
+                conn.execute(sa.select(jobs.c.tenant, sa.func.count()).where(_live(now)).group_by(jobs.c.tenant)).all()
             )
             # The oldest `limit` runnable jobs of each tenant: enough for any split of the free slots.
             rank = sa.func.row_number().over(partition_by=jobs.c.tenant, order_by=(jobs.c.created_at, jobs.c.id))
@@ -355,12 +352,7 @@ class Store:
                 live = (
                     sa.select(sa.func.count())
                     .select_from(other)
-                    .where(
-                        other.c.tenant == tenant,
-                        other.c.status == Status.running.value,
-                        other.c.lease_until >= now,
-                        other.c.id != job_id,
-                    )
+                    .where(other.c.tenant == tenant, _live(now, other), other.c.id != job_id)
                     .scalar_subquery()
                 )
                 where.append(live < tenant_running)
@@ -403,11 +395,7 @@ class Store:
 
     def _running_count(self, tenant: str, now: float) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).where(
-                    jobs.c.tenant == tenant, jobs.c.status == Status.running.value, jobs.c.lease_until >= now
-                )
-            ).scalar_one()
+            return conn.execute(sa.select(sa.func.count()).where(jobs.c.tenant == tenant, _live(now))).scalar_one()
 
     def count_jobs(self, tenant: str, status: Status) -> int:
         """How many jobs `tenant` has in `status` (the API's queued-jobs quota)."""
@@ -646,8 +634,7 @@ class Store:
 
     def list_keys(self, tenant: str | None = None) -> list[dict]:
         """Keys' metadata (id, tenant, name, created_at, expires_at, revoked_at), oldest first; never the hash."""
-        columns = [c for c in api_keys.c if c.name != "key_hash"]
-        query = sa.select(*columns).order_by(api_keys.c.created_at, api_keys.c.id)
+        query = sa.select(*_KEY_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.id)
         if tenant is not None:
             query = query.where(api_keys.c.tenant == tenant)
         with self.engine.connect() as conn:
@@ -662,7 +649,8 @@ class Store:
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
-        return next((k for k in self.list_keys() if k["id"] == key_id), None)
+            row = conn.execute(sa.select(*_KEY_COLUMNS).where(api_keys.c.id == key_id)).mappings().first()
+        return None if row is None else dict(row)
 
     # ---------------------------------------------------------------- tenant secrets (encrypted by the caller)
     def put_secret(self, tenant: str, name: str, ciphertext: bytes) -> dict:
@@ -744,6 +732,11 @@ def _private_sqlite_file(url: str) -> None:
                 log.warning("%s was readable by other users; made it 0600", file)
         except PermissionError:
             log.warning("%s is readable by other users and not ours to change: chmod 600 it", file)
+
+
+def _live(now: float, table: sa.Table = jobs):
+    """Jobs running under a lease that has not expired (what counts against a tenant's running cap)."""
+    return sa.and_(table.c.status == Status.running.value, table.c.lease_until >= now)
 
 
 def _runnable(now: float):

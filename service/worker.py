@@ -183,42 +183,42 @@ class Worker:
             )
         started = time.perf_counter()
         try:
-            task, examples = await self._context(batch.job_id, batch.context)
-            request = decode_work(batch.work, task, examples)
-            result = await asyncio.to_thread(self.engines[batch.model].evaluate, request)
-            seconds = time.perf_counter() - started
-            await self._queue_io(
-                self.queue.finish(
+            try:
+                task, examples = await self._context(batch.job_id, batch.context)
+                request = decode_work(batch.work, task, examples)
+                result = await asyncio.to_thread(self.engines[batch.model].evaluate, request)
+                seconds = time.perf_counter() - started
+                outcome = "done"
+                write = self.queue.finish(
                     delivery,
                     BatchResult(
                         batch_id=batch.id, ok=True, data=encode_result(result), worker=self.id, seconds=seconds
                     ),
                 )
-            )
-            self.batches_done += 1
-            return "done"
+            except (_Stopping, QueueError):
+                raise
+            except InvalidRequest as exc:  # the request cannot be scored as sent: final
+                self.errors += 1
+                log.info("batch %s of job %s rejected: %s", batch.id, batch.job_id, exc)
+                outcome = "rejected"
+                write = self.queue.finish(
+                    delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True, worker=self.id)
+                )
+            except Exception as exc:
+                self.errors += 1
+                log.error("batch %s of job %s failed:\n%s", batch.id, batch.job_id, traceback.format_exc())
+                outcome = None  # retry, or dead when the queue dead-letters it
+                write = self.queue.retry(delivery, f"{type(exc).__name__}: {exc}")
+            # One write of the outcome, whatever it is: bounded like every queue call while the worker stops.
+            written = await self._queue_io(write)
         except (_Stopping, QueueError) as exc:
             return self._abandoned(delivery, exc)
-        except InvalidRequest as exc:  # the request cannot be scored as sent: final
-            self.errors += 1
-            log.info("batch %s of job %s rejected: %s", batch.id, batch.job_id, exc)
-            rejected = BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True, worker=self.id)
-            try:
-                await self._queue_io(self.queue.finish(delivery, rejected))
-            except (_Stopping, QueueError) as lost:
-                return self._abandoned(delivery, lost)
-            return "rejected"
-        except Exception as exc:
-            self.errors += 1
-            log.error("batch %s of job %s failed:\n%s", batch.id, batch.job_id, traceback.format_exc())
-            try:
-                requeued = await self._queue_io(self.queue.retry(delivery, f"{type(exc).__name__}: {exc}"))
-            except (_Stopping, QueueError) as lost:
-                return self._abandoned(delivery, lost)
-            return "retry" if requeued else "dead"
         finally:
             self.busy_seconds += time.perf_counter() - started
             self.current = None
+        if outcome == "done":
+            self.batches_done += 1
+        return outcome or ("retry" if written else "dead")
 
     def _abandoned(self, delivery: Delivery, exc: Exception) -> str:
         reason = "the worker is stopping" if isinstance(exc, _Stopping) else str(exc)

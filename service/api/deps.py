@@ -47,20 +47,36 @@ def model_names(settings: Settings, workers: list[dict] | None) -> set[str]:
     return set(settings.models) | {name for worker in workers or [] for name in worker.get("models", {})}
 
 
+MISSING_KEY = (
+    "missing API key: send 'Authorization: Bearer <key>' (an operator creates keys with "
+    "`nograd keys create --tenant NAME`)"
+)
+INVALID_KEY = "invalid API key"
+#: Where `limits.RequestLimits` leaves the tenant it authenticated (ASGI scope state), so the key is looked up once.
+TENANT_STATE = "tenant"
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value; None when there is none."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
 def current_tenant(request: Request, settings: SettingsDep, store: StoreDep) -> str:
     """The tenant of the request's bearer API key (`local` when auth is off)."""
     if not settings.auth:
         return LOCAL_TENANT
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
-            "missing API key: send 'Authorization: Bearer <key>' (an operator creates keys with "
-            "`nograd keys create --tenant NAME`)"
-        )
-    tenant = store.tenant_for_key(token.strip())
+    known = getattr(request.state, TENANT_STATE, None)
+    if known is not None:
+        return known
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
+        raise Unauthorized(MISSING_KEY)
+    tenant = store.tenant_for_key(token)
     if tenant is None:
-        raise Unauthorized("invalid API key")
+        raise Unauthorized(INVALID_KEY)
     return tenant
 
 

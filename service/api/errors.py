@@ -20,6 +20,9 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"detail": self.message}
 
+    def headers(self) -> dict[str, str] | None:
+        return None
+
 
 class NotFound(ApiError):
     status_code = 404
@@ -31,6 +34,9 @@ class Conflict(ApiError):
 
 class Unauthorized(ApiError):
     status_code = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class TooLarge(ApiError):
@@ -46,6 +52,9 @@ class TooMany(ApiError):
     def __init__(self, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class Invalid(ApiError):
@@ -92,10 +101,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        if isinstance(exc, TooMany) and exc.retry_after is not None:
-            headers = {"Retry-After": str(exc.retry_after)}
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(QueueError)
     async def _queue_error(_request: Request, exc: QueueError) -> JSONResponse:

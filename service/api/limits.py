@@ -10,6 +10,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .deps import INVALID_KEY, MISSING_KEY, TENANT_STATE, bearer_token
+
 UPLOAD_PATHS = ("/v1/datasets",)
 #: Room for the multipart framing and form fields around an uploaded file.
 FORM_OVERHEAD = 64 * 1024
@@ -55,13 +57,12 @@ class RequestLimits:
             return await _reply(send, 413, BodyTooLarge(limit, setting).detail)
         if has_body and self.authenticate is not None and scope["path"].startswith("/v1/"):
             # Who sends a body must be known before it is read: an anonymous 600 MB body costs one header check.
-            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            tenant = None
-            if scheme.lower() == "bearer" and token.strip():
-                tenant = await asyncio.to_thread(self.authenticate, token.strip())
+            token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+            tenant = None if token is None else await asyncio.to_thread(self.authenticate, token)
             if tenant is None:
-                message = "missing API key" if not token.strip() else "invalid API key"
+                message = MISSING_KEY if token is None else INVALID_KEY
                 return await _reply(send, 401, message, {"www-authenticate": "Bearer"})
+            scope.setdefault("state", {})[TENANT_STATE] = tenant  # the route's dependency does not look it up again
 
         received = 0
 

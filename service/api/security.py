@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..secrets import operator_key
 from ..settings import Settings
+from .deps import bearer_token
 from .errors import Unauthorized
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -170,9 +171,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
 def require_operator(request: Request) -> None:
     """Dependency: the request carries the operator key as a bearer token (raises `Unauthorized` otherwise)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = request.app.state.operator_key
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    token = bearer_token(request.headers.get("authorization", "")) or ""
+    if not hmac.compare_digest(token.encode(), request.app.state.operator_key.encode()):
         raise Unauthorized(
             "this route needs the operator key: send 'Authorization: Bearer <key>' with NOGRAD_OPERATOR_KEY or "
             "the key in DATA_DIR/operator.key (tenant API keys are not accepted)"

@@ -21,7 +21,7 @@ from nograd.pipeline import located, resolve_run
 
 from ...executor import dataset_file, transfer_options
 from ...store import JobStateError, Status
-from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, model_names
+from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, live_workers, model_names
 from ..errors import Conflict, Invalid, NotFound, TooMany
 from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
 from ..streams import StreamsDep
@@ -125,18 +125,12 @@ def _check_queued_quota(store, tenant: str, settings) -> None:
         )
 
 
-async def _model_shape(queue, config: ResolvedConfig, settings) -> ModelInfo | None:
-    """The served model's shape from a live worker's heartbeat; None when no worker serves it yet, the queue does
-    not answer within `ready_timeout`, or the model is remote (the runner checks again once it knows the shape)."""
-    if config.endpoint is not None:
-        return None
-    try:
-        workers = await asyncio.wait_for(queue.workers(), settings.ready_timeout)
-    except Exception:  # noqa: BLE001 (an unreachable queue must not refuse or stall a submission)
-        return None
-    for worker in workers:
-        if config.model in worker.get("models", {}):
-            return ModelInfo.from_dict(worker["models"][config.model])
+def _model_shape(workers: list[dict] | None, model: str) -> ModelInfo | None:
+    """The served model's shape from a live worker's heartbeat; None when no worker serves it yet or the queue did
+    not answer (the runner checks again once it knows the shape)."""
+    for worker in workers or []:
+        if model in worker.get("models", {}):
+            return ModelInfo.from_dict(worker["models"][model])
     return None
 
 
@@ -154,15 +148,15 @@ async def create_job(
 ) -> dict:
     """Submit an optimization (or baseline) job."""
     await asyncio.to_thread(_check_queued_quota, store, tenant, settings)
-    # Only a model the operator did not configure needs the queue (a worker serving it); Redis away: 503 at once.
-    if (
-        body.endpoint is None
-        and body.model not in settings.models
-        and body.model not in model_names(settings, await queue.workers())
-    ):
-        raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
+    workers = None  # the live workers: the model's shape, and for a model not configured, whether any serves it
+    if body.endpoint is None:
+        # A configured model is accepted with Redis away (the store holds the job); another one needs a live worker
+        # serving it, so the queue must answer (503 at once when it does not).
+        workers = await (live_workers(queue) if body.model in settings.models else queue.workers())
+        if body.model not in model_names(settings, workers):
+            raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
     config, name = await asyncio.to_thread(_resolved, body, store, tenant, settings)
-    _admit(body, config, await _model_shape(queue, config, settings), settings)
+    _admit(body, config, _model_shape(workers, config.model), settings)
     job = await asyncio.to_thread(
         store.create_job,
         tenant=tenant,
