@@ -86,7 +86,7 @@ def probe(url: str, key: str, jobs: int) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    latencies = []
+    latencies, parts = [], []
     with httpx.Client(base_url=url, timeout=60) as client:
         for _ in range(jobs):
             started = time.perf_counter()
@@ -102,9 +102,19 @@ def probe(url: str, key: str, jobs: int) -> dict:
             if job["status"] != "succeeded":
                 raise RuntimeError(f"well-behaved job {job_id} ended {job['status']}: {job.get('error')}")
             latencies.append(time.perf_counter() - started)
+            entries = client.get(f"/v1/jobs/{job_id}/history", headers=auth).json()["data"]
+            steps = [e for e in entries if "seconds" in e]
+            parts.append(
+                {
+                    "queued": job["started_at"] - job["created_at"],
+                    "running": job["finished_at"] - job["started_at"],
+                    "generations": sum(e["seconds"] for e in steps),
+                    "worker_roundtrips": sum(e.get("roundtrip_seconds", 0.0) for e in steps),
+                }
+            )
     stop.set()
     sampler.join()
-    return {"livez": livez, "jobs": latencies}
+    return {"livez": livez, "jobs": latencies, "parts": parts}
 
 
 async def run_probe(url: str, key: str, jobs: int) -> dict:
@@ -149,19 +159,93 @@ async def stream(client: httpx.AsyncClient, auth: dict, job_id: str, stop: async
         codes["error"] += 1
 
 
+async def attack(url: str, keys: dict[str, str], options: dict) -> dict:
+    """The abuse mix (`--attack`): prints `ready` once the flood is submitted and the attacks run, keeps them up
+    until a line on stdin, then cancels its jobs and returns what each attack got back and its CPU time."""
+    auth = {t: {"Authorization": f"Bearer {k}"} for t, k in keys.items()}
+    codes = {name: collections.Counter() for name in ("oversized", "anonymous", "flood", "streams")}
+    limits = httpx.Limits(max_connections=2000)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        flood_ids = []
+        for _ in range(options["flood"]):
+            response = await client.post("/v1/jobs", json=FLOOD_JOB, headers=auth["flood"])
+            codes["flood"][response.status_code] += 1
+            if response.status_code == 201:
+                flood_ids.append(response.json()["id"])
+        target = (await client.post("/v1/jobs", json=FLOOD_JOB, headers=auth["streams"])).json()["id"]
+        stop, halt = asyncio.Event(), threading.Event()
+        threads = [
+            threading.Thread(target=anonymous_bodies, args=(url, halt, codes["anonymous"]), daemon=True)
+            for _ in range(options["anonymous"])
+        ]
+        for thread in threads:
+            thread.start()
+        tasks = [
+            asyncio.create_task(oversized(client, auth["huge"], stop, codes["oversized"])),
+            *[
+                asyncio.create_task(stream(client, auth["streams"], target, stop, codes["streams"]))
+                for _ in range(options["streams"])
+            ],
+        ]
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        stop.set()
+        halt.set()
+        for job_id in flood_ids:
+            await client.post(f"/v1/jobs/{job_id}/cancel", headers=auth["flood"])
+        await client.post(f"/v1/jobs/{target}/cancel", headers=auth["streams"])
+        await asyncio.wait(tasks, timeout=20)
+        for thread in threads:
+            thread.join(35)
+    return {
+        "codes": {name: dict(counter) for name, counter in codes.items()},
+        "cpu": time.process_time(),
+        "peak_rss_mb": peak_rss_mb(os.getpid()),
+    }
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=open(log, "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def main(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="nograd-abuse-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "nograd.cli", "serve", "--data-dir", str(root), "--port", str(port)]
-        + ["--models", "fake,fake:0.02"],
-        cwd=ROOT,
-        env=env,
-        stdout=open(root / "serve.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
+    cli = [sys.executable, "-m", "nograd.cli"]
+    serve = [*cli, "serve", "--data-dir", str(root), "--port", str(port), "--models", "fake,fake:0.02"]
+    helpers = []  # Redis and the workers, with --workers N
+    if args.workers:
+        redis_port = free_port()
+        helpers.append(
+            start(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], root / "redis.log")
+        )
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        serve += ["--redis-url", redis_url, "--no-embedded-worker"]
+        if args.runner:  # the jobs' CPU work in a process of its own: the API's event loop only serves requests
+            serve.append("--no-run-jobs")
+            runner = [*cli, "runner", "--redis-url", redis_url, "--data-dir", str(root)]
+            helpers.append(start(runner, root / "runner.log"))
+        for i in range(args.workers):
+            argv = [*cli, "worker", "--redis-url", redis_url, "--model", "fake:0.02", "--heartbeat", "0.5"]
+            helpers.append(start(argv, root / f"worker-{i}.log"))
+    server = start(serve, root / "serve.log")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=2000)) as client:
             for _ in range(600):
@@ -172,57 +256,38 @@ async def main(args: argparse.Namespace) -> None:
                     pass
                 await asyncio.sleep(0.1)
             raw = {t: key(root, t) for t in ("good", "flood", "streams", "huge")}
-            keys = {t: {"Authorization": f"Bearer {k}"} for t, k in raw.items()}
 
             # Idle: the well-behaved tenant alone.
             idle_probe = await run_probe(url, raw["good"], args.jobs)
 
-            # Under abuse.
-            cpu = {"server": cpu_seconds(server.pid), "attackers": cpu_seconds(os.getpid())}
+            # Under abuse: the attackers run in a process of their own at the lowest CPU priority (unless
+            # --same-priority), standing in for clients on other machines; what the server spends on them counts.
+            cpu_before = cpu_seconds(server.pid)
             abuse_started = time.perf_counter()
-            stop = asyncio.Event()
-            codes = {name: collections.Counter() for name in ("oversized", "anonymous", "flood", "streams")}
-            flood_ids = []
-            for _ in range(args.flood):
-                response = await client.post("/v1/jobs", json=FLOOD_JOB, headers=keys["flood"])
-                codes["flood"][response.status_code] += 1
-                if response.status_code == 201:
-                    flood_ids.append(response.json()["id"])
-            target = (await client.post("/v1/jobs", json=FLOOD_JOB, headers=keys["streams"])).json()["id"]
-            halt = threading.Event()
-            threads = [
-                threading.Thread(target=anonymous_bodies, args=(url, halt, codes["anonymous"]), daemon=True)
-                for _ in range(args.anonymous)
-            ]
-            for thread in threads:
-                thread.start()
-            tasks = [
-                asyncio.create_task(oversized(client, keys["huge"], stop, codes["oversized"])),
-                *[
-                    asyncio.create_task(stream(client, keys["streams"], target, stop, codes["streams"]))
-                    for _ in range(args.streams)
-                ],
-            ]
+            attacker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--attack",
+                url,
+                json.dumps({t: raw[t] for t in ("flood", "streams", "huge")}),
+                json.dumps({k: getattr(args, k) for k in ("streams", "flood", "anonymous")}),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=None if args.same_priority else (lambda: os.nice(19)),
+            )
+            if (await attacker.stdout.readline()).strip() != b"ready":
+                raise RuntimeError("the attackers did not start")
             busy_probe = await run_probe(url, raw["good"], args.jobs)
             abuse_seconds = time.perf_counter() - abuse_started
-            cpu = {
-                "server": cpu_seconds(server.pid) - cpu["server"],
-                "attackers": cpu_seconds(os.getpid()) - cpu["attackers"],
-            }
-            stop.set()
-            halt.set()
-            for job_id in [*flood_ids, target]:
-                await client.post(f"/v1/jobs/{job_id}/cancel", headers=keys["flood" if job_id != target else "streams"])
-            await asyncio.wait(tasks, timeout=20)
-            for thread in threads:
-                thread.join(35)
+            server_cpu = cpu_seconds(server.pid) - cpu_before
+            out, _ = await attacker.communicate(b"stop\n")
+            report = json.loads(out)
+            codes, attackers_cpu = report["codes"], report["cpu"]
     finally:
         peak = peak_rss_mb(server.pid)
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        workers_peak = max((peak_rss_mb(p.pid) for p in helpers[1 : 1 + args.workers]), default=float("nan"))
+        runner_peak = peak_rss_mb(helpers[-1].pid) if args.workers and args.runner else None
+        stop_all([server, *helpers])
 
     idle_livez, idle, abuse_livez, busy = (
         idle_probe["livez"],
@@ -247,15 +312,23 @@ async def main(args: argparse.Namespace) -> None:
         f"well-behaved jobs: idle {statistics.mean(idle):.2f} s, under abuse {statistics.mean(busy):.2f} s "
         f"-> {ratio:.2f}x (goal <= 1.5x)"
     )
+    for name, probed in (("idle", idle_probe), ("under abuse", busy_probe)):
+        mean = {k: statistics.mean(p[k] for p in probed["parts"]) for k in probed["parts"][0]}
+        print(
+            f"  where a job's time went ({name}): queued {mean['queued']:.2f} s, running {mean['running']:.2f} s "
+            f"(generations {mean['generations']:.2f} s, of which worker round trips {mean['worker_roundtrips']:.2f} s)"
+        )
     print(
-        f"CPU while under abuse ({abuse_seconds:.1f} s, {os.cpu_count()} cores): server {cpu['server']:.1f} s, "
-        f"attackers (this process) {cpu['attackers']:.1f} s"
+        f"CPU while under abuse ({abuse_seconds:.1f} s, {os.cpu_count()} cores): server {server_cpu:.1f} s, "
+        f"attackers {attackers_cpu:.1f} s ({'same priority' if args.same_priority else 'nice 19'})"
     )
     for name, counter in codes.items():
-        print(f"{name:10s} {dict(counter)}")
+        print(f"{name:10s} {counter}")
     print(
         f"server peak RSS: {peak:.0f} MB (budget: max_concurrent_jobs x max_job_memory_mb + the model); "
-        f"bench client {peak_rss_mb(os.getpid()):.0f} MB"
+        f"attackers {report['peak_rss_mb']:.0f} MB"
+        + (f"; workers (fake:0.02 x {args.workers}, Redis) {workers_peak:.0f} MB" if args.workers else "")
+        + (f"; runner {runner_peak:.0f} MB" if runner_peak is not None else "")
     )
 
 
@@ -263,9 +336,31 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--probe"]:
         print(json.dumps(probe(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
         sys.exit(0)
+    if sys.argv[1:2] == ["--attack"]:
+        print(json.dumps(asyncio.run(attack(sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])))))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--streams", type=int, default=500)
     parser.add_argument("--flood", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--anonymous", type=int, default=4, help="threads sending anonymous 200 MB bodies")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="fake-model workers behind a private Redis (0: the in-process worker, no Redis). With one worker and "
+        "three busy tenants a fair share is a third of it, below what the well-behaved job uses alone",
+    )
+    parser.add_argument(
+        "--runner",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --workers: run the jobs in a `nograd runner` process, the API with --no-run-jobs (the README's "
+        "advice under heavy load)",
+    )
+    parser.add_argument(
+        "--same-priority",
+        action="store_true",
+        help="run the attackers at the server's CPU priority (on one small machine they then take CPU from it)",
+    )
     asyncio.run(main(parser.parse_args()))

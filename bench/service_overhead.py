@@ -117,6 +117,9 @@ class TimedClient:
     async def materialize(self, spec, x):
         return await self.inner.materialize(spec, x)
 
+    async def nearest_tokens(self, spec, x, k):
+        return await self.inner.nearest_tokens(spec, x, k)
+
     async def aclose(self):
         await self.inner.aclose()
 

@@ -19,6 +19,7 @@ from .types import (
     ProjectionSpec,
     PromptSpec,
     TaskSpec,
+    TokenNeighbor,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "ProjectionSpec",
     "PromptSpec",
     "TaskSpec",
+    "TokenNeighbor",
 ]

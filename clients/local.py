@@ -10,7 +10,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .protocol import Evaluator
-from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec
+from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec, TokenNeighbor
 
 
 class LocalClient:
@@ -31,6 +31,9 @@ class LocalClient:
 
     async def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
         return await asyncio.to_thread(self._locked, self.engine.materialize, spec, x)
+
+    async def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]] | None:
+        return await asyncio.to_thread(self._locked, self.engine.nearest_tokens, spec, x, k)
 
     async def aclose(self) -> None:
         return None

@@ -199,6 +199,10 @@ class OpenAIClient:
         """None: a remote endpoint does not hand out prompt tensors."""
         return None
 
+    async def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> None:
+        """None: a remote endpoint does not hand out its embedding matrix."""
+        return None
+
     # ---------------------------------------------------------------- one request, with retries
     async def _post(self, path: str, body: dict) -> dict:
         c = self.config

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec
+from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec, TokenNeighbor
 
 
 @runtime_checkable
@@ -35,6 +35,12 @@ class ModelClient(Protocol):
         (L, d) base for deep), float32; None when this endpoint cannot build it (it does not own the model)."""
         ...
 
+    async def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]] | None:
+        """An optional capability: for a `cat`/`add` soft prompt, the `k` vocabulary tokens whose input embeddings
+        are nearest (cosine, fp32) to each of its positions, nearest first; None when this endpoint cannot tell
+        (it does not hold the embedding matrix: remote APIs, the service's queue, models without a vocabulary)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the endpoint's connections."""
         ...
@@ -50,3 +56,5 @@ class Evaluator(Protocol):
     def describe(self) -> ModelInfo: ...
 
     def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray: ...
+
+    def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]] | None: ...

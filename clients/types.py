@@ -196,6 +196,17 @@ class EvalResult:
 
 
 @dataclass(frozen=True)
+class TokenNeighbor:
+    """A vocabulary token close to one soft-prompt position: its id, its text (the token decoded alone) and the
+    cosine similarity (fp32) of its input embedding to the position's embedding. A hint of what a soft prompt
+    resembles, not what the model reads: soft positions are rarely near any token."""
+
+    id: int
+    token: str
+    similarity: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What an endpoint serves. prompt_modes: the `PromptSpec.mode`s it scores (text-only APIs: the discrete ones
     and `none`)."""

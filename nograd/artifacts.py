@@ -1,4 +1,5 @@
-"""The run directory (config.json, history.jsonl, result.json, prompt.safetensors) and the prompt file format."""
+"""The run directory (config.json, history.jsonl, result.json, analysis.json, prompt.safetensors) and the prompt
+file format."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def start_run_dir(out_dir: Path, config: ResolvedConfig) -> None:
 def append_history(out_dir: Path, entry: dict) -> None:
     with open(out_dir / "history.jsonl", "a") as fh:
         fh.write(json.dumps(entry) + "\n")
+
+
+def save_analysis(out_dir: Path, analysis: dict) -> None:
+    """Write the run's analysis (`nograd.analysis.explain`) as `analysis.json`."""
+    (out_dir / "analysis.json").write_text(json.dumps(analysis, indent=2, ensure_ascii=False))
 
 
 def save_prompt(path: Path, **fields) -> None:

@@ -45,7 +45,15 @@ class RunConfig:
     test_dataset: Annotated[str | None, _opt("a JSONL/CSV file of test examples for the dataset", max_length=4096)] = (
         None
     )
-    test_fraction: Annotated[float, _opt("share of the dataset held out as the test set", ge=0, lt=1)] = 0.0
+    test_fraction: Annotated[
+        float | None,
+        _opt(
+            "share of each label's rows held out as the test set (0: none); unset: 0.2, at most 1000 rows, when "
+            "every label keeps 8 rows for train and dev",
+            ge=0,
+            lt=1,
+        ),
+    ] = None
     template: Annotated[
         str | None, _opt("the dataset's template, e.g. 'Review: {text}\\nSentiment: {mask}'", max_length=4000)
     ] = None
@@ -61,13 +69,21 @@ class RunConfig:
     model: Annotated[
         str, _opt("the served model: a built-in name (smollm2-135m), a local folder, or fake[:latency]", max_length=200)
     ] = "smollm2-135m"
-    dtype: Annotated[Literal["bf16", "fp16", "fp32"], _opt("the model's dtype")] = "bf16"
+    dtype: Annotated[
+        Literal["auto", "bf16", "fp16", "fp32"],
+        _opt("the model's dtype; auto: bf16 where the hardware computes it natively, else fp16 (GPU) or fp32 (CPU)"),
+    ] = "auto"
     device: Annotated[str, _opt("auto (CUDA when present), cpu, cuda, cuda:1, ...", max_length=32)] = "auto"
     memory_cap_mb: Annotated[
         float, _opt("activation memory one forward pass may use (scores do not depend on it)", gt=0, le=1e7)
     ] = DEFAULT_MEMORY_CAP_MB
     # Data.
-    k_shot: Annotated[int, _opt("training (and dev) examples per class", ge=1, le=1024)] = 16
+    k_shot: Annotated[
+        int | None,
+        _opt(
+            "training (and dev) examples per class; unset: 16, or the most the data allows (a note says)", ge=1, le=1024
+        ),
+    ] = None
     seed: Annotated[int, _opt("seed of the few-shot split, the projection and the optimizer", ge=0, le=2**31 - 1)] = 0
     # Search.
     budget: Annotated[int, _opt("model calls (candidates scored on the training batch)", ge=1, le=1_000_000)] = 600
@@ -133,7 +149,12 @@ class RunConfig:
 @dataclass(frozen=True)
 class ResolvedConfig(RunConfig):
     """A `RunConfig` after `nograd.methods.resolve`: every method default filled in, checked as a whole. Only
-    `resolve` makes new ones; `from_dict` reloads a stored one as it is (never re-resolving)."""
+    `resolve` makes new ones; `from_dict` reloads a stored one as it is (never re-resolving).
+
+    `notes` says, in words, what resolving chose on the user's behalf from the data (the automatic test split, a
+    k_shot lowered to fit a small file); the CLI prints them and a job's config keeps them."""
+
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResolvedConfig:

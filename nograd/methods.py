@@ -44,6 +44,7 @@ class Method:
             example, for a search to choose from); None: none.
         transfers: its prompts can start another job of the same method (`init_from`).
         options: the job options it reads (`nograd.config.JOB_OPTIONS`; the others do not change its result).
+        when: one line on when to pick it, for the dashboard's Submit form and help texts.
     """
 
     name: str
@@ -54,6 +55,7 @@ class Method:
     demos: Literal["sample", "pool"] | None = None
     transfers: bool = False
     options: tuple[str, ...] = ()
+    when: str = ""
 
     @property
     def is_search(self) -> bool:
@@ -101,6 +103,9 @@ _BBPL = (
 _RLPROMPT = ("popsize", "prompt_length", "lr", "top_k", "mlp_hidden", "reward_correct", "reward_wrong", "chat_template")
 _ICL_SEARCH = ("popsize", "loss", "icl_shots", "prompt_length", "lr", "chat_template")
 
+#: k_shot when the user leaves it unset (the BBT paper's few-shot setting); a smaller file gets the most it allows.
+DEFAULT_K_SHOT = 16
+
 #: Options every method falls back to when neither it nor the user sets them.
 COMMON_DEFAULTS: Mapping[str, Default] = {"alpha": 0.5, "popsize": 20, "lr": 1e-4, "prompt_length": 10}
 
@@ -119,6 +124,7 @@ METHODS: Mapping[str, Method] = {
             {"alpha": 0.5, "popsize": 20},
             transfers=True,
             options=(*_SOFT, "mode"),
+            when="the first search to try on this service's own workers: a soft prompt in a few hundred calls",
         ),
         Method(
             "bbtv2",
@@ -128,6 +134,7 @@ METHODS: Mapping[str, Method] = {
             {"alpha": 0.2, "popsize": 10},
             transfers=True,
             options=_SOFT,
+            when="when bbt levels off and the budget allows more calls: prompts in every layer, more capacity",
         ),
         Method(
             "bbpl",
@@ -136,6 +143,7 @@ METHODS: Mapping[str, Method] = {
             BBPLSearch,
             {"popsize": 20, "lr": 1e-4, "prompt_length": 10},
             options=_BBPL,
+            when="for a text-only remote API (OpenAI-compatible, vLLM): a readable prompt made of your data's phrases",
         ),
         Method(
             "rlprompt",
@@ -144,6 +152,7 @@ METHODS: Mapping[str, Method] = {
             RLPromptSearch,
             {"popsize": 16, "lr": 5e-5, "prompt_length": 5},
             options=_RLPROMPT,
+            when="for a text-only API when a short token prompt is wanted; needs the policy LM and more calls",
         ),
         Method(
             "icl_search",
@@ -153,14 +162,22 @@ METHODS: Mapping[str, Method] = {
             {"popsize": 20, "lr": 1e-3, "prompt_length": lambda config, task: config.icl_shots * len(task.labels)},
             demos="pool",
             options=_ICL_SEARCH,
+            when="when demonstrations help the model: picks which training examples to show; works on text-only APIs",
         ),
-        Method("manual", "the task's template and verbalizer alone", "none", options=("chat_template",)),
+        Method(
+            "manual",
+            "the task's template and verbalizer alone",
+            "none",
+            options=("chat_template",),
+            when="a baseline (no search, no budget): run it first to see what the template alone scores",
+        ),
         Method(
             "icl",
             "icl_shots training demonstrations per class before the input",
             "none",
             demos="sample",
             options=("icl_shots", "chat_template"),
+            when="a baseline: a few random demonstrations, the bar a search should beat",
         ),
     )
 }
@@ -180,12 +197,13 @@ def resolve(config: RunConfig, task: Task) -> ResolvedConfig:
     for name, default in {**COMMON_DEFAULTS, **method.defaults}.items():
         if values[name] is None:
             values[name] = default(config, task) if callable(default) else default
+    values.update(_data(config, task))
     if method.is_search and config.budget < values["popsize"]:
         raise ConfigError("budget", f"must be at least popsize ({values['popsize']}) calls")
     if method.prompt in ("soft", "deep") and config.optimizer == "cma" and values["popsize"] < 3:
         raise ConfigError("popsize", "CMA-ES needs at least 3 candidates per generation (pycma fails on 2)")
-    if method.name == "icl_search" and values["prompt_length"] >= config.k_shot * len(task.labels):
-        train = config.k_shot * len(task.labels)
+    if method.name == "icl_search" and values["prompt_length"] >= values["k_shot"] * len(task.labels):
+        train = values["k_shot"] * len(task.labels)
         raise ConfigError(
             "prompt_length",
             f"icl_search would show {values['prompt_length']} demonstrations out of {train} training examples, "
@@ -203,6 +221,37 @@ def resolve(config: RunConfig, task: Task) -> ResolvedConfig:
             raise ConfigError("optimizer", str(exc)) from None
     values.update(_endpoint(method, config))
     return ResolvedConfig(**values)
+
+
+def _data(config: RunConfig, task: Task) -> dict[str, Any]:
+    """The data settings: `k_shot` (unset: DEFAULT_K_SHOT, lowered to what the task's pool allows), the test
+    fraction the task was split with, and the notes of what was chosen for the user."""
+    fits, counts = task.max_k_shot(), task.pool_counts()
+    label = min(counts, key=counts.get)
+    held = f" after the test split held out {len(task.test)} rows" if task.test_fraction else ""
+    if fits < 1:
+        raise ConfigError(
+            "dataset" if config.dataset else "k_shot",
+            f"label {label!r} has {counts[label]} row(s) for train and dev{held}; few-shot needs at least 2 per label "
+            "(1 train + 1 dev): add rows" + (" or lower test_fraction" if held else ""),
+        )
+    notes = list(task.notes)
+    k_shot = config.k_shot
+    if k_shot is None:
+        k_shot = min(DEFAULT_K_SHOT, fits)
+        if k_shot < DEFAULT_K_SHOT:
+            notes.append(
+                f"k_shot lowered from {DEFAULT_K_SHOT} to {k_shot}: label {label!r} has {counts[label]} rows for "
+                f"train and dev{held} (k_shot takes 2 x k_shot per label); add rows or set k_shot"
+            )
+    elif k_shot > fits:
+        raise ConfigError(
+            "k_shot",
+            f"k_shot={k_shot} needs {2 * k_shot} rows per label (k train + k dev) but label {label!r} has "
+            f"{counts[label]}{held}; the largest k_shot that fits is {fits}"
+            + (" (or lower test_fraction)" if held else ""),
+        )
+    return {"k_shot": k_shot, "test_fraction": task.test_fraction, "notes": tuple(notes)}
 
 
 def _endpoint(method: Method, config: RunConfig) -> dict[str, Any]:
@@ -269,4 +318,13 @@ def make_search(
     return method.search(config, task, train, dev, n_layers, mode=method.prompt_mode(config), **init)
 
 
-__all__ = ["COMMON_DEFAULTS", "METHODS", "Method", "PromptKind", "make_search", "method_of", "resolve"]
+__all__ = [
+    "COMMON_DEFAULTS",
+    "DEFAULT_K_SHOT",
+    "METHODS",
+    "Method",
+    "PromptKind",
+    "make_search",
+    "method_of",
+    "resolve",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,9 +19,10 @@ from nograd.clients.types import EvalRequest, Examples, ModelInfo, PromptSpec, T
 from nograd.engine import MICRO_BATCH
 from nograd.tasks import Example, Task, TaskError, UnknownTaskError, examples_hash, get_task, load_user_dataset
 
-from . import artifacts
+from . import analysis, artifacts
 from .config import ConfigError, ResolvedConfig, RunConfig
 from .methods import METHODS, make_search, resolve
+from .progress import OnPhase, Phase, report
 from .search import PromptSearch
 
 C = TypeVar("C", bound=RunConfig)
@@ -73,8 +75,7 @@ def load_task(config: RunConfig) -> Task:
             label_field=config.label_field,
             metric=config.metric,
             test_path=config.test_dataset,
-            test_fraction=config.test_fraction,
-            seed=config.seed,
+            test_fraction=config.test_fraction,  # split seed 0 on every path: a file's test rows never change
         )
     except TaskError as exc:  # the dataset's own fields keep their names; the rest is the file
         raise ConfigError("dataset" if exc.field in (None, "file") else exc.field, str(exc)) from None
@@ -156,8 +157,12 @@ async def score(
     text: str | None = None,
     generation: int = 0,
     chunk: int = TEST_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+    predictions: bool = False,
 ) -> dict:
-    """Metric and CE of one prompt on many examples, in requests of `chunk` examples (the metric over all)."""
+    """Metric and CE of one prompt on many examples, in requests of `chunk` examples (the metric over all).
+    `progress(done, total)` is called after each request with the examples scored so far. With `predictions`,
+    also each example's predicted label index (`predictions`: the argmax the metric counts)."""
     logits = []
     for start in range(0, len(examples), chunk):
         part = examples.part(start, start + chunk)
@@ -170,9 +175,14 @@ async def score(
                 spec, part, prompt, z=None if x is None or prompt.mode == "none" else x[None], generation=generation
             )
         logits.append((await client.evaluate(request)).logits[0])
+        if progress is not None:
+            progress(min(start + chunk, len(examples)), len(examples))
     stacked = np.concatenate(logits)[None]
     losses, metric = all_losses(stacked, np.asarray(examples.labels), spec.metric)
-    return {"metric": float(metric[0]), "ce": float(losses["ce"][0]), "n": len(examples)}
+    scored = {"metric": float(metric[0]), "ce": float(losses["ce"][0]), "n": len(examples)}
+    if predictions:
+        scored["predictions"] = [int(i) for i in stacked[0].argmax(axis=-1)]
+    return scored
 
 
 async def finalize(
@@ -182,14 +192,32 @@ async def finalize(
     model_id: str,
     search: PromptSearch | None,
     started: float,
-) -> tuple[dict, PromptSpec, np.ndarray | None]:
+    on_phase: OnPhase | None = None,
+) -> tuple[dict, PromptSpec, np.ndarray | None, dict]:
     """Score the run's prompt (the search's best-dev prompt, or no prompt for a baseline) on train and test.
-    Returns (result.json's data, the prompt spec, z)."""
+    Returns (result.json's data, the prompt spec, z, the run's analysis: `nograd.analysis.explain`, for which the
+    manual prompt is scored on test too unless the run's prompt is the manual one)."""
     generation = (search.generation if search else 0) + 1
+
+    def counting(name: str, examples: Examples) -> Callable[[int, int], None]:
+        """Report phase `name` now and, as examples are scored, its progress."""
+        phase = Phase(name, 0, len(examples), "examples")
+        report(on_phase, phase)
+        return lambda done, total: report(on_phase, phase.advanced(done))
+
     if search is not None:
         outcome = search.result()
         prompt, x, text = outcome["spec"], outcome["x"], outcome["text"]
-        train = await score(client, data.spec, data.train, prompt, x, text=text, generation=generation)
+        train = await score(
+            client,
+            data.spec,
+            data.train,
+            prompt,
+            x,
+            text=text,
+            generation=generation,
+            progress=counting("final_train", data.train),
+        )
         dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
         calls = search.calls
         extra = {
@@ -201,12 +229,32 @@ async def finalize(
         }
     else:
         prompt, x, text = PromptSpec(mode="none"), None, None
-        train = await score(client, data.spec, data.train, prompt, x, generation=generation)
+        train = await score(
+            client,
+            data.spec,
+            data.train,
+            prompt,
+            x,
+            generation=generation,
+            progress=counting("final_train", data.train),
+        )
+        report(on_phase, Phase("dev"))
         dev = await score(client, data.spec, data.dev, prompt, x, generation=generation)
         calls, extra = 0, {}
     test = None
     if len(data.test):
-        test = await score(client, data.spec, data.test, prompt, x, text=text, generation=generation)
+        test = await score(
+            client,
+            data.spec,
+            data.test,
+            prompt,
+            x,
+            text=text,
+            generation=generation,
+            progress=counting("test", data.test),
+            predictions=True,
+        )
+    analysis = await _analysis(data, client, prompt, x, text, test, generation, on_phase)
     if client.usage:
         extra["usage"] = dict(client.usage)
     result = {
@@ -224,7 +272,66 @@ async def finalize(
         "data_hashes": data.hashes,
         **extra,
     }
-    return result, prompt, x
+    return result, prompt, x, analysis
+
+
+#: The manual prompt's test scores per (model, dtype, test data, task, request size), kept in this process so jobs
+#: on the same task and model score it once (the test pass is the slowest part of a short job). Local models and
+#: the service's workers only: they score deterministically and charge nothing.
+_MANUAL_TEST: OrderedDict[tuple, dict] = OrderedDict()
+_MANUAL_TEST_SIZE = 32
+
+
+async def _manual_test(data: RunData, client: ModelClient, generation: int, on_phase: OnPhase | None) -> dict:
+    """The manual prompt (the template alone) scored on test, with predictions."""
+    task = analysis.manual_task(data.spec)
+    info = await client.describe()
+    key = (info.model_id, info.kind, info.dtype, data.hashes["test"], data.hashes["task_version"], task, TEST_CHUNK)
+    if info.kind != "remote" and key in _MANUAL_TEST:
+        _MANUAL_TEST.move_to_end(key)
+        return _MANUAL_TEST[key]
+    phase = Phase("test", 0, len(data.test), "examples", label="scoring the manual prompt on the test set, to compare")
+    report(on_phase, phase)
+    scored = await score(
+        client,
+        task,
+        data.test,
+        PromptSpec(mode="none"),
+        None,
+        generation=generation,
+        progress=lambda done, total: report(on_phase, phase.advanced(done)),
+        predictions=True,
+    )
+    if info.kind != "remote":
+        _MANUAL_TEST[key] = scored
+        while len(_MANUAL_TEST) > _MANUAL_TEST_SIZE:
+            _MANUAL_TEST.popitem(last=False)
+    return scored
+
+
+async def _analysis(
+    data: RunData,
+    client: ModelClient,
+    prompt: PromptSpec,
+    x: np.ndarray | None,
+    text: str | None,
+    test: dict | None,
+    generation: int,
+    on_phase: OnPhase | None,
+) -> dict:
+    """`nograd.analysis.explain` for the run's prompt, its test scores `test` (None: no test split) and the manual
+    prompt's (scored here unless the run's prompt is the manual one); nearest tokens where the endpoint has them."""
+    manual = None
+    if test is not None:
+        same = analysis.is_manual(data.spec, prompt, x, text)
+        manual = test if same else await _manual_test(data, client, generation, on_phase)
+    neighbors = None
+    if prompt.mode in ("cat", "add"):
+        neighbors = await client.nearest_tokens(prompt, x, analysis.NEAREST_K)
+    described = analysis.describe_prompt(data.spec, prompt, x, text, neighbors)
+    return analysis.explain(
+        data.spec, data.test, metric_name=data.task.metric, prompt=described, tuned=test, manual=manual
+    )
 
 
 async def run(
@@ -233,8 +340,10 @@ async def run(
     out_dir: Path | None = None,
     on_generation: Callable[[dict], None] | None = None,
     data: RunData | None = None,
+    on_phase: OnPhase | None = None,
 ) -> dict:
-    """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data."""
+    """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data.
+    `on_phase` is told what the run is doing (`nograd.progress`)."""
     started = time.perf_counter()
     data = data or prepare(config)
     info = await client.describe()
@@ -242,6 +351,7 @@ async def run(
         artifacts.start_run_dir(out_dir, config)
     search = make_search(config, data.spec, data.train, data.dev, info.n_layers)
     if search is not None:
+        search.on_phase = on_phase
         initial = await search.start(client)
         if on_generation:
             on_generation({"generation": 0, "calls": 0, "initial": initial})
@@ -251,8 +361,9 @@ async def run(
                 artifacts.append_history(out_dir, entry)
             if on_generation:
                 on_generation(entry)
-    result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
+    result, prompt, x, analysis = await finalize(config, data, client, info.model_id, search, started, on_phase)
     if out_dir is not None:
+        report(on_phase, Phase("saving"))
         materialized = await client.materialize(prompt, x) if prompt.mode in ("cat", "add", "deep") else None
         artifacts.save_prompt(
             out_dir / "prompt.safetensors",
@@ -266,10 +377,13 @@ async def run(
             text=result.get("prompt_text"),
         )
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+        artifacts.save_analysis(out_dir, analysis)
     return result
 
 
-def located(config: C, dataset: Path | str | None) -> C:
-    """`config` with its dataset file at `dataset` on this machine (the service materializes uploads per runner);
-    the settings are unchanged."""
+def located(config: C, dataset: Path | str | None, test_dataset: Path | str | None = None) -> C:
+    """`config` with its dataset file at `dataset` (and its uploaded test file at `test_dataset`) on this machine
+    (the service materializes uploads per runner); the settings are unchanged."""
+    if test_dataset is not None:
+        config = replace(config, test_dataset=str(test_dataset))
     return config if dataset is None else replace(config, dataset=str(dataset))

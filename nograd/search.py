@@ -18,6 +18,7 @@ from nograd.clients.types import EvalRequest, Examples, ProjectionSpec, PromptSp
 from nograd.optimizers import make_deep_optimizer, make_optimizer, optimizer_from_state
 
 from .config import ResolvedConfig
+from .progress import OnPhase, Phase, report
 
 STATE_VERSION = 1
 
@@ -146,6 +147,7 @@ class PromptSearch:
         return [(float(m), float(c)) for m, c in zip(result.metric, result.losses["ce"])]
 
     async def _dev_round(self, client: ModelClient, candidates: list[np.ndarray]) -> dict:
+        report(self.on_phase, Phase("dev"))
         scores = await self._score_dev(client, candidates)
         best_i = max(range(len(scores)), key=lambda i: _dev_key(*scores[i]))
         metric, ce = scores[best_i]
@@ -160,6 +162,8 @@ class PromptSearch:
     #: Executor for the optimizer's CPU work (None: asyncio's default). A service running many searches sets one
     #: shared single-thread executor, so that optimizer threads do not crowd the event loop out of the GIL.
     executor = None
+    #: Told when the search enters a phase (`nograd.progress`): scoring the initial prompt, a generation, dev.
+    on_phase: OnPhase | None = None
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -170,6 +174,7 @@ class PromptSearch:
 
     async def start(self, client: ModelClient) -> dict:
         """Score the initial prompt (z = 0) on train and dev; pin the projection scales the endpoint derived."""
+        report(self.on_phase, Phase("initial"))
         zero = self._zero()
         result = await client.evaluate(self._request(self.train, zero))
         if result.scales is not None:
@@ -187,6 +192,7 @@ class PromptSearch:
         if not self.started:
             raise RuntimeError("call start() before step()")
         started = time.perf_counter()
+        report(self.on_phase, Phase("search", self.calls, self.config.budget, "calls"))
         layer = self.optimizer.layer if self.deep else None
         base = self.optimizer.base() if self.deep else None
         # ask/tell run off the event loop: CMA-ES at d = 500 takes milliseconds per call, which would stall

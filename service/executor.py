@@ -33,10 +33,12 @@ from nograd.endpoints import open_client
 from nograd.methods import make_search
 from nograd.optimizers import state_from_json, state_to_json
 from nograd.pipeline import RunData, finalize, located, prepare, resolve_run, scoring
+from nograd.progress import Phase
 from nograd.search import PromptSearch
 from nograd.validation import field_names
 
 from .fairness import FairShare
+from .phases import PhaseWriter
 from .queue import BatchQueue, QueueError
 from .queue.client import EvaluationError, QueueClient
 from .secrets import SecretBox, SecretError, tenant_secret
@@ -314,9 +316,10 @@ class JobExecutor:
         """The settings the job runs with: its config as resolved at submit time, never resolved again; with an
         uploaded dataset, located at this runner's copy of the file."""
         path = dataset_file(self.store, self.data_dir, job["dataset_id"]) if job.get("dataset_id") else None
+        test = dataset_file(self.store, self.data_dir, job["dataset_id"], test=True) if path is not None else None
         values = dict(job["config"])
         if set(field_names(RunConfig)) <= set(values):
-            return located(ResolvedConfig.from_dict(values), path)
+            return located(ResolvedConfig.from_dict(values), path, test)
         # Stored by nograd 0.1, which kept the submitted options and resolved them whenever the job ran: resolve
         # them this once (a job that starts now has no checkpoint written under other settings).
         log.warning("job %s was stored by nograd 0.1 without resolved settings; resolving them now", job["id"])
@@ -326,19 +329,32 @@ class JobExecutor:
 
     async def _execute(self, job: dict) -> None:
         started = time.perf_counter()
-        config = await asyncio.to_thread(self._config, job)
-        data = await asyncio.to_thread(prepare, config)
-        timing = {"queue": 0.0}
-        client = await self._client(job, config, timing)
-        self._fair.join(job["tenant"])
+        phases = PhaseWriter(self.store, job["id"], self.owner)
         try:
-            await self._run_search(job, config, data, client, timing, started)
+            config = await asyncio.to_thread(self._config, job)
+            where = f"a worker serving {config.model}" if config.endpoint is None else "the remote endpoint"
+            phases(Phase("loading", label=f"waiting for {where}"))
+            data = await asyncio.to_thread(prepare, config)
+            timing = {"queue": 0.0}
+            client = await self._client(job, config, timing)
+            self._fair.join(job["tenant"])
+            try:
+                await self._run_search(job, config, data, client, timing, started, phases)
+            finally:
+                await self._fair.leave(job["tenant"])
+                await client.aclose()
         finally:
-            await self._fair.leave(job["tenant"])
-            await client.aclose()
+            await phases.aclose()
 
     async def _run_search(
-        self, job: dict, config: ResolvedConfig, data: RunData, client: ModelClient, timing: dict, started: float
+        self,
+        job: dict,
+        config: ResolvedConfig,
+        data: RunData,
+        client: ModelClient,
+        timing: dict,
+        started: float,
+        phases: PhaseWriter,
     ) -> None:
         job_id = job["id"]
         info = await client.describe()
@@ -348,7 +364,7 @@ class JobExecutor:
         init = await asyncio.to_thread(self._init_from, job)
         search = await asyncio.to_thread(make_search, config, data.spec, data.train, data.dev, info.n_layers, **init)
         if search is not None:
-            search.executor = self._cpu
+            search.executor, search.on_phase = self._cpu, phases
             if job.get("checkpoint"):
                 search.load_state(state_from_json(job["checkpoint"]))
                 log.info("job %s resumes at generation %d (%d calls)", job_id, search.generation, search.calls)
@@ -364,12 +380,14 @@ class JobExecutor:
                 if not await self._save(job_id, search, entry):
                     log.warning("job %s: lease lost; another runner continues it", job_id)
                     return
-        result, prompt, x = await finalize(config, data, client, info.model_id, search, started)
+        result, prompt, x, analysis = await finalize(config, data, client, info.model_id, search, started, phases)
+        phases(Phase("saving"))
         artifact = prompt_bytes(
             config=config,
             spec=prompt,
             x=x,
-            materialized=await client.materialize(prompt, x),
+            # as `nograd.pipeline.run` does: discrete prompts have no tensor (an engine returns an empty one)
+            materialized=await client.materialize(prompt, x) if prompt.mode in ("cat", "add", "deep") else None,
             task_spec=data.spec,
             model_id=info.model_id,
             scoring=scoring(config, info),
@@ -382,6 +400,7 @@ class JobExecutor:
             Status.succeeded,
             result=result,
             artifact=artifact,
+            analysis=analysis,
             test_metric=result["test_metric"],
             calls=result["calls"],
             best_dev_metric=result["dev_metric"],
@@ -406,20 +425,24 @@ class JobExecutor:
         )
 
 
-def dataset_file(store: Store, data_dir: Path, dataset_id: str) -> Path:
+def dataset_file(store: Store, data_dir: Path, dataset_id: str, *, test: bool = False) -> Path | None:
     """An uploaded dataset as a file in `data_dir/datasets` (written once, from the store, by whichever process
-    needs it first). Raises LookupError when the dataset is gone."""
+    needs it first); with `test`, its uploaded test file (None: it has none). Raises LookupError when the dataset
+    is gone."""
     dataset = store.get_dataset(dataset_id)
     if dataset is None:
         raise LookupError(f"dataset {dataset_id} no longer exists")
-    suffix = Path(dataset["filename"]).suffix
+    filename = dataset["test_filename"] if test else dataset["filename"]
+    if filename is None:
+        return None
+    suffix = ("-test" if test else "") + Path(filename).suffix
     path = Path(data_dir) / "datasets" / f"{dataset['id']}-{dataset['sha256'][:12]}{suffix}"
     if not path.exists():  # the content (up to the upload limit) is read only the first time
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a tenant's data: owner-only
         with os.fdopen(fd, "wb") as fh:
-            fh.write(store.get_dataset(dataset_id, with_content=True)["content"])
+            fh.write(store.get_dataset(dataset_id, with_content=True)["test_content" if test else "content"])
         tmp.replace(path)
     return path
 

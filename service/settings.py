@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     )
     embedded_worker: bool = Field(True, description="with Redis: also run a worker in the API process")
     run_jobs: bool = Field(True, description="run the job runner in the API process")
-    dtype: str = "bf16"
+    dtype: str = Field("auto", description="workers' dtype: auto (bf16 where native, else fp16 on GPU, fp32 on CPU)")
     device: str = "auto"
     memory_cap_mb: float = Field(
         DEFAULT_MEMORY_CAP_MB,

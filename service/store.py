@@ -68,6 +68,8 @@ jobs = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     # Claims of the job after its runner died holding it (lease expired); past `max_takeovers` it is failed.
     sa.Column("takeovers", sa.Integer, nullable=False, default=0, server_default="0"),
+    # What the running job is doing now (`nograd.progress.Phase` as JSON); meaningful while it runs.
+    sa.Column("phase", sa.Text),
 )
 history = sa.Table(
     "history",
@@ -88,12 +90,24 @@ datasets = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("content", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # An uploaded test file (same format and fields), the dataset's held-out test set; null: none.
+    sa.Column("test_filename", sa.String(200)),
+    sa.Column("test_content", sa.LargeBinary),
 )
 artifacts = sa.Table(
     "artifacts",
     metadata,
     sa.Column("job_id", sa.String(40), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+# What a succeeded job learned (`nograd.analysis.explain`: the prompt, test confusion matrices, changed examples),
+# written with its result; a table of its own so that job listings and pages never read it.
+analyses = sa.Table(
+    "analyses",
+    metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("data", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 api_keys = sa.Table(
@@ -120,7 +134,7 @@ KEY_PREFIX = "ng_"
 # The large columns are read only where they are used (the runner's claim, the worker-side dataset file): job
 # listings, job pages and the events stream poll these tables often.
 _JOB_SUMMARY = [c for c in jobs.c if c.name != "checkpoint"]
-_DATASET_SUMMARY = [c for c in datasets.c if c.name != "content"]
+_DATASET_SUMMARY = [c for c in datasets.c if c.name not in ("content", "test_content")]
 _KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]  # what may be shown of a key
 
 
@@ -465,6 +479,18 @@ class Store:
                 .values(message=message, updated_at=time.time())
             )
 
+    def set_phase(self, job_id: str, owner: str, phase: dict | None) -> bool:
+        """Record what the job is doing now (only by the runner holding its lease). Returns whether it did."""
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                    .values(phase=None if phase is None else json.dumps(phase), updated_at=time.time())
+                ).rowcount
+                > 0
+            )
+
     def finish_job(
         self,
         job_id: str,
@@ -474,6 +500,7 @@ class Store:
         result: dict | None = None,
         error: str | None = None,
         artifact: bytes | None = None,
+        analysis: dict | None = None,
         **summary,
     ) -> bool:
         now = time.time()
@@ -496,6 +523,9 @@ class Store:
             if changed and artifact is not None:
                 conn.execute(artifacts.delete().where(artifacts.c.job_id == job_id))
                 conn.execute(artifacts.insert().values(job_id=job_id, data=artifact, created_at=now))
+            if changed and analysis is not None:
+                conn.execute(analyses.delete().where(analyses.c.job_id == job_id))
+                conn.execute(analyses.insert().values(job_id=job_id, data=json.dumps(analysis), created_at=now))
         return bool(changed)
 
     def history(self, job_id: str, after: int = -1) -> list[dict]:
@@ -523,10 +553,26 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(artifacts.c.data).where(artifacts.c.job_id == job_id)).scalar()
 
+    def analysis(self, job_id: str) -> dict | None:
+        """The analysis a job stored when it succeeded (None: not finished, failed, or older than analyses)."""
+        with self.engine.connect() as conn:
+            data = conn.execute(sa.select(analyses.c.data).where(analyses.c.job_id == job_id)).scalar()
+        return None if data is None else json.loads(data)
+
     # ---------------------------------------------------------------- datasets
     def create_dataset(
-        self, *, tenant: str, name: str, filename: str, options: dict, summary: dict, content: bytes
+        self,
+        *,
+        tenant: str,
+        name: str,
+        filename: str,
+        options: dict,
+        summary: dict,
+        content: bytes,
+        test_filename: str | None = None,
+        test_content: bytes | None = None,
     ) -> dict:
+        """Store an uploaded dataset (and its test file, if one came with it)."""
         row = {
             "id": _new_id("ds"),
             "tenant": tenant,
@@ -537,6 +583,8 @@ class Store:
             "sha256": hashlib.sha256(content).hexdigest(),
             "content": content,
             "created_at": time.time(),
+            "test_filename": test_filename,
+            "test_content": test_content,
         }
         with self.engine.begin() as conn:
             conn.execute(datasets.insert().values(**row))
@@ -568,13 +616,12 @@ class Store:
         return [_dataset(r) for r in rows], int(count)
 
     def dataset_bytes(self, tenant: str) -> int:
-        """Bytes of dataset content `tenant` stores (the API's storage quota)."""
+        """Bytes of dataset content (data and test files) `tenant` stores (the API's storage quota)."""
+        size = sa.func.length(datasets.c.content) + sa.func.coalesce(sa.func.length(datasets.c.test_content), 0)
         with self.engine.connect() as conn:
             return int(
                 conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(datasets.c.content)), 0)).where(
-                        datasets.c.tenant == tenant
-                    )
+                    sa.select(sa.func.coalesce(sa.func.sum(size), 0)).where(datasets.c.tenant == tenant)
                 ).scalar_one()
             )
 
@@ -759,8 +806,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def _job(row) -> dict:
     """A job row as a dict: config and result decoded; the checkpoint (if selected) stays JSON text."""
     job = dict(row)
-    for name in ("config", "result"):
-        if job[name] is not None:
+    for name in ("config", "result", "phase"):
+        if job.get(name) is not None:
             job[name] = json.loads(job[name])
     job["cancel_requested"] = bool(job["cancel_requested"])
     return job

@@ -5,7 +5,8 @@ unknown verbalizer word, a context too long, a malformed candidate, ...) -> an e
 help;
 anything else -> the traceback is logged and the batch is handed back for a retry, dead-lettered after
 `max_deliveries`. A worker that dies mid-batch leaves it unacknowledged; another worker reclaims it as soon as the
-dead worker's heartbeat expires.
+dead worker's heartbeat expires. Inspections (a prompt's materialized tensor or nearest tokens, `queue.wire`) go
+the same way and have the same outcomes.
 
 Stopping never waits on the broker for long: a `take` or heartbeat in progress is abandoned at once, and writing the
 result of the batch in progress gets `stop_grace` seconds. A batch whose outcome the queue did not take stays
@@ -27,10 +28,24 @@ from dataclasses import asdict
 from nograd.clients.protocol import Evaluator
 from nograd.clients.types import InvalidRequest, ModelInfo
 
-from .queue import BatchQueue, BatchResult, Delivery, QueueError
-from .queue.wire import decode_context, decode_work, encode_result
+from .queue import Batch, BatchQueue, BatchResult, Delivery, QueueError
+from .queue.wire import (
+    MAX_PROMPT_BYTES,
+    decode_context,
+    decode_inspect,
+    decode_work,
+    encode_materialized,
+    encode_neighbors,
+    encode_result,
+    inspect_kind,
+)
 
 log = logging.getLogger("nograd.worker")
+
+
+class ContextGone(LookupError):
+    """A batch's task data are no longer in the queue: its job ended (finished or cancelled while the batch waited)
+    or the broker lost its data. Final: no other worker can score it either."""
 
 
 class _Stopping(Exception):
@@ -49,6 +64,7 @@ class Worker:
         context_cache: how many job contexts (task data) to keep.
         heartbeat_file: touched after each heartbeat the broker took (a container healthcheck reads it).
         stop_grace: seconds a queue call (writing the last result) may still take once the worker is stopping.
+        max_prompt_bytes: the largest materialized prompt sent back for an inspection (larger: a refusal).
     """
 
     def __init__(
@@ -62,15 +78,18 @@ class Worker:
         context_cache: int = 64,
         heartbeat_file: str | None = None,
         stop_grace: float = 2.0,
+        max_prompt_bytes: int = MAX_PROMPT_BYTES,
     ):
         self.queue, self.engines = queue, dict(engines)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.heartbeat_every, self.poll = heartbeat, poll
         self.heartbeat_file, self.stop_grace = heartbeat_file, stop_grace
+        self.max_prompt_bytes = max_prompt_bytes
         self._stop: asyncio.Event | None = None  # set by `run`
         self._contexts: OrderedDict = OrderedDict()
         self._context_cache = context_cache
         self.batches_done = 0
+        self.candidates_done = 0  # model calls scored: with busy_seconds, the speed the Submit form estimates from
         self.errors = 0
         self.busy_seconds = 0.0
         self.current: str | None = None
@@ -85,6 +104,7 @@ class Worker:
             "models": {name: asdict(info) for name, info in self.infos.items()},
             "devices": sorted({info.device for info in self.infos.values()}),
             "batches_done": self.batches_done,
+            "candidates_done": self.candidates_done,
             "errors": self.errors,
             "busy_seconds": self.busy_seconds,
             "current": self.current,
@@ -161,7 +181,7 @@ class Worker:
             return self._contexts[cache_key]
         data = await self._queue_io(self.queue.get_context(job_id, key))
         if data is None:
-            raise LookupError(f"the task data of job {job_id} are not in the queue (job finished or broker reset)")
+            raise ContextGone(f"the task data of job {job_id} are not in the queue (job ended, or broker reset)")
         value = decode_context(data)
         self._contexts[cache_key] = value
         while len(self._contexts) > self._context_cache:
@@ -173,7 +193,7 @@ class Worker:
         (the queue did not take the outcome: the worker is stopping, or the broker stayed away; the batch stays
         pending and another worker takes it over)."""
         batch = delivery.batch
-        self.current = f"{batch.job_id}/{batch.generation}"
+        self.current = f"{batch.job_id}/{inspect_kind(batch.work) or batch.generation}"
         if delivery.deliveries > 1:
             log.info(
                 "batch %s of job %s redelivered (delivery %d): its previous worker died or stalled",
@@ -184,19 +204,23 @@ class Worker:
         started = time.perf_counter()
         try:
             try:
-                task, examples = await self._context(batch.job_id, batch.context)
-                request = decode_work(batch.work, task, examples)
-                result = await asyncio.to_thread(self.engines[batch.model].evaluate, request)
+                if inspect_kind(batch.work) is None:
+                    data, candidates = await self._evaluate(batch)
+                else:
+                    data, candidates = await self._inspect(batch), 0
                 seconds = time.perf_counter() - started
                 outcome = "done"
                 write = self.queue.finish(
-                    delivery,
-                    BatchResult(
-                        batch_id=batch.id, ok=True, data=encode_result(result), worker=self.id, seconds=seconds
-                    ),
+                    delivery, BatchResult(batch_id=batch.id, ok=True, data=data, worker=self.id, seconds=seconds)
                 )
             except (_Stopping, QueueError):
                 raise
+            except ContextGone as exc:  # expected after a cancel: no traceback, no retries
+                log.info("batch %s of job %s dropped: %s", batch.id, batch.job_id, exc)
+                outcome = "rejected"
+                write = self.queue.finish(
+                    delivery, BatchResult(batch_id=batch.id, ok=False, error=str(exc), rejected=True, worker=self.id)
+                )
             except InvalidRequest as exc:  # the request cannot be scored as sent: final
                 self.errors += 1
                 log.info("batch %s of job %s rejected: %s", batch.id, batch.job_id, exc)
@@ -218,7 +242,25 @@ class Worker:
             self.current = None
         if outcome == "done":
             self.batches_done += 1
+            self.candidates_done += candidates
         return outcome or ("retry" if written else "dead")
+
+    async def _evaluate(self, batch: Batch) -> tuple[dict, int]:
+        """An evaluation batch's result (`wire.encode_result`) and how many candidates it scored."""
+        task, examples = await self._context(batch.job_id, batch.context)
+        request = decode_work(batch.work, task, examples)
+        result = await asyncio.to_thread(self.engines[batch.model].evaluate, request)
+        return encode_result(result), len(result.loss)
+
+    async def _inspect(self, batch: Batch) -> dict:
+        """An inspection's answer: the engine's prompt tensor (refused past `max_prompt_bytes`) or nearest tokens.
+        Bad input raises InvalidRequest, like an evaluation's."""
+        kind, spec, x, k = decode_inspect(batch.work)
+        engine = self.engines[batch.model]
+        if kind == "materialize":
+            tensor = await asyncio.to_thread(engine.materialize, spec, x)
+            return encode_materialized(tensor, self.max_prompt_bytes)
+        return encode_neighbors(await asyncio.to_thread(engine.nearest_tokens, spec, x, k))
 
     def _abandoned(self, delivery: Delivery, exc: Exception) -> str:
         reason = "the worker is stopping" if isinstance(exc, _Stopping) else str(exc)

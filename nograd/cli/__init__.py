@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import sys
-import types
 import typing
 from dataclasses import fields, replace
 from pathlib import Path
@@ -20,21 +19,10 @@ from nograd.config import ConfigError, RunConfig
 from nograd.methods import COMMON_DEFAULTS, METHODS
 from nograd.sdk import ApiError
 
+from .bars import PhaseBar
+from .client import CliError
+from .options import option_type as _option_type
 from .service import add_commands
-
-
-def _option_type(annotation) -> tuple[type, dict]:
-    """argparse `type` and extra keywords for a RunConfig field's annotation."""
-    kind = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: an unset option
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    if typing.get_origin(kind) is typing.Literal:
-        return str, {"choices": list(typing.get_args(kind))}
-    if kind is bool:
-        return bool, {"action": argparse.BooleanOptionalAction}
-    if typing.get_origin(kind) is dict or kind is dict:
-        return json.loads, {}
-    return kind, {}
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -60,37 +48,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _progress(budget: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=budget, unit="call", dynamic_ncols=True, file=sys.stderr)
-    state = {"dev": None}
-
-    def update(entry: dict) -> None:
-        if "initial" in entry:
-            state["dev"] = entry["initial"].get("dev_metric")
-        else:
-            bar.update(entry["calls"] - bar.n)
-            if "dev" in entry:
-                state["dev"] = entry["dev"]["best_metric"]
-            bar.set_postfix(
-                best_loss=f"{entry['best_loss']:.4f}", dev=f"{state['dev']:.3f}" if state["dev"] is not None else "-"
-            )
-
-    return bar, update
-
-
-async def _run(config, data, out: Path | None, on_generation) -> dict:
+async def _run(config, data, out: Path | None, bar: PhaseBar) -> dict:
     from nograd.endpoints import local_client, open_client
     from nograd.pipeline import run
+    from nograd.progress import Phase
 
     async def local():
         return local_client(config)
 
+    where = f"{config.model} ({config.dtype})" if config.endpoint is None else "the remote endpoint"
+    bar.phase(Phase("loading", label=f"loading {where}" if config.endpoint is None else f"connecting to {where}"))
     key = os.environ.get(config.endpoint["api_key_secret"]) if (config.endpoint or {}).get("api_key_secret") else None
     client = await open_client(config, local=local, api_key=key)
     try:
-        return await run(config, client, out_dir=out, on_generation=on_generation, data=data)
+        return await run(config, client, out_dir=out, on_generation=bar.generation, data=data, on_phase=bar.phase)
     finally:
         await client.aclose()
 
@@ -102,9 +73,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if values.get("dataset"):
         values["task"] = None
     config, data = resolve_run(RunConfig.from_dict(values))  # every error before the model loads
-    bar, update = _progress(config.budget)
+    for note in config.notes:  # what was chosen from the data for the user (also in config.json)
+        print(f"nograd: note: {note}", file=sys.stderr)
+    bar = PhaseBar()
     try:
-        result = asyncio.run(_run(config, data, Path(args.out) if args.out else None, update))
+        result = asyncio.run(_run(config, data, Path(args.out) if args.out else None, bar))
     finally:
         bar.close()
     print(json.dumps({k: v for k, v in result.items() if k != "data_hashes"}, indent=2))
@@ -115,6 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from nograd.artifacts import load_prompt
     from nograd.endpoints import local_client
     from nograd.pipeline import load_task, score, to_examples
+    from nograd.progress import Phase
 
     saved = load_prompt(args.prompt)
     config = saved["config"]
@@ -125,22 +99,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
             else replace(config, task=None, dataset=args.dataset)
         )
     task = load_task(config)
-    split = {"test": task.test, "pool": task.pool}[args.split]
-    client = local_client(
-        config, dtype=args.dtype or saved["scoring"].get("dtype"), device=args.device, memory_cap_mb=args.memory_cap_mb
-    )  # by default in the dtype the prompt was scored in (a service job: its workers')
-    chunk = saved["scoring"].get("request_examples")
-    result = asyncio.run(
-        score(
-            client,
-            saved["task_spec"],
-            to_examples(task, split),
-            saved["spec"],
-            saved["x"],
-            text=saved["text"] if saved["spec"].mode == "text" else None,
-            **({} if chunk is None else {"chunk": chunk}),
+    split = to_examples(task, {"test": task.test, "pool": task.pool}[args.split])
+    dtype = args.dtype or saved["scoring"].get("dtype")  # by default the prompt's (a service job: its workers')
+    bar = PhaseBar()
+    try:
+        bar.phase(Phase("loading", label=f"loading {config.model} ({dtype or config.dtype})"))
+        client = local_client(config, dtype=dtype, device=args.device, memory_cap_mb=args.memory_cap_mb)
+        counting = Phase("test", 0, len(split), "examples", label=f"scoring the prompt on {args.split}")
+        bar.phase(counting)
+        chunk = saved["scoring"].get("request_examples")
+        result = asyncio.run(
+            score(
+                client,
+                saved["task_spec"],
+                split,
+                saved["spec"],
+                saved["x"],
+                text=saved["text"] if saved["spec"].mode == "text" else None,
+                progress=lambda done, total: bar.phase(counting.advanced(done)),
+                **({} if chunk is None else {"chunk": chunk}),
+            )
         )
-    )
+    finally:
+        bar.close()
     print(json.dumps({"task": task.name, "split": args.split, "metric_name": task.metric, **result}, indent=2))
     return 0
 
@@ -159,18 +140,26 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nograd", description="Gradient-free prompt tuning for query-only LMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_p = sub.add_parser("run", help="optimize a prompt (or score a baseline) and write a run directory")
     _add_config_options(run_p)
     run_p.add_argument("--out", help="run directory (config.json, history.jsonl, result.json, prompt.safetensors)")
     run_p.set_defaults(func=cmd_run)
     eval_p = sub.add_parser("eval", help="re-score a saved prompt")
-    eval_p.add_argument("--prompt", required=True, help="RUN_DIR/prompt.safetensors")
+    eval_p.add_argument(
+        "--prompt", required=True, help="the saved prompt: RUN_DIR/prompt.safetensors, or a `nograd download`ed file"
+    )
     eval_p.add_argument("--task", help="bundled task (default: the run's)")
     eval_p.add_argument("--dataset", help="dataset file (default: the run's)")
-    eval_p.add_argument("--split", default="test", choices=["test", "pool"])
-    eval_p.add_argument("--dtype", default=None, help="override the dtype the prompt was scored in")
-    eval_p.add_argument("--device", default=None, help="default: the run's")
+    eval_p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "pool"],
+        help="test: the held-out examples; pool: those the few-shot sets are drawn from (default %(default)s)",
+    )
+    eval_p.add_argument("--dtype", default=None, help="score in this dtype (default: the one the prompt was scored in)")
+    eval_p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ... (default: the run's)")
     eval_p.add_argument(
         "--memory-cap-mb",
         type=float,
@@ -184,13 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (what `pip show nograd` says)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nograd")
+    except PackageNotFoundError:
+        return "(not installed: run `pip install -e .`)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 a followed job did not succeed, 2 an error (one line on stderr, no traceback),
+    130 interrupted (Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, ApiError) as exc:
-        print(f"nograd: error: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, FileNotFoundError, ApiError, CliError) as exc:
+        print(f"nograd: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line
         return 2
+    except KeyboardInterrupt:
+        print("nograd: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`nograd serve | runner | worker | submit | status | watch | jobs | secret | keys`: the service and its
-command-line client."""
+"""`nograd serve | runner | worker | submit | status | watch | jobs | cancel | download | secret | keys`: the
+service and its command-line client (whose plumbing, and the small commands, are in `nograd.cli.client`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import signal
 import sys
 import time
 
-from nograd.engine import DEFAULT_MEMORY_CAP_MB
+from nograd.config import JOB_FIELDS, JOB_OPTIONS
+from nograd.methods import METHODS
+
+from .client import cmd_cancel, cmd_download, cmd_jobs, connect, table
+from .options import add_setting, run_field, setting_default
 
 
 def _settings(args: argparse.Namespace):
@@ -167,10 +171,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):
-    from nograd.sdk import Client
-
-    return Client(args.url, args.api_key)
+_client = connect  # every client command talks to the service through it (errors as one line)
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -183,20 +184,26 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _parse_endpoint(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(
+            f'--endpoint is not JSON ({exc}); write it like \'{{"kind": "openai", "base_url": ..., "model": ...}}\''
+        ) from None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    job = {
-        "method": args.method,
-        "model": args.model,
-        "budget": args.budget,
-        "seed": args.seed,
-        "k_shot": args.k_shot,
-        "dev_every": args.dev_every,
-        "task": args.task,
-        "dataset_id": args.dataset_id,
-        "init_from": args.init_from,
-        "options": dict(_parse_option(o) for o in args.option),
-        "endpoint": json.loads(args.endpoint) if args.endpoint else None,
-    }
+    # Unset fields are left out, so the service applies RunConfig's defaults (one place decides them).
+    job = {name: getattr(args, name) for name in JOB_FIELDS}
+    job.update(
+        dataset_id=args.dataset_id,
+        init_from=args.init_from,
+        options=dict(_parse_option(o) for o in args.option) or None,
+        endpoint=_parse_endpoint(args.endpoint),
+    )
     with _client(args) as api:
         created = api.submit(**{k: v for k, v in job.items() if v is not None})
         print(created["id"])
@@ -231,22 +238,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _watch(api, job_id: str) -> int:
-    from tqdm import tqdm
+    from types import SimpleNamespace
 
-    job = api.job(job_id)
-    bar = tqdm(total=max(job["budget"], 1), unit="call", dynamic_ncols=True, file=sys.stderr, desc=job_id)
-    for event, data in api.events(job_id):
-        if event == "job":
-            job = data
-            bar.update(job["calls"] - bar.n)
-            bar.set_postfix(
-                status=job["status"],
-                loss=f"{job['best_train_loss']:.4f}" if job["best_train_loss"] is not None else "-",
-                dev=f"{job['best_dev_metric']:.3f}" if job["best_dev_metric"] is not None else "-",
-            )
-        elif event == "end":
-            break
-    bar.close()
+    from .bars import PhaseBar
+
+    api.job(job_id)  # a service that is down, or an unknown job: its one-line error before any progress line
+    bar = PhaseBar()
+    try:
+        for event, data in api.events(job_id):
+            if event == "job":
+                if data.get("phase"):  # what the job is doing now (none once it ended)
+                    bar.phase(SimpleNamespace(**data["phase"]))
+                elif data["status"] in ("succeeded", "failed", "cancelled"):  # where it ended
+                    ended = dict(name=data["status"], label=data["status"], since=data["finished_at"])
+                    bar.phase(SimpleNamespace(**ended, done=data["calls"], total=data["budget"], unit="calls"))
+                bar.show(
+                    status=data["status"],
+                    loss="-" if data["best_train_loss"] is None else f"{data['best_train_loss']:.4f}",
+                    dev="-" if data["best_dev_metric"] is None else f"{data['best_dev_metric']:.3f}",
+                )
+            elif event == "end":
+                break
+    finally:
+        bar.close()
     job = api.job(job_id)
     print(json.dumps(_summary(job), indent=2))
     return 0 if job["status"] == "succeeded" else 1
@@ -255,20 +269,6 @@ def _watch(api, job_id: str) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as api:
         return _watch(api, args.job)
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        page = api.jobs(status=args.status, task=args.task, method=args.method, limit=args.limit)
-    for job in page["data"]:
-        dev = "-" if job["best_dev_metric"] is None else f"{job['best_dev_metric']:.3f}"
-        test = "-" if job["test_metric"] is None else f"{job['test_metric']:.3f}"
-        print(
-            f"{job['id']}  {job['status']:9s} {job['method']:7s} {job['task']:10s} {job['calls']:>6}/"
-            f"{job['budget']:<6} dev={dev} test={test}"
-        )
-    print(f"{len(page['data'])} of {page['count']} jobs", file=sys.stderr)
-    return 0
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
@@ -327,147 +327,227 @@ def _print_keys(keys: list[dict]) -> None:
         expired = k["expires_at"] is not None and k["expires_at"] <= now
         expires = when(k["expires_at"]) + (" (expired)" if expired else "")
         rows.append((k["id"], k["tenant"], k["name"] or "-", when(k["created_at"]), expires, when(k["revoked_at"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(table(rows)))
     print(f"{len(keys)} keys", file=sys.stderr)
 
 
 def add_commands(sub) -> None:
+    """The service's subcommands: the processes (serve, runner, worker), the client (submit, status, watch, jobs,
+    cancel, download, secret) and the operator's keys. Options that mirror a Settings field stay unset unless
+    given, so $NOGRAD_* and then Settings' defaults apply; their help shows both."""
+    _add_serve(sub)
+    _add_runner(sub)
+    _add_worker(sub)
+    _add_client_commands(sub)
+    _add_keys(sub)
+
+
+def _add_serve(sub) -> None:
     serve = sub.add_parser("serve", help="run the REST API, the job runner and (without Redis) a worker")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir", dest="data_dir")
-    serve.add_argument("--redis-url", dest="redis_url", help="use Redis and external workers")
-    serve.add_argument("--database-url", dest="database_url", help="SQLAlchemy URL (default: SQLite in data dir)")
-    serve.add_argument("--auth", choices=["on", "off"], help="off: local single-user use; binds 127.0.0.1 only")
-    serve.add_argument("--models", help="comma-separated models jobs may use (the embedded worker loads them)")
-    serve.add_argument("--no-embedded-worker", action="store_true", help="with --redis-url: no worker in here")
+    add_setting(serve, "host", help="interface to listen on")
+    add_setting(serve, "port", help="TCP port to listen on", type=int)
+    add_setting(serve, "data_dir", help="folder of the store (SQLite), uploaded datasets and keys")
+    add_setting(
+        serve,
+        "redis_url",
+        help="use this Redis for the batch queue and external `nograd worker`s",
+        unset="none: an in-process queue and worker",
+    )
+    _add_database_url(serve)
+    add_setting(serve, "auth", choices=["on", "off"])
+    add_setting(serve, "models", help="comma-separated models jobs may use (the embedded worker loads them)")
+    serve.add_argument("--no-embedded-worker", action="store_true", help="with --redis-url: no worker in this process")
     serve.add_argument(
         "--no-run-jobs",
         action="store_true",
         help="API only; jobs run in `nograd runner` processes (keeps API latency flat under load)",
     )
-    serve.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int)
-    serve.add_argument("--lease-seconds", dest="lease_seconds", type=float)
-    serve.add_argument("--batch-size", dest="batch_size", type=int, help="most candidates per queue batch")
-    serve.add_argument("--claim-idle", dest="claim_idle", type=float)
-    serve.add_argument("--memory-cap-mb", dest="memory_cap_mb", type=float)
-    serve.add_argument("--dtype")
-    serve.add_argument("--device")
-    serve.add_argument("--namespace")
+    _add_runner_settings(serve)
+    add_setting(serve, "claim_idle", type=float)
+    add_setting(serve, "memory_cap_mb", type=float)
+    add_setting(
+        serve,
+        "dtype",
+        help="the embedded worker's dtype: auto (bf16 where native, else fp16 on GPU, fp32 on CPU), bf16, fp16, fp32",
+    )
+    add_setting(serve, "device", help="the embedded worker's device: auto (CUDA when present), cpu, cuda, cuda:1")
+    add_setting(serve, "namespace", help="prefix of the Redis keys (lets deployments share one Redis)")
     serve.set_defaults(func=cmd_serve)
 
+
+def _add_runner_settings(parser) -> None:
+    add_setting(parser, "max_concurrent_jobs", help="jobs this process runs at once", type=int)
+    add_setting(
+        parser,
+        "lease_seconds",
+        help="how long a claimed job stays this runner's without renewal (another runner takes over the jobs "
+        "of one that died)",
+        type=float,
+    )
+    add_setting(parser, "batch_size", help="most candidates per queue batch", unset="whole populations", type=int)
+
+
+def _add_database_url(parser) -> None:
+    add_setting(
+        parser,
+        "database_url",
+        help="SQLAlchemy URL of the store; PostgreSQL when several API/runner replicas share it",
+        unset="SQLite in the data folder",
+    )
+
+
+def _add_runner(sub) -> None:
     runner = sub.add_parser("runner", help="run jobs (no HTTP) for a Redis-backed service; any number of them")
-    runner.add_argument("--redis-url", dest="redis_url", required=True)
-    runner.add_argument("--database-url", dest="database_url")
-    runner.add_argument("--data-dir", dest="data_dir")
-    runner.add_argument("--max-concurrent-jobs", dest="max_concurrent_jobs", type=int)
-    runner.add_argument("--lease-seconds", dest="lease_seconds", type=float)
-    runner.add_argument("--batch-size", dest="batch_size", type=int)
-    runner.add_argument("--namespace")
+    runner.add_argument("--redis-url", dest="redis_url", required=True, help="the service's Redis (required)")
+    _add_database_url(runner)
+    add_setting(runner, "data_dir", help="the service's data folder (its SQLite store unless --database-url)")
+    _add_runner_settings(runner)
+    add_setting(runner, "namespace", help="prefix of the Redis keys (the service's)")
     runner.set_defaults(func=cmd_runner)
 
+
+def _add_worker(sub) -> None:
     worker = sub.add_parser("worker", help="serve models to a Redis-backed nograd service")
-    # Unset options come from the NOGRAD_* environment, then Settings' defaults (service/settings.py).
-    worker.add_argument("--redis-url", dest="redis_url", help="default $NOGRAD_REDIS_URL")
+    add_setting(worker, "redis_url", help="the service's Redis", unset="none, and one is required")
     worker.add_argument(
         "--model",
         action="append",
         default=None,
-        help="model to serve (repeatable; default $NOGRAD_MODELS, comma-separated, or smollm2-135m)",
+        help=f"model to serve (repeatable; default: $NOGRAD_MODELS, comma-separated, or {setting_default('models')})",
     )
-    worker.add_argument("--device", help="default $NOGRAD_DEVICE or auto")
-    worker.add_argument("--dtype", help="default $NOGRAD_DTYPE or bf16")
-    worker.add_argument(
-        "--memory-cap-mb",
-        dest="memory_cap_mb",
+    add_setting(worker, "device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    add_setting(worker, "dtype", help="auto (bf16 where native, else fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32")
+    add_setting(
+        worker, "memory_cap_mb", help="activation memory per forward pass (scores do not depend on it)", type=float
+    )
+    add_setting(worker, "namespace", help="prefix of the Redis keys (the service's)")
+    add_setting(
+        worker,
+        "claim_idle",
+        help="take over batches a live worker left unacknowledged this many seconds (a stalled worker; a few "
+        "batch times). A dead worker's batch is taken over as soon as its heartbeat expires",
         type=float,
-        help=f"activation memory per forward pass (default {DEFAULT_MEMORY_CAP_MB:g})",
     )
-    worker.add_argument("--namespace")
-    worker.add_argument(
-        "--claim-idle",
-        dest="claim_idle",
-        type=float,
-        help="take over batches a live worker left unacknowledged this long (a stalled worker; a few batch times; "
-        "default 60). A dead worker's batch is taken over as soon as its heartbeat expires",
-    )
-    worker.add_argument("--max-deliveries", dest="max_deliveries", type=int, help="default 3")
+    add_setting(worker, "max_deliveries", help="deliveries of a batch before it is given up (its job fails)", type=int)
     worker.add_argument(
         "--heartbeat",
         type=float,
         default=2.0,
-        help="seconds between heartbeats; after 3 missed the worker counts as dead and its batch is taken over",
+        help="seconds between heartbeats; after 3 missed the worker counts as dead and its batch is taken over "
+        "(default %(default)s)",
     )
-    worker.add_argument("--id", default=None)
+    worker.add_argument(
+        "--id", default=None, help="this worker's name in /v1/workers and the logs (default: HOST-PID-random)"
+    )
     worker.add_argument(
         "--heartbeat-file",
         default=os.environ.get("NOGRAD_HEARTBEAT_FILE"),
-        help="touched after every heartbeat (for a container healthcheck)",
+        help="touched after every heartbeat, for a container healthcheck (default: $NOGRAD_HEARTBEAT_FILE or none)",
     )
     worker.set_defaults(func=cmd_worker)
 
-    def client_options(p):
-        p.add_argument("--url", default=None, help="service URL (default $NOGRAD_URL or http://127.0.0.1:8000)")
-        p.add_argument("--api-key", default=None, help="default $NOGRAD_API_KEY")
 
+def _client_options(parser) -> None:
+    parser.add_argument("--url", default=None, help="service URL (default: $NOGRAD_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=None, help="API key (default: $NOGRAD_API_KEY; none with auth off)")
+
+
+def _job_argument(parser) -> None:
+    parser.add_argument("job", help="the job's id (as `nograd submit` printed it; `nograd jobs` lists them)")
+
+
+def _add_submit(sub) -> None:
     submit = sub.add_parser("submit", help="submit a job to a running service")
-    client_options(submit)
-    submit.add_argument("--method", required=True)
-    submit.add_argument("--task")
-    submit.add_argument("--dataset-id")
-    submit.add_argument("--model", default="smollm2-135m")
-    submit.add_argument("--budget", type=int, default=600)
-    submit.add_argument("--seed", type=int, default=0)
-    submit.add_argument("--k-shot", type=int, default=16)
-    submit.add_argument("--dev-every", type=int, default=100)
-    submit.add_argument("--init-from")
-    submit.add_argument("--option", action="append", default=[], help="KEY=VALUE method option (repeatable)")
+    _client_options(submit)
+    methods = "; ".join(f"{m.name}: {m.description}" for m in METHODS.values())
+    submit.add_argument("--method", required=True, choices=list(METHODS), metavar="METHOD", help=f"{methods}")
+    for name in JOB_FIELDS:
+        if name == "method":
+            continue
+        kind, extra, description, default = run_field(name)
+        shown = "" if default is None or name == "task" else f" (default {default})"
+        if name == "task":
+            shown = f" (default {default} unless --dataset-id)"
+        submit.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=f"{description}{shown}", **extra
+        )
+    submit.add_argument("--dataset-id", help="an uploaded dataset instead of a bundled task (POST /v1/datasets)")
+    submit.add_argument("--init-from", help="a finished job whose prompt this job starts from (bbt, bbtv2)")
+    submit.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a method option (repeatable; VALUE as JSON or text), KEY one of: {', '.join(JOB_OPTIONS)} "
+        "(`nograd run --help` explains each; unset: the method's defaults)",
+    )
     submit.add_argument(
         "--endpoint",
-        help='a remote endpoint as JSON, e.g. \'{"kind": "openai", '
+        help='score on a remote endpoint instead of the workers, as JSON, e.g. \'{"kind": "openai", '
         '"base_url": "https://api.openai.com/v1", "model": "M", '
-        '"api_key_secret": "openai"}\'',
+        '"api_key_secret": "openai"}\' (the key stored with `nograd secret openai`)',
     )
-    submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar")
+    submit.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
     submit.set_defaults(func=cmd_submit)
 
+
+def _add_client_commands(sub) -> None:
+    _add_submit(sub)
+
     secret = sub.add_parser("secret", help="store a remote API key for your tenant (read from stdin, never echoed)")
-    client_options(secret)
-    secret.add_argument("name")
+    _client_options(secret)
+    secret.add_argument("name", help="the name jobs use for it (--endpoint's api_key_secret)")
     secret.set_defaults(func=cmd_secret)
 
     status = sub.add_parser("status", help="show a job")
-    client_options(status)
-    status.add_argument("job")
-    status.add_argument("--full", action="store_true")
+    _client_options(status)
+    _job_argument(status)
+    status.add_argument("--full", action="store_true", help="the whole job (config, result, timings), not a summary")
     status.set_defaults(func=cmd_status)
 
     watch = sub.add_parser("watch", help="follow a job's progress live")
-    client_options(watch)
-    watch.add_argument("job")
+    _client_options(watch)
+    _job_argument(watch)
     watch.set_defaults(func=cmd_watch)
 
-    jobs = sub.add_parser("jobs", help="list jobs")
-    client_options(jobs)
-    jobs.add_argument("--status")
-    jobs.add_argument("--task")
-    jobs.add_argument("--method")
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    _client_options(jobs)
+    jobs.add_argument("--status", help="only jobs in this status: queued, running, succeeded, failed, cancelled")
+    jobs.add_argument("--task", help="only jobs on this task")
+    jobs.add_argument("--method", help="only jobs of this method")
+    jobs.add_argument("--limit", type=int, default=50, help="most jobs to list, up to 500 (default %(default)s)")
+    jobs.add_argument("--json", action="store_true", help="print the API's JSON (data, count) instead of a table")
     jobs.set_defaults(func=cmd_jobs)
 
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    _client_options(cancel)
+    _job_argument(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
+    download = sub.add_parser("download", help="download a finished job's prompt (safetensors, for `nograd eval`)")
+    _client_options(download)
+    _job_argument(download)
+    download.add_argument("--out", metavar="FILE", help="where to write it (default: JOB.safetensors here)")
+    download.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    download.set_defaults(func=cmd_download)
+
+
+def _add_keys(sub) -> None:
     keys = sub.add_parser("keys", help="manage API keys (operator)")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create an API key for a tenant (printed once, on stdout)")
-    create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--tenant", required=True, help="the tenant it acts for (a tenant sees only its own jobs and data)"
+    )
     create.add_argument("--name", help="what the key is for (shown by `keys list`)")
-    create.add_argument("--expires-in", dest="expires_in", type=float, metavar="DAYS", help="refused after DAYS")
+    create.add_argument(
+        "--expires-in", dest="expires_in", type=float, metavar="DAYS", help="refused after DAYS (default: never)"
+    )
     listing = keys_sub.add_parser("list", help="list keys: id, tenant, name, created, expires, revoked (no secrets)")
     listing.add_argument("--tenant", help="only this tenant's keys")
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request on")
     revoke.add_argument("key_id", help="the key's id (`keys list`; the part after ng_ in the key)")
     for p in (create, listing, revoke):
-        p.add_argument("--data-dir")
-        p.add_argument("--database-url")
+        add_setting(p, "data_dir", help="the service's data folder (its store holds the keys)")
+        _add_database_url(p)
         p.set_defaults(func=cmd_keys)

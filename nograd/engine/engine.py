@@ -30,14 +30,14 @@ from transformers import DynamicCache
 
 from nograd.clients.losses import score_logits
 from nograd.clients.render import candidates
-from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec
+from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec, TokenNeighbor
 
 from . import DEFAULT_MEMORY_CAP_MB, MICRO_BATCH
 from .batching import PromptSet, cache_from, ranges, select
 from .budget import batch_cost
 from .errors import EngineError
 from .injection import Injector, Plan
-from .layout import Layout, build_layout
+from .layout import PLACEHOLDER_START, Layout, build_layout, text_ids
 from .models import ModelHandle
 from .projection import Projections
 
@@ -78,6 +78,7 @@ class Engine:
         self.injector = Injector(handle.layers)
         self._layer_scales: dict[tuple, list[float]] = {}
         self._emb_std = handle.embedding_std()
+        self._vocab_ids: torch.Tensor | None = None  # `_vocabulary_ids`, found on first use
 
     def describe(self) -> ModelInfo:
         h = self.handle
@@ -204,6 +205,60 @@ class Engine:
                 ]
             )
         return np.zeros((0, h.hidden_size), dtype=np.float32)
+
+    def prompt_embeddings(self, spec: PromptSpec, x: np.ndarray | None) -> torch.Tensor:
+        """(n, H) float32 on the model's device: the input embeddings a `cat`/`add` soft prompt puts at its
+        positions, as `_prefix_embeddings` builds them (cat: p0 + A z, p0 = the init text's embeddings or 0; add:
+        the placeholder or init tokens' embeddings + A z), in fp32 instead of the model's dtype."""
+        if spec.mode not in ("cat", "add"):
+            raise EngineError(f"prompt embeddings exist for cat/add soft prompts only, not mode {spec.mode!r}")
+        h = self.handle
+        delta = torch.from_numpy(self.materialize(spec, x)).to(h.device)
+        if spec.init:
+            slot_ids = text_ids(h.tokenizer, spec.init)
+        elif spec.mode == "add":
+            slot_ids = list(range(PLACEHOLDER_START, PLACEHOLDER_START + spec.n_tokens))
+        else:
+            return delta
+        weight = h.embedding.weight.detach()
+        return weight[torch.tensor(slot_ids, device=weight.device)].float() + delta
+
+    def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]]:
+        """Per position of the `cat`/`add` prompt candidate `x` stands for, the `k` tokens whose input embeddings
+        have the highest cosine similarity (fp32) to its embedding, nearest first. Candidates are the ids the
+        tokenizer can produce, special tokens left out; a position whose embedding is zero has no neighbours."""
+        if k < 1:
+            raise EngineError(f"k must be >= 1 (got {k})")
+        h = self.handle
+        with torch.inference_mode():
+            prompt = self.prompt_embeddings(spec, x)
+            ids = self._vocabulary_ids()
+            table = torch.nn.functional.normalize(h.embedding.weight.detach()[ids.to(h.device)].float(), dim=-1)
+            norms = prompt.norm(dim=-1)
+            similarity = torch.nn.functional.normalize(prompt, dim=-1) @ table.T
+            values, index = similarity.topk(min(k, int(ids.numel())), dim=-1)
+        token_ids = ids[index.cpu()].tolist()
+        return [
+            []
+            if float(norms[row]) == 0.0
+            else [
+                TokenNeighbor(id=int(t), token=h.tokenizer.decode([t]), similarity=float(v))
+                for t, v in zip(token_ids[row], values[row].cpu().tolist())
+            ]
+            for row in range(len(token_ids))
+        ]
+
+    def _vocabulary_ids(self) -> torch.Tensor:
+        """Ids of the tokens a text can hold: the tokenizer's (an embedding matrix is often padded past them),
+        without its special tokens."""
+        if self._vocab_ids is None:
+            h = self.handle
+            size = min(int(h.embedding.weight.shape[0]), len(h.tokenizer))
+            keep = torch.ones(size, dtype=torch.bool)
+            special = [i for i in h.tokenizer.all_special_ids if 0 <= i < size]
+            keep[special] = False
+            self._vocab_ids = torch.nonzero(keep).flatten()
+        return self._vocab_ids
 
     # ------------------------------------------------------------------ prompts
     def prompts(self, request: EvalRequest, layout: Layout) -> PromptSet:

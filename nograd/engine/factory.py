@@ -13,7 +13,7 @@ from .fake import parse_fake
 def build_engine(
     model: str,
     *,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     device: str = "auto",
     memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB,
     memory_budget_mb: float | None = None,

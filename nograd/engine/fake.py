@@ -101,6 +101,10 @@ class FakeEngine:
         shape = (self.n_layers, spec.n_tokens, 16) if spec.mode == "deep" else (spec.n_tokens, 16)
         return np.zeros(shape, dtype=np.float32)
 
+    def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> None:
+        """None: the fake model has no vocabulary."""
+        return None
+
 
 def _example_offsets(text: str, n_labels: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -27,6 +27,10 @@ class Task:
         test: Held-out evaluation examples (may be empty), disjoint from ``pool``.
         version: Data version; changes whenever the data changes.
         fields: ("text",) or ("text", "text2").
+        test_fraction: The share of each label's file rows held out as ``test`` (0.0: no split, a separate test
+            file, or a bundled task); a run records it, so reloading the file with it gives the same split.
+        notes: What loading chose on the user's behalf, in words (e.g. the automatic test split), for a run to
+            show and record.
 
     Raises:
         TaskError: on construction, if any of the above is inconsistent.
@@ -41,9 +45,11 @@ class Task:
     test: tuple[Example, ...]
     version: str
     fields: tuple[str, ...] = ("text",)
+    test_fraction: float = 0.0
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for attr in ("labels", "pool", "test", "fields"):
+        for attr in ("labels", "pool", "test", "fields", "notes"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "verbalizer", dict(self.verbalizer))
         if not self.name:
@@ -87,6 +93,17 @@ class Task:
             return self.labels.index(label)
         except ValueError:
             raise TaskError(f"task {self.name!r} has no label {label!r}; labels are {', '.join(self.labels)}") from None
+
+    def pool_counts(self) -> dict[str, int]:
+        """Pool examples per label, in label order."""
+        counts = dict.fromkeys(self.labels, 0)
+        for ex in self.pool:
+            counts[ex.label] += 1
+        return counts
+
+    def max_k_shot(self) -> int:
+        """The largest k that ``few_shot`` accepts (0: some label has fewer than 2 pool examples)."""
+        return min(self.pool_counts().values()) // 2
 
     def few_shot(self, k: int, seed: int) -> tuple[list[Example], list[Example]]:
         """Samples k examples per class for training and a disjoint k per class for dev.

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from nograd.tasks._errors import DatasetError, TaskError
 from nograd.tasks._example import Example, examples_hash
 from nograd.tasks._files import MAX_JSON_DEPTH, OPTIONS, read_rows
+from nograd.tasks._split import auto_test_fraction, check_test_fraction, hold_out, label_counts
 from nograd.tasks._task import METRICS, Task
 from nograd.tasks._template import validate_template
 
@@ -101,7 +100,7 @@ def load_user_dataset(
     metric: str = "accuracy",
     name: str | None = None,
     test_path: str | Path | None = None,
-    test_fraction: float = 0.0,
+    test_fraction: float | None = None,
     seed: int = 0,
     max_depth: int = MAX_JSON_DEPTH,
 ) -> Task:
@@ -121,8 +120,10 @@ def load_user_dataset(
         name: Task name; defaults to the file's stem.
         test_path: Optional separate test file in the same format and fields.
         test_fraction: Without ``test_path``, the fraction of each label's rows (rounded
-            down) held out as test, chosen with ``seed``.
-        seed: Seed of the held-out split.
+            down) held out as test, chosen with ``seed``; None: the automatic rule of
+            ``nograd.tasks._split`` (20%, at most 1000 rows, when every label keeps 8 rows).
+            The fraction used is the task's ``test_fraction``.
+        seed: Seed of the held-out split (runs keep it at 0: every run on a file tests on the same rows).
         max_depth: Deepest JSON nesting a row may have.
 
     Raises:
@@ -136,16 +137,26 @@ def load_user_dataset(
         raise DatasetError(f"invalid template: {exc}", field="template") from None
     if metric not in METRICS:
         raise DatasetError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}", field="metric")
-    if not 0.0 <= test_fraction < 1.0:
+    if test_fraction is not None and not 0.0 <= test_fraction < 1.0:
         raise DatasetError(f"test_fraction must be in [0, 1), got {test_fraction}", field="test_fraction")
     if test_path is not None and test_fraction:
-        raise DatasetError("give either test_path or test_fraction, not both", field="test_fraction")
+        raise DatasetError(
+            "give either a test file (test_path, --test-dataset) or test_fraction, not both", field="test_fraction"
+        )
     keys = {"text": text_field, "text2": text2_field, "label": label_field}
     pool = _read_examples(Path(path), keys, verbalizer, require_all_labels=True, max_depth=max_depth)
+    notes: list[str] = []
     if test_path is not None:
         test = _read_examples(Path(test_path), keys, verbalizer, require_all_labels=False, max_depth=max_depth)
+        test_fraction = 0.0
     else:
-        pool, test = _hold_out(pool, test_fraction, seed)
+        counts = label_counts(pool)
+        if test_fraction is None:
+            test_fraction, note = auto_test_fraction(counts)
+        else:
+            note = check_test_fraction(counts, test_fraction)
+        notes += [note] if note else []
+        pool, test = hold_out(pool, test_fraction, seed)
     try:
         return Task(
             name=name or Path(path).stem,
@@ -157,21 +168,11 @@ def load_user_dataset(
             test=tuple(test),
             version=examples_hash(pool + test)[:16],
             fields=fields,
+            test_fraction=test_fraction,
+            notes=tuple(notes),
         )
     except TaskError as exc:
         raise DatasetError(f"{path}: {exc}") from None
-
-
-def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Splits off ``floor(fraction * n)`` examples of each label as test, keeping file order."""
-    if not fraction:
-        return examples, []
-    rng = np.random.default_rng(seed)
-    held: set[int] = set()
-    for label in sorted({e.label for e in examples}):
-        idx = [i for i, e in enumerate(examples) if e.label == label]
-        held.update(idx[j] for j in rng.choice(len(idx), int(fraction * len(idx)), replace=False))
-    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 
 def _read_examples(

@@ -12,12 +12,13 @@ import time
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, computed_field, create_model, field_validator
 
 from nograd.clients.endpoint import EndpointConfig
 from nograd.clients.kinds import ENDPOINT_KINDS
 from nograd.config import JOB_FIELDS, JOB_OPTIONS, RunConfig
 from nograd.methods import METHODS
+from nograd.progress import Phase
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -103,6 +104,28 @@ class JobPublic(BaseModel):
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    phase: dict[str, Any] | None = Field(
+        None,
+        validate_default=True,
+        description="what the job is doing now, null once it ended: name (queued, loading, initial, search, dev, "
+        "final_train, test, saving), label (in words), done/total/unit (calls or examples) where it can say, since",
+    )
+
+    @field_validator("phase")
+    @classmethod
+    def _phase_of_status(cls, phase: dict | None, info: ValidationInfo) -> dict | None:
+        """The runner's phase while running; `queued` while waiting; none once ended. The search phase's count is
+        the job's calls (written every generation; the phase itself is written when it changes)."""
+        status = info.data.get("status")
+        if status == "queued":
+            return Phase("queued", since=info.data.get("created_at") or time.time()).to_dict()
+        if status != "running":
+            return None
+        if phase is None:
+            return Phase("loading", since=info.data.get("started_at") or time.time()).to_dict()
+        if phase.get("name") == "search":
+            phase = {**phase, "done": info.data.get("calls", phase.get("done"))}
+        return phase
 
     @computed_field
     @property
@@ -132,14 +155,87 @@ class HistoryPublic(BaseModel):
     count: int
 
 
+# ---------------------------------------------------------------- a finished job's analysis (`nograd.analysis`)
+class TokenNeighborPublic(BaseModel):
+    id: int
+    token: str = Field(description="the token decoded alone")
+    similarity: float = Field(description="cosine similarity of its input embedding to the soft position's")
+
+
+class DemonstrationPublic(BaseModel):
+    index: int = Field(description="index into the run's demonstration pool (its training examples)")
+    text: str
+    text2: str | None = None
+    label: str
+
+
+class PromptDescription(BaseModel):
+    kind: Literal["manual", "text", "demos", "soft", "deep"]
+    mode: str = Field(description="the prompt mode: none, cat, add, deep, text or demos")
+    template: str
+    verbalizer: dict[str, str]
+    chat: bool = False
+    text: str | None = Field(None, description="text: the discrete prompt")
+    demonstrations: list[DemonstrationPublic] | None = Field(None, description="demos: the examples shown, in order")
+    n_tokens: int | None = Field(None, description="soft/deep: prompt positions")
+    init: str | None = None
+    dim: int | None = None
+    nearest_tokens: list[list[TokenNeighborPublic]] | None = Field(
+        None,
+        description="soft: per position, the nearest vocabulary tokens (a hint); null when the endpoint that ran "
+        "the job cannot tell (remote APIs, the service's queued workers)",
+    )
+
+
+class ScoredPublic(BaseModel):
+    metric: float
+    confusion: list[list[int]] = Field(description="counts[gold][predicted], in `labels` order")
+
+
+class ChangedExample(BaseModel):
+    index: int = Field(description="position in the test set")
+    text: str
+    text2: str | None = None
+    gold: str
+    manual: str = Field(description="the manual prompt's prediction")
+    tuned: str = Field(description="the tuned prompt's prediction")
+
+
+class ChangedPublic(BaseModel):
+    fixed: list[ChangedExample] = Field(description="manual wrong, tuned right (at most `limit`)")
+    broken: list[ChangedExample] = Field(description="manual right, tuned wrong (at most `limit`)")
+    n_fixed: int
+    n_broken: int
+    limit: int
+
+
+class AnalysisPublic(BaseModel):
+    """What a succeeded job learned: its prompt, test confusion matrices of the tuned and the manual prompt, and
+    the test examples whose prediction changed. `tuned`, `manual` and `changed` are null without a test split."""
+
+    job_id: str
+    version: int
+    labels: list[str]
+    metric_name: str
+    n_test: int
+    prompt: PromptDescription
+    tuned: ScoredPublic | None
+    manual: ScoredPublic | None
+    changed: ChangedPublic | None
+
+
 class DatasetPublic(BaseModel):
     id: str
     name: str
     filename: str
     options: dict[str, Any]
-    summary: dict[str, Any]
+    summary: dict[str, Any] = Field(
+        description="rows, pool (train and dev rows), test (held-out rows), labels, per_label (pool rows), "
+        "test_per_label, fields, test_fraction (the share held out; 0 with a test file), notes"
+    )
     sha256: str
     created_at: float
+    test_filename: str | None = Field(None, description="the uploaded test file (test_file), if any")
 
 
 class DatasetsPublic(BaseModel):
@@ -168,6 +264,7 @@ class OptionPublic(BaseModel):
 class MethodPublic(BaseModel):
     name: str
     description: str
+    when: str = Field("", description="when to pick it, in one line")
     search: bool = Field(description="searches for a prompt (budget applies); else a baseline")
     prompt: str = Field(description="what candidates are: none, soft, deep, text or demos")
     needs_embeddings: bool
@@ -189,11 +286,27 @@ class WorkerPublic(BaseModel):
     models: list[str]
     devices: list[str]
     batches_done: int
+    candidates_done: int = Field(0, description="candidates scored (model calls), over all its batches")
     errors: int
-    busy_seconds: float
+    busy_seconds: float = Field(description="seconds spent evaluating batches (idle time excluded)")
     current: str | None = Field(
         description="'JOB_ID/GENERATION' while it evaluates one of your jobs, 'busy' for another tenant's, null idle"
     )
     started_at: float
     last_heartbeat: float
     heartbeat_age: float
+
+    # Rates over the worker's busy time, from counters it publishes with each heartbeat. A client that differences
+    # `batches_done` between its own polls reads 0 whenever no batch finished between two heartbeats (a batch that
+    # runs longer than the poll, or two polls within one heartbeat); these do not.
+    @computed_field
+    @property
+    def batches_per_second(self) -> float | None:
+        """Batches finished per second of evaluating; null before its first batch."""
+        return self.batches_done / self.busy_seconds if self.batches_done and self.busy_seconds > 0 else None
+
+    @computed_field
+    @property
+    def candidates_per_second(self) -> float | None:
+        """Candidates (model calls) scored per second of evaluating; null before its first batch."""
+        return self.candidates_done / self.busy_seconds if self.candidates_done and self.busy_seconds > 0 else None

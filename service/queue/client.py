@@ -3,6 +3,8 @@
 A population is split into batches of at most `batch_size` candidates, so several workers can share one
 generation. The job's task data go to the queue once per example set (content-addressed); each batch carries
 only the candidates. Results are idempotent by batch id, so resubmitting after a broker restart is safe.
+`materialize` and `nearest_tokens` go the same way as one inspection batch each (`queue.wire`): a worker answers
+from its engine, so a service job gets the prompt tensor and nearest tokens a local run gets.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from types import MappingProxyType
 
 import numpy as np
 
-from nograd.clients.types import EvalRequest, EvalResult, InvalidRequest, ModelInfo, PromptSpec
+from nograd.clients.types import EvalRequest, EvalResult, InvalidRequest, ModelInfo, PromptSpec, TokenNeighbor
 
-from ._base import Batch, BatchQueue
-from .wire import batch_id, decode_result, digest, encode_context, encode_work, merge_results
+from ._base import Batch, BatchQueue, BatchResult
+from .wire import (
+    INSPECT_CONTEXT,
+    batch_id,
+    decode_materialized,
+    decode_neighbors,
+    decode_result,
+    digest,
+    encode_context,
+    encode_inspect,
+    encode_work,
+    merge_results,
+)
 
 log = logging.getLogger("nograd.queue_client")
 
@@ -63,8 +76,19 @@ class QueueClient:
         return self.info
 
     async def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray | None:
-        """None: the workers hold the model; prompt tensors are not sent back through the queue."""
-        return None
+        """The prompt tensor `x` stands for, built by a worker's engine (the same float32 array a local engine
+        returns); None when the worker's engine has none or the tensor is over the queue's `MAX_PROMPT_BYTES` (a
+        large deep prompt: logged with its size; the prompt file then keeps z only). Bad input raises
+        InvalidRequest, a batch the workers failed on for good EvaluationError, as for `evaluate`."""
+        tensor, refused = decode_materialized(await self._inspect(encode_inspect("materialize", spec, x)))
+        if refused:
+            log.warning("job %s: model %r: %s", self.job_id, self.model, refused)
+        return tensor
+
+    async def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]] | None:
+        """A worker's engine's nearest vocabulary tokens per position of the `cat`/`add` prompt `x` stands for
+        (None: its engine cannot tell, e.g. the fake model); errors as for `materialize`."""
+        return decode_neighbors(await self._inspect(encode_inspect("nearest_tokens", spec, x, k)))
 
     async def aclose(self) -> None:
         return None
@@ -108,6 +132,34 @@ class QueueClient:
                     work=work,
                 )
             )
+        results = await self._run(batches)
+        merged = merge_results([decode_result(results[b.id].data) for b in batches])
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started, len(batches))
+        return merged
+
+    async def _inspect(self, work: dict) -> dict:
+        """A worker's answer (`BatchResult.data`) to one inspection batch, under the same fair-share gate as an
+        evaluation (it takes a worker's turn)."""
+        batch = Batch(
+            id=batch_id(INSPECT_CONTEXT, work),
+            job_id=self.job_id,
+            generation=-1,  # not part of a generation
+            model=self.model,
+            context=INSPECT_CONTEXT,
+            work=work,
+        )
+        if self.gate is None:
+            results = await self._run([batch])
+        else:
+            async with self.gate():
+                results = await self._run([batch])
+        return results[batch.id].data
+
+    async def _run(self, batches: list[Batch]) -> dict[str, BatchResult]:
+        """Submit `batches` and wait for all their results, resubmitting (with the job's contexts) when the broker
+        dropped connections meanwhile. Raises InvalidRequest when the workers rejected one (bad input),
+        EvaluationError when one failed for good; every result returned is ok."""
         ids = [b.id for b in batches]
         epoch = self.queue.epoch
         await self.queue.submit(batches)
@@ -131,7 +183,4 @@ class QueueClient:
                 raise InvalidRequest(f"model {self.model!r}: {result.error}")
         if failed:
             raise EvaluationError(f"model {self.model!r}: {failed[0].error}")
-        merged = merge_results([decode_result(results[i].data) for i in ids])
-        if self.on_batch is not None:
-            self.on_batch(time.perf_counter() - started, len(ids))
-        return merged
+        return results

@@ -5,6 +5,11 @@ per job and per example set and referenced by its content hash. The *work* of a 
 the prompt spec (projection seed, scales, ...), the candidates' `z` vectors (and BBTv2's per-layer `base`), the
 loss name. A batch id is the SHA-256 of context key + work, so a redelivered or resubmitted batch has the same id
 and its result is written once.
+
+An *inspection* is a batch whose work names a kind (`inspect`: `materialize` or `nearest_tokens`) instead of
+candidates: the worker answers with its engine's prompt tensor or nearest vocabulary tokens for one prompt. It needs
+no task data (its context key is empty). A prompt tensor larger than `MAX_PROMPT_BYTES` is not sent: the worker
+answers with a refusal that says why (the prompt file then keeps z and the spec, from which the tensor is rebuilt).
 """
 
 from __future__ import annotations
@@ -15,7 +20,23 @@ import json
 
 import numpy as np
 
-from nograd.clients.types import EvalRequest, EvalResult, Examples, InvalidRequest, PromptSpec, TaskSpec
+from nograd.clients.types import (
+    EvalRequest,
+    EvalResult,
+    Examples,
+    InvalidRequest,
+    PromptSpec,
+    TaskSpec,
+    TokenNeighbor,
+)
+
+INSPECT_KINDS = ("materialize", "nearest_tokens")
+#: Inspection batches need no task data: their context key is empty.
+INSPECT_CONTEXT = ""
+#: The largest prompt tensor (float32 bytes) a worker sends back: every cat/add prompt and the deep (BBTv2) prompts
+#: of models up to about 7B (32 layers x 50 tokens x 4096 = 26 MB) fit; a larger one would sit in the broker and in
+#: the job store as a base64 blob of tens of MB, for a tensor the prompt file's z and spec rebuild exactly.
+MAX_PROMPT_BYTES = 32 * 2**20
 
 
 def _array(value: np.ndarray | None) -> dict | None:
@@ -151,3 +172,70 @@ def merge_usage(parts: list[dict | None]) -> dict | None:
         for key, value in part.items():
             total[key] = total.get(key, 0) + int(value)
     return total
+
+
+def encode_inspect(kind: str, spec: PromptSpec, x: np.ndarray | None, k: int | None = None) -> dict:
+    """The work of an inspection of prompt `spec`/`x` (z, or deep's (L, d) base); `k` for `nearest_tokens`."""
+    if kind not in INSPECT_KINDS:
+        raise ValueError(f"inspection kind {kind!r} is not one of {', '.join(INSPECT_KINDS)}")
+    return {
+        "inspect": kind,
+        "prompt": spec.to_dict(),
+        "x": _array(None if x is None else np.asarray(x, np.float64)),
+        **({"k": int(k)} if kind == "nearest_tokens" else {}),
+    }
+
+
+def inspect_kind(work: dict) -> str | None:
+    """The inspection a batch's work asks for, or None for an evaluation."""
+    return work.get("inspect")
+
+
+def decode_inspect(work: dict) -> tuple[str, PromptSpec, np.ndarray | None, int | None]:
+    """(kind, spec, x, k) of an inspection; raises InvalidRequest for a malformed one (retrying cannot help)."""
+    try:
+        kind = work["inspect"]
+        if kind not in INSPECT_KINDS:
+            raise ValueError(f"unknown inspection {kind!r} (known: {', '.join(INSPECT_KINDS)})")
+        k = work.get("k")
+        if kind == "nearest_tokens" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"k must be an integer >= 1 (got {k!r})")
+        return kind, PromptSpec.from_dict(work["prompt"]), _unarray(work["x"]), k
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"malformed inspection ({type(exc).__name__}: {exc})") from None
+
+
+def encode_materialized(tensor: np.ndarray | None, limit: int = MAX_PROMPT_BYTES) -> dict:
+    """A materialized prompt as float32 (`tensor`; None: the engine has none), or `refused` with the reason when
+    it is larger than `limit` bytes."""
+    if tensor is None:
+        return {"tensor": None}
+    tensor = np.asarray(tensor, np.float32)
+    if tensor.nbytes > limit:
+        shape = " x ".join(map(str, tensor.shape))
+        return {
+            "tensor": None,
+            "refused": f"the materialized prompt ({shape} float32, {tensor.nbytes / 2**20:.1f} MiB) is larger than "
+            f"the {limit / 2**20:g} MiB a queue result carries; the prompt file keeps z and the projection spec, "
+            "from which the same tensor is rebuilt on the model",
+        }
+    return {"tensor": _array(tensor)}
+
+
+def decode_materialized(data: dict) -> tuple[np.ndarray | None, str | None]:
+    """(tensor or None, the worker's reason for not sending it or None)."""
+    return _unarray(data["tensor"]), data.get("refused")
+
+
+def encode_neighbors(rows: list[list[TokenNeighbor]] | None) -> dict:
+    """Nearest tokens per prompt position as [id, token, similarity] triples (None: the engine cannot tell)."""
+    if rows is None:
+        return {"neighbors": None}
+    return {"neighbors": [[[int(n.id), str(n.token), float(n.similarity)] for n in row] for row in rows]}
+
+
+def decode_neighbors(data: dict) -> list[list[TokenNeighbor]] | None:
+    rows = data["neighbors"]
+    if rows is None:
+        return None
+    return [[TokenNeighbor(id=i, token=t, similarity=s) for i, t, s in row] for row in rows]

@@ -1,54 +1,8 @@
 """The dashboard in real headless Chromium (Debian's chromium driven by Playwright): enter the key, submit a job
 from the form, watch its charts update live, see a field error, open the compare and workers views. Any console
-error fails the test; screenshots go to the test's tmp dir."""
+error fails the test (conftest.py); screenshots go to the test's tmp dir."""
 
 from __future__ import annotations
-
-import shutil
-import subprocess
-import sys
-
-import pytest
-from procs import ROOT, free_port, serve
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    data = tmp_path_factory.mktemp("dash") / "data"
-    key = subprocess.run(
-        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "web", "--data-dir", str(data)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    port = free_port()
-    proc = serve(data, None, port, models="fake:0.1")
-    yield f"http://127.0.0.1:{port}", key
-    proc.terminate()
-
-
-@pytest.fixture
-def page(service, tmp_path):
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is not installed (scripts/setup.sh test installs it: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.set_default_timeout(30_000)
-        page.expected_statuses = set()  # HTTP errors a test provokes on purpose; Chromium logs each one
-        yield page
-        browser.close()
-    provoked = [f"status of {code} " for code in page.expected_statuses]
-    unexpected = [e for e in errors if not (e.startswith("Failed to load resource") and any(p in e for p in provoked))]
-    assert unexpected == [], unexpected
 
 
 def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
@@ -62,11 +16,14 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
 
     page.click("text=Submit")
     page.wait_for_selector("#submit")
+    page.click("#sec-advanced summary")  # advanced options are folded away
     assert page.is_hidden("#f-options\\.icl_shots") and page.is_visible("#f-options\\.mode")  # bbt's options
     page.select_option("#f-method", "icl")
     assert page.is_visible("#f-options\\.icl_shots") and page.is_hidden("#f-options\\.mode")
     page.select_option("#f-method", "bbt")
     page.select_option("#f-model", "fake:0.1")
+    page.check('input[name="source"][value="dataset"]')
+    page.click("#upload-box summary")
     # a dataset upload: the bad one's error shows next to its field, the good one lands in the picker
     bad, good = tmp_path / "bad.csv", tmp_path / "reviews.csv"
     rows = "".join(f"great film {i},pos\nawful film {i},neg\n" for i in range(40))
@@ -75,18 +32,20 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
     page.set_input_files("#u-file", str(bad))
     page.fill("#u-template", "{text} It was {mask}.")
     page.fill("#u-verbalizer", "neg:bad")
-    page.click("#upload button")
+    page.click("#upload-box button")
     page.wait_for_selector('.error[data-field="verbalizer"]:not(:empty)')
     page.set_input_files("#u-file", str(good))
     page.fill("#u-verbalizer", "neg:bad,pos:great")
-    page.click("#upload button")
+    page.click("#upload-box button")
     # Predicates are functions: the page's CSP has no 'unsafe-eval', and Playwright evals bare expressions there.
-    page.wait_for_function("() => document.getElementById('f-dataset_id').selectedOptions[0].text === 'reviews'")
+    page.wait_for_function("() => document.getElementById('f-dataset_id').selectedOptions[0]?.text === 'reviews'")
+    # 80 rows, 40 per label: the default held-out test split is 20% of each label
+    assert "80 rows, 16 held out for test" in page.inner_text("#dataset-hint")
 
-    page.select_option("#f-dataset_id", "")
+    page.check('input[name="source"][value="task"]')  # the dataset picker is then disabled: a task job
     page.select_option("#f-task", "trec")
     page.fill("#f-budget", "1")  # less than a population: the API's field error shows next to the field
-    page.click("#submit button")
+    page.click("#submit-button")
     page.wait_for_selector('.error[data-field="budget"]:not(:empty)')
     assert "popsize" in page.inner_text('.error[data-field="budget"]')
 
@@ -94,14 +53,14 @@ def test_key_submit_live_charts_compare_workers(page, service, tmp_path):
     page.fill("#f-dev_every", "50")
     page.fill("#f-options\\.popsize", "10")
     page.fill("#f-options\\.dim", "20")
-    page.click("#submit button")
+    page.click("#submit-button")
     page.wait_for_url("**/#/job/*")
     page.wait_for_function("() => Number(document.getElementById('view').dataset.generations || 0) >= 3")
     early = int(page.get_attribute("#view", "data-generations"))
     page.screenshot(path=str(tmp_path / "job-running.png"))
     page.wait_for_function("() => document.getElementById('view').dataset.ended === '1'", timeout=120_000)
     assert int(page.get_attribute("#view", "data-generations")) == 20 > early  # the charts kept updating
-    assert page.locator(".uplot").count() == 4
+    assert page.locator(".charts .chart:not([hidden]) .uplot").count() == 4
     page.wait_for_selector("#stats .status-succeeded")
     page.screenshot(path=str(tmp_path / "job-done.png"), full_page=True)
 

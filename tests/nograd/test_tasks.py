@@ -244,6 +244,8 @@ def write(path: Path, text: str) -> Path:
 def load(path, **kw):
     kw.setdefault("template", TEMPLATE)
     kw.setdefault("verbalizer", "neg:bad,pos:great")
+    if "test_path" not in kw:  # reading only: no automatic test split (tests/nograd/test_user_data.py has those)
+        kw.setdefault("test_fraction", 0.0)
     return load_user_dataset(path, **kw)
 
 

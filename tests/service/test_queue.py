@@ -199,3 +199,27 @@ def test_redis_malformed_entry_is_dead_lettered_not_retried(redis_server):
         await queue.close()
 
     run(scenario())
+
+
+def test_a_batch_whose_job_ended_is_dropped_quietly(caplog):
+    """A cancel forgets the job's task data while its batch waits: the worker drops the batch at once with one INFO
+    line (no traceback at ERROR, no retries), and the result says why."""
+    from nograd.engine.fake import FakeEngine
+    from nograd.service.worker import Worker
+
+    async def scenario():
+        queue = MemoryQueue()
+        batch = _batch(model="fake")  # its context "ctx" was never put (or forgotten by the cancel)
+        await queue.submit([batch])
+        worker = Worker(queue, {"fake": FakeEngine()})
+        delivery = await queue.take(worker.id, ["fake"], timeout=1)
+        assert await worker.process_one(delivery) == "rejected"
+        result = (await queue.wait("job_1", [batch.id], timeout=1))[batch.id]
+        assert not result.ok and "not in the queue" in result.error
+        assert await queue.take(worker.id, ["fake"], timeout=0.2) is None  # not redelivered
+        await queue.close()
+
+    with caplog.at_level("INFO", logger="nograd"):
+        run(scenario())
+    assert [r.levelname for r in caplog.records if "dropped" in r.getMessage()] == ["INFO"]
+    assert not [r for r in caplog.records if r.levelno >= 40]

@@ -64,6 +64,7 @@ def _methods() -> list[dict]:
         {
             "name": m.name,
             "description": m.description,
+            "when": m.when,
             "search": m.is_search,
             "prompt": m.prompt,
             "needs_embeddings": m.needs_embeddings,

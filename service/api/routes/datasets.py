@@ -1,4 +1,5 @@
-"""Datasets: upload a JSONL/CSV file (validated like `nograd run --dataset`), list them, delete them."""
+"""Datasets: upload a JSONL/CSV file (validated and split like `nograd run --dataset`: a held-out test split by the
+same rule, or an uploaded test file), list them, delete them."""
 
 from __future__ import annotations
 
@@ -21,23 +22,41 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 SUFFIXES = (".jsonl", ".json", ".csv")
 
 
-def _validate(content: bytes, filename: str, options: dict, max_depth: int = 32) -> dict:
+def _validate(
+    content: bytes, filename: str, options: dict, max_depth: int = 32, test: tuple[str, bytes] | None = None
+) -> dict:
+    """Loads the upload as `nograd run --dataset` would (with `test`, a (filename, content) test file, as
+    --test-dataset); returns its summary. Raises Invalid naming the form field."""
     suffix = Path(filename).suffix.lower()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(content)
+        names = {str(path): filename}
+        test_path = None
+        if test is not None:
+            test_path = Path(tmp) / f"test-upload{Path(test[0]).suffix.lower()}"
+            test_path.write_bytes(test[1])
+            names[str(test_path)] = test[0]
         try:
-            task = load_user_dataset(path, name=Path(filename).stem, max_depth=max_depth, **options)
+            task = load_user_dataset(
+                path, name=Path(filename).stem, max_depth=max_depth, test_path=test_path, **options
+            )
         except TaskError as exc:
-            raise Invalid(exc.field or "file", str(exc).replace(str(path), filename)) from None
-    counts = {label: sum(e.label == label for e in task.pool) for label in task.labels}
+            message = str(exc)
+            for tmp_name, name in names.items():
+                message = message.replace(tmp_name, name)
+            field = "test_file" if test_path is not None and str(test_path) in str(exc) else exc.field or "file"
+            raise Invalid(field, message) from None
     return {
         "rows": len(task.pool) + len(task.test),
         "pool": len(task.pool),
         "test": len(task.test),
         "labels": list(task.labels),
-        "per_label": counts,
+        "per_label": task.pool_counts(),
+        "test_per_label": {label: sum(e.label == label for e in task.test) for label in task.labels},
         "fields": list(task.fields),
+        "test_fraction": task.test_fraction,
+        "notes": list(task.notes),
     }
 
 
@@ -67,19 +86,28 @@ async def upload_dataset(
     text2_field: Annotated[str | None, Form(max_length=100)] = None,
     label_field: Annotated[str, Form(max_length=100)] = "label",
     metric: Annotated[str, Form(max_length=20)] = "accuracy",
+    test_fraction: Annotated[
+        float | None,
+        Form(
+            ge=0,
+            lt=1,
+            description="share of each label's rows held out as the test set (0: none); unset: 0.2 (at most 1000 "
+            "rows) when every label keeps 8 rows for train and dev, as `nograd run --dataset` does",
+        ),
+    ] = None,
+    test_file: Annotated[
+        UploadFile | None,
+        File(description="held-out test rows in the same format and fields (instead of test_fraction)"),
+    ] = None,
 ) -> dict:
-    """Upload a labelled dataset; it is checked (fields, labels, template, verbalizer) before it is stored."""
-    limit = int(settings.max_upload_mb * 1024 * 1024)
-    filename = Path(file.filename or "data.jsonl").name
-    if Path(filename).suffix.lower() not in SUFFIXES:
-        raise Invalid("file", f"{filename}: use a .jsonl, .json or .csv file")
-    content = await file.read(limit + 1)
-    if len(content) > limit:
-        raise TooLarge(
-            f"file is larger than {settings.max_upload_mb:g} MB; split it or ask the operator to raise "
-            "NOGRAD_MAX_UPLOAD_MB"
-        )
-    await asyncio.to_thread(_check_storage_quota, store, tenant, settings, len(content))
+    """Upload a labelled dataset (and optionally its test file); it is checked (fields, labels, template,
+    verbalizer, split) before it is stored. Jobs on it report the test metric on its held-out rows."""
+    if test_file is not None and test_fraction:
+        raise Invalid("test_fraction", "give either test_file or test_fraction, not both")
+    filename, content = await _read_upload(file, "file", settings)
+    test = None if test_file is None else await _read_upload(test_file, "test_file", settings)
+    size = len(content) + (0 if test is None else len(test[1]))
+    await asyncio.to_thread(_check_storage_quota, store, tenant, settings, size)
     options = {
         "template": template,
         "verbalizer": verbalizer,
@@ -88,7 +116,11 @@ async def upload_dataset(
         "label_field": label_field,
         "metric": metric,
     }
-    summary = await asyncio.to_thread(_validate, content, filename, options, settings.max_json_depth)
+    if test is None:
+        options["test_fraction"] = test_fraction
+    summary = await asyncio.to_thread(_validate, content, filename, options, settings.max_json_depth, test)
+    if test is None:  # decided once: every job on the dataset tests on the rows the summary counts
+        options["test_fraction"] = summary["test_fraction"]
     return await asyncio.to_thread(
         store.create_dataset,
         tenant=tenant,
@@ -97,7 +129,24 @@ async def upload_dataset(
         options=options,
         summary=summary,
         content=content,
+        test_filename=None if test is None else test[0],
+        test_content=None if test is None else test[1],
     )
+
+
+async def _read_upload(upload: UploadFile, field: str, settings) -> tuple[str, bytes]:
+    """(file name, content) of an uploaded file; 422 naming `field` for a type we do not read, 413 over the limit."""
+    limit = int(settings.max_upload_mb * 1024 * 1024)
+    filename = Path(upload.filename or "data.jsonl").name
+    if Path(filename).suffix.lower() not in SUFFIXES:
+        raise Invalid(field, f"{filename}: use a .jsonl, .json or .csv file")
+    content = await upload.read(limit + 1)
+    if len(content) > limit:
+        raise TooLarge(
+            f"{field} is larger than {settings.max_upload_mb:g} MB; split it or ask the operator to raise "
+            "NOGRAD_MAX_UPLOAD_MB"
+        )
+    return filename, content
 
 
 @router.get("", response_model=DatasetsPublic)

@@ -23,7 +23,7 @@ from ...executor import dataset_file, transfer_options
 from ...store import JobStateError, Status
 from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, live_workers, model_names
 from ..errors import Conflict, Invalid, NotFound, TooMany
-from ..schemas import HistoryPublic, JobCreate, JobPublic, JobsPublic
+from ..schemas import AnalysisPublic, HistoryPublic, JobCreate, JobPublic, JobsPublic
 from ..streams import StreamsDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -48,7 +48,7 @@ def _resolved(body: JobCreate, store, tenant: str, settings) -> tuple[ResolvedCo
     values.update({name: getattr(body, name) for name in JOB_FIELDS})
     if body.endpoint is not None:
         values.update(endpoint=_endpoint(body, store, tenant, settings), model=_remote_model(body))
-    name, path = body.task, None
+    name, path, test = body.task, None, None
     if body.dataset_id is not None:
         dataset = store.get_dataset(body.dataset_id, tenant)
         if dataset is None:
@@ -56,14 +56,15 @@ def _resolved(body: JobCreate, store, tenant: str, settings) -> tuple[ResolvedCo
         name = dataset["name"]
         values.update(dataset["options"], task=None)
         path = dataset_file(store, settings.data_dir, body.dataset_id)
+        test = dataset_file(store, settings.data_dir, body.dataset_id, test=True)
     if body.init_from is not None:
         values.update(_transfer(body, store, tenant))
     try:
-        resolved, _ = resolve_run(located(RunConfig.from_dict(values), path))
+        resolved, _ = resolve_run(located(RunConfig.from_dict(values), path, test))
     except ConfigError as exc:
         raise Invalid(_location(exc.field), exc.message) from None
-    # Stored without this replica's file path: the job's dataset_id says where its data come from.
-    return (replace(resolved, dataset=None) if path is not None else resolved), name
+    # Stored without this replica's file paths: the job's dataset_id says where its data come from.
+    return (replace(resolved, dataset=None, test_dataset=None) if path is not None else resolved), name
 
 
 def _remote_model(body: JobCreate) -> str:
@@ -211,6 +212,21 @@ def get_history(
     _job_or_404(store, job_id, tenant)
     rows = store.history(job_id, after)
     return {"data": rows, "count": len(rows)}
+
+
+@router.get("/{job_id}/analysis", response_model=AnalysisPublic)
+def get_analysis(job_id: str, tenant: CurrentTenant, store: StoreDep) -> dict:
+    """What the job learned: its prompt, test confusion matrices (tuned vs manual prompt), changed examples."""
+    job = _job_or_404(store, job_id, tenant)
+    analysis = store.analysis(job_id)
+    if analysis is None:
+        detail = (
+            f"job {job_id} is {job['status']}; its analysis exists once it succeeded"
+            if job["status"] != Status.succeeded.value
+            else f"job {job_id} finished before this service stored analyses; rerun it to get one"
+        )
+        raise NotFound(detail)
+    return {"job_id": job_id, **analysis}
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -9,6 +9,25 @@ function esc(value) {
   return String(value ?? "").replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 }
 function fmt(value, digits = 3) { return value == null ? "–" : Number(value).toFixed(digits); }
+function duration(seconds) {
+  if (seconds == null || !isFinite(seconds)) return "–";
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor(s / 60) % 60).padStart(2, "0")} min`;
+}
+// Bar widths are set from script: the page's Content-Security-Policy refuses style attributes in markup.
+function setShares(root) { root.querySelectorAll("[data-share]").forEach(bar => { bar.style.width = bar.dataset.share + "%"; }); }
+function bar(share) { return `<span class="bar"><span data-share="${Math.max(0, Math.min(100, share))}"></span></span>`; }
+// What a job is doing now (its `phase`: null, or absent from an older service, shows nothing): the phase's label,
+// and a bar when it says how far along it is.
+function phaseHtml(phase) {
+  if (!phase || typeof phase !== "object" || !phase.label) return "";
+  const counted = Number.isFinite(phase.done) && Number.isFinite(phase.total) && phase.total > 0;
+  return `<span class="phase" data-phase="${esc(phase.name)}">${esc(phase.label)}${counted
+    ? ` ${bar(100 * phase.done / phase.total)} ${phase.done} / ${phase.total}${phase.unit ? " " + esc(phase.unit) : ""}` : ""}</span>`;
+}
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 function headers() {
   const key = sessionStorage.getItem(KEY);
   return key ? {"Authorization": "Bearer " + key} : {};
@@ -52,23 +71,25 @@ async function jobsPage() {
       method <select name="method"><option value="">any</option>
       ${methods.map(m => `<option>${esc(m.name)}</option>`).join("")}</select>
       task <input name="task" size="8"></form>
-    <table id="jobs"><thead><tr><th>job</th><th>status</th><th>method</th><th>task</th><th>model</th>
-      <th>calls / budget</th><th>best dev</th><th>test</th><th>age</th><th></th></tr></thead><tbody></tbody></table>
+    <table id="jobs" class="results"><thead><tr><th>job</th><th>method</th><th>task</th><th>status</th><th>calls / budget</th>
+      <th>best dev</th><th>test metric</th><th>elapsed</th><th>phase</th><th></th></tr></thead><tbody></tbody></table>
     <p><button id="compare-selected">Compare selected</button></p>`;
   const form = document.getElementById("filters");
   async function refresh() {
     const params = new URLSearchParams([...new FormData(form)].filter(([, v]) => v));
     const page = await api("/v1/jobs?limit=200&" + params);
-    document.querySelector("#jobs tbody").innerHTML = page.data.map(job => {
-      const share = job.budget ? Math.min(100, 100 * job.calls / job.budget) : (job.status === "succeeded" ? 100 : 0);
+    const body = document.querySelector("#jobs tbody");
+    const checked = new Set([...body.querySelectorAll("input:checked")].map(box => box.value));
+    body.innerHTML = page.data.map(job => {
+      const share = job.budget ? 100 * job.calls / job.budget : (job.status === "succeeded" ? 100 : 0);
       return `<tr data-id="${esc(job.id)}"><td><a href="#/job/${esc(job.id)}">${esc(job.id)}</a></td>
-        <td class="status-${esc(job.status)}">${esc(job.status)}</td><td>${esc(job.method)}</td><td>${esc(job.task)}</td>
-        <td>${esc(job.model)}</td><td><span class="bar"><span data-share="${share}"></span></span>
-        ${job.calls}/${job.budget}</td><td>${fmt(job.best_dev_metric)}</td><td>${fmt(job.test_metric)}</td>
-        <td>${Math.round(Date.now() / 1000 - job.created_at)} s</td><td><input type="checkbox" value="${esc(job.id)}"></td></tr>`;
-    }).join("");
-    // Widths set from script: the page's Content-Security-Policy refuses style attributes in markup.
-    document.querySelectorAll("#jobs [data-share]").forEach(bar => { bar.style.width = bar.dataset.share + "%"; });
+        <td title="${esc(job.model)}">${esc(job.method)}</td><td>${esc(job.task)}</td>
+        <td class="status-${esc(job.status)}">${esc(job.status)}</td><td>${bar(share)} ${job.calls}/${job.budget}</td>
+        <td class="num">${fmt(job.best_dev_metric)}</td><td class="num">${fmt(job.test_metric)}</td>
+        <td class="num">${duration(job.elapsed_seconds)}</td><td>${FINISHED.has(job.status) ? "" : phaseHtml(job.phase)}</td>
+        <td><input type="checkbox" value="${esc(job.id)}" ${checked.has(job.id) ? "checked" : ""}></td></tr>`;
+    }).join("") || `<tr><td colspan="10">No jobs yet: <a href="#/submit">submit one</a>.</td></tr>`;
+    setShares(body);
   }
   form.onchange = refresh;
   document.getElementById("compare-selected").onclick = () => {
@@ -78,129 +99,6 @@ async function jobsPage() {
   await refresh();
   const timer = setInterval(refresh, 2000);
   cleanup.push(() => clearInterval(timer));
-}
-
-// ---------------------------------------------------------------- submit
-// The method registry (GET /v1/methods) says which options each method reads and their defaults: one input per
-// option, shown for the methods it applies to; empty fields take the method's default.
-function formOptions(methods) {
-  const options = new Map();
-  for (const method of methods) {
-    for (const option of method.options) {
-      const entry = options.get(option.name) || {...option, methods: [], defaults: []};
-      entry.methods.push(method.name);
-      if (option.default !== null) entry.defaults.push(`${method.name} ${option.default}`);
-      options.set(option.name, entry);
-    }
-  }
-  return [...options.values()].map(o => {
-    const kind = o.choices || o.type === "boolean" ? "select" : (o.type === "integer" || o.type === "number" ? "number" : "text");
-    const same = new Set(o.defaults.map(d => d.split(" ").slice(1).join(" "))).size === 1;
-    const hint = o.choices ? o.choices.join(",") : o.type === "boolean" ? "true,false"
-      : (o.defaults.length ? (same ? o.defaults[0].split(" ").slice(1).join(" ") : o.defaults.join(", ")) : o.description);
-    return [o.name, kind, o.methods.join(" "), hint, o.type];
-  });
-}
-// A remote endpoint instead of this service's workers (text-only APIs run bbpl, rlprompt, icl_search, manual, icl).
-const endpointFields = kinds => [["kind", "select", "," + kinds.join(",")], ["base_url", "text", "https://api.openai.com/v1"],
-  ["model", "text", "remote model name"], ["api", "select", ",completions,chat"],
-  ["api_key_secret", "text", "a secret's name (below)"]];
-
-async function submitPage() {
-  const [tasks, models, datasets, methods] = await Promise.all([api("/v1/tasks"), api("/v1/models"), api("/v1/datasets"), api("/v1/methods")]);
-  const OPTIONS = formOptions(methods);
-  const ENDPOINT = endpointFields([...new Set(methods.flatMap(m => m.endpoint_kinds))].sort());
-  const NUMBERS = new Set(["budget", "seed", "k_shot", "dev_every", ...OPTIONS.filter(o => o[1] === "number").map(o => "options." + o[0])]);
-  const BOOLEANS = new Set(OPTIONS.filter(o => o[4] === "boolean").map(o => "options." + o[0]));
-  const row = (name, input) => `<label for="f-${name}">${name}</label>${input}<span class="error" data-field="${name}"></span>`;
-  view.innerHTML = `<h2>Submit a job</h2><form id="submit" class="grid">
-    ${row("method", `<select id="f-method" name="method">${methods.map(m => `<option title="${esc(m.description)}">${esc(m.name)}</option>`).join("")}</select>`)}
-    ${row("task", `<select id="f-task" name="task"><option value="">(dataset)</option>${tasks.map(t => `<option>${esc(t.name)}</option>`).join("")}</select>`)}
-    ${row("dataset_id", `<select id="f-dataset_id" name="dataset_id"><option value="">(bundled task)</option>${datasets.data.map(d => `<option value="${esc(d.id)}">${esc(d.name)}</option>`).join("")}</select>`)}
-    ${row("model", `<select id="f-model" name="model">${models.map(m => `<option>${esc(m.name)}</option>`).join("")}</select>`)}
-    ${row("budget", `<input id="f-budget" name="budget" type="number" value="600">`)}
-    ${row("seed", `<input id="f-seed" name="seed" type="number" value="0">`)}
-    ${row("k_shot", `<input id="f-k_shot" name="k_shot" type="number" value="16">`)}
-    ${row("dev_every", `<input id="f-dev_every" name="dev_every" type="number" value="100">`)}
-    ${OPTIONS.map(([name, kind, methods, hint]) => `<div class="option" data-methods="${methods}">
-      ${row("options." + name, kind === "select"
-        ? `<select id="f-options.${name}" name="options.${name}"><option value="">method default</option>${hint.split(",").map(v => `<option>${v}</option>`).join("")}</select>`
-        : `<input id="f-options.${name}" name="options.${name}" ${kind === "number" ? 'type="number" step="any"' : ""} placeholder="${esc(hint)}">`)}</div>`).join("")}
-    ${ENDPOINT.map(([name, kind, hint]) => row("endpoint." + name, kind === "select"
-        ? `<select id="f-endpoint.${name}" name="endpoint.${name}">${hint.split(",").map(v => `<option value="${v}">${v || "(this service)"}</option>`).join("")}</select>`
-        : `<input id="f-endpoint.${name}" name="endpoint.${name}" placeholder="${esc(hint)}">`)).join("")}
-    <span></span><button>Submit</button><span class="error" data-field="_"></span></form>
-    <h3>Store a secret (a remote API key; write-only)</h3><form id="secret" class="grid">
-    ${row("name", `<input id="s-name" name="name" placeholder="openai">`)}
-    ${row("value", `<input id="s-value" name="value" type="password" autocomplete="off">`)}
-    <span></span><button>Store</button><span class="error" data-field="_"></span></form>
-    <h3>Upload a dataset</h3><form id="upload" class="grid">
-    ${["file", "name", "template", "verbalizer", "text_field", "label_field"].map(name => `<label for="u-${name}">${name}</label>
-      <input id="u-${name}" name="${name}" ${name === "file" ? 'type="file" accept=".jsonl,.json,.csv"' : ""}
-        placeholder="${{template: "{text} It was {mask}.", verbalizer: "neg:bad,pos:great", text_field: "text", label_field: "label"}[name] || ""}">
-      <span class="error" data-field="${name}"></span>`).join("")}
-    <span></span><button>Upload</button><span class="error" data-field="_"></span></form>`;
-  const upload = document.getElementById("upload");
-  upload.onsubmit = async event => {
-    event.preventDefault();
-    upload.querySelectorAll(".error").forEach(e => e.textContent = "");
-    const body = new FormData();
-    for (const [name, value] of new FormData(upload)) if (value !== "" && !(value instanceof File && !value.name)) body.append(name, value);
-    try {
-      const dataset = await api("/v1/datasets", {method: "POST", body});
-      const picker = document.getElementById("f-dataset_id");
-      picker.insertAdjacentHTML("beforeend", `<option value="${esc(dataset.id)}">${esc(dataset.name)}</option>`);
-      picker.value = dataset.id;
-      document.getElementById("f-task").value = "";
-      upload.querySelector('.error[data-field="_"]').textContent = `uploaded ${dataset.summary.rows} rows`;
-    } catch (error) { showErrors(upload, error); }
-  };
-  const secret = document.getElementById("secret");
-  secret.onsubmit = async event => {
-    event.preventDefault();
-    secret.querySelectorAll(".error").forEach(e => e.textContent = "");
-    const body = Object.fromEntries(new FormData(secret));
-    try {
-      const stored = await api("/v1/secrets", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
-      secret.reset();
-      secret.querySelector('.error[data-field="_"]').textContent = `stored ${stored.name}`;
-    } catch (error) { showErrors(secret, error); }
-  };
-  const form = document.getElementById("submit");
-  const method = document.getElementById("f-method");
-  const showOptions = () => form.querySelectorAll(".option").forEach(option => {
-    const applies = option.dataset.methods.split(" ").includes(method.value);
-    option.style.display = applies ? "contents" : "none";
-    option.querySelectorAll("input, select").forEach(input => { input.disabled = !applies; });
-  });
-  method.onchange = showOptions;
-  showOptions();
-  form.onsubmit = async event => {
-    event.preventDefault();
-    form.querySelectorAll(".error").forEach(e => e.textContent = "");
-    const job = {options: {}};
-    for (const [name, raw] of new FormData(form)) {
-      if (raw === "") continue;
-      const value = NUMBERS.has(name) ? Number(raw) : BOOLEANS.has(name) ? raw === "true" : raw;
-      if (name.startsWith("options.")) job.options[name.slice(8)] = value;
-      else if (name.startsWith("endpoint.")) (job.endpoint ||= {})[name.slice(9)] = value;
-      else job[name] = value;
-    }
-    try {
-      const created = await api("/v1/jobs", {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(job)});
-      location.hash = "#/job/" + created.id;
-    } catch (error) { showErrors(form, error); }
-  };
-}
-
-function showErrors(form, error) {
-  // The API's 422 names the field: the message goes next to it (anything else next to the button).
-  const detail = error.body?.detail;
-  for (const item of Array.isArray(detail) ? detail : [{loc: ["body", "_"], msg: detail || error.message}]) {
-    const field = item.loc.slice(1).join(".");
-    const slot = form.querySelector(`.error[data-field="${CSS.escape(field)}"]`) || form.querySelector('.error[data-field="_"]');
-    slot.textContent = item.msg;
-  }
 }
 
 // ---------------------------------------------------------------- one job, live
@@ -231,39 +129,81 @@ async function readEvents(path, onEvent) {
 }
 
 async function jobPage(id) {
-  view.innerHTML = `<h2>Job ${esc(id)}</h2><div class="stats" id="stats"></div>
+  view.innerHTML = `<h2>Job ${esc(id)}</h2><p id="notice" hidden></p><div class="stats" id="stats"></div>
+    <p id="phase"></p>
     <p><button id="cancel">Cancel</button> <button id="download">Download prompt</button></p>
-    <div class="charts"><div class="chart" id="c-loss"></div><div class="chart" id="c-dev"></div>
-    <div class="chart" id="c-sigma"></div><div class="chart" id="c-pop"></div></div>`;
-  const calls = [], best = [], mean = [], devCalls = [], dev = [], sigma = [], popX = [], popY = [];
+    <div class="charts"><div class="chart" id="c-loss" hidden></div><div class="chart" id="c-dev" hidden></div>
+    <div class="chart" id="c-sigma" hidden></div><div class="chart" id="c-pop" hidden></div></div>`;
+  const calls = [], best = [], mean = [], devCalls = [], dev = [], sigmaCalls = [], sigma = [];
+  const generations = [], popMin = [], popMedian = [], popMax = [];
   const lossChart = chart(document.getElementById("c-loss"), "train loss",
     [{label: "best", stroke: "#1e88e5"}, {label: "mean", stroke: "#90caf9"}], [[], [], []]);
   const devChart = chart(document.getElementById("c-dev"), "dev metric", [{label: "dev", stroke: "#43a047"}], [[], []]);
   const sigmaChart = chart(document.getElementById("c-sigma"), "CMA-ES step size", [{label: "sigma", stroke: "#fb8c00"}], [[], []]);
-  const popChart = chart(document.getElementById("c-pop"), "population losses",
-    [{label: "loss", stroke: "#8e24aa", paths: () => null, points: {show: true, size: 4}}], [[], []], {x: "generation"});
-  let job = null;
+  // Each generation's population as a band: its worst and best candidates' losses around the median.
+  const popChart = chart(document.getElementById("c-pop"), "population losses per generation",
+    [{label: "max", stroke: "#ce93d8"}, {label: "median", stroke: "#8e24aa", width: 2}, {label: "min", stroke: "#ce93d8"}],
+    [[], [], [], []], {x: "generation", extra: {bands: [{series: [1, 3], fill: "rgba(142, 36, 170, 0.15)"}]}});
+  // A chart shows once it has data (a job cancelled before its search shows none); data-points says how many.
+  const show = (plot, data) => {
+    Object.assign(plot.root.parentElement, {hidden: false}).dataset.points = String(data[0].length);
+    plot.setData(data);
+  };
+  let job = null, explained = false;
   function showStats() {
     if (!job) return;
+    const finished = FINISHED.has(job.status);
     document.getElementById("stats").innerHTML = `<span class="status-${esc(job.status)}">${esc(job.status)}</span>
       <span>${esc(job.method)} · ${esc(job.task)} · ${esc(job.model)}</span><span>calls ${job.calls} / ${job.budget}</span>
       <span>best train loss ${fmt(job.best_train_loss, 4)}</span><span>best dev ${fmt(job.best_dev_metric)}</span>
-      <span>test ${fmt(job.test_metric)}</span><span>ETA ${job.eta_seconds == null ? "–" : Math.round(job.eta_seconds) + " s"}</span>
-      ${job.error ? `<span class="error">${esc(job.error)}</span>` : ""}${job.message ? `<span>${esc(job.message)}</span>` : ""}
+      <span>test ${fmt(job.test_metric)}</span><span>elapsed ${duration(job.elapsed_seconds)}</span>
+      ${finished ? "" : `<span>ETA ${job.eta_seconds == null ? "–" : duration(job.eta_seconds)}</span>`}
       ${job.result?.prompt_text ? `<span>prompt: <code>${esc(job.result.prompt_text)}</code></span>` : ""}
       ${job.result?.usage ? `<span>remote: ${job.result.usage.requests} requests, ${job.result.usage.prompt_tokens} prompt tokens, ${job.result.usage.rescored_label_words ?? 0} rescored and ${job.result.usage.missing_label_words}/${job.result.usage.label_scores} label scores at the floor</span>` : ""}`;
-    const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
+    const phase = document.getElementById("phase");
+    phase.innerHTML = finished ? "" : phaseHtml(job.phase);
+    setShares(phase);
+    showNotice();
     document.getElementById("cancel").disabled = finished || job.cancel_requested;
     document.getElementById("download").disabled = job.status !== "succeeded";
+    if (job.status === "succeeded") explain();
+  }
+  // A finished job that did not succeed says why, in words, above whatever it recorded.
+  function showNotice() {
+    const notice = document.getElementById("notice");
+    const nothing = calls.length === 0 ? " No generations were recorded." : "";
+    const text = job.status === "cancelled" ? (job.started_at == null || !job.calls
+        ? "Cancelled before its search began." : `Cancelled after ${job.calls} of ${job.budget} calls (${duration(job.elapsed_seconds)}).`) + nothing
+      : job.status === "failed" ? `Failed: ${job.error || "no error recorded"}.${nothing}`
+      : job.cancel_requested && !FINISHED.has(job.status) ? "Cancelling: the job stops after its current batch." : "";
+    const message = job.message ? ` ${job.message}` : "";
+    notice.hidden = !(text || message);
+    notice.className = `notice status-${job.status}`;
+    notice.textContent = (text + message).trim();
+  }
+  // The "what was learned" panel (explain.js, when the page has it): given its section once the job succeeded.
+  function explain() {
+    if (explained || typeof window.renderExplanation !== "function") return;
+    explained = true;
+    view.insertAdjacentHTML("beforeend", `<section id="explain"></section>`);
+    const section = document.getElementById("explain");
+    Promise.resolve().then(() => window.renderExplanation(section, job)).catch(error => {
+      section.insertAdjacentHTML("beforeend", `<p class="error">The explanation could not be shown: ${esc(error.message)}</p>`);
+      console.error(error);
+    });
   }
   function onGeneration(entry) {
-    if (entry.initial) { devCalls.push(0); dev.push(entry.initial.dev_metric); devChart.setData([devCalls, dev]); return; }
-    calls.push(entry.calls); best.push(entry.best_loss); mean.push(entry.mean_loss); sigma.push(entry.sigma);
-    for (const loss of entry.losses) { popX.push(entry.generation); popY.push(loss); }
-    if (entry.dev) { devCalls.push(entry.calls); dev.push(entry.dev.best_metric); devChart.setData([devCalls, dev]); }
-    lossChart.setData([calls, best, mean]); sigmaChart.setData([calls, sigma]);
-    const order = popX.map((_, i) => i).sort((a, b) => popX[a] - popX[b]);
-    popChart.setData([order.map(i => popX[i]), order.map(i => popY[i])]);
+    if (entry.initial) { devCalls.push(0); dev.push(entry.initial.dev_metric); show(devChart, [devCalls, dev]); return; }
+    calls.push(entry.calls); best.push(entry.best_loss); mean.push(entry.mean_loss);
+    show(lossChart, [calls, best, mean]);
+    if (entry.sigma != null) { sigmaCalls.push(entry.calls); sigma.push(entry.sigma); show(sigmaChart, [sigmaCalls, sigma]); }
+    if (entry.losses?.length) {
+      const sorted = [...entry.losses].sort((a, b) => a - b), mid = sorted.length >> 1;
+      generations.push(entry.generation); popMin.push(sorted[0]); popMax.push(sorted[sorted.length - 1]);
+      popMedian.push(sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2);
+      show(popChart, [generations, popMax, popMedian, popMin]);
+    }
+    if (entry.dev) { devCalls.push(entry.calls); dev.push(entry.dev.best_metric); show(devChart, [devCalls, dev]); }
     view.dataset.generations = String(calls.length);
   }
   document.getElementById("cancel").onclick = async () => { job = await api(`/v1/jobs/${id}/cancel`, {method: "POST"}); showStats(); };
@@ -276,7 +216,7 @@ async function jobPage(id) {
   readEvents(`/v1/jobs/${id}/events`, (event, data) => {
     if (event === "job") { job = data; showStats(); }
     else if (event === "generation") onGeneration(data);
-    else if (event === "end") view.dataset.ended = "1";
+    else if (event === "end") { view.dataset.ended = "1"; if (job) showNotice(); }
   });
 }
 
@@ -312,15 +252,21 @@ async function workersPage() {
   const times = [], depths = [];
   const queueChart = chart(document.getElementById("c-queue"), "queue depth (batches)",
     [{label: "depth", stroke: "#e53935"}], [[], []], {x: "seconds", extra: {scales: {x: {time: false}}}});
-  const started = Date.now(), previous = {};
+  const started = Date.now();
+  // Rates come from the worker's own counters over its busy time (GET /v1/workers): differencing batches_done
+  // between two polls read 0.00 whenever no batch finished between two of its heartbeats.
   async function refresh() {
     const [workers, health] = await Promise.all([api("/v1/workers"), api("/healthz")]);
-    document.getElementById("workers").innerHTML = "<tr><th>worker</th><th>models</th><th>devices</th><th>batches</th><th>batches/s</th><th>current</th><th>heartbeat age</th></tr>" +
+    document.getElementById("workers").innerHTML = `<tr><th>worker</th><th>models</th><th>devices</th><th>batches</th>
+      <th>calls scored</th><th title="per second spent evaluating">batches/s</th><th title="per second spent evaluating">calls/s</th>
+      <th title="share of its uptime spent evaluating">busy</th><th>current</th><th>heartbeat age</th></tr>` +
       workers.map(w => {
-        const rate = previous[w.id] ? (w.batches_done - previous[w.id].n) / ((Date.now() - previous[w.id].t) / 1000) : 0;
-        previous[w.id] = {n: w.batches_done, t: Date.now()};
+        const uptime = w.last_heartbeat - w.started_at;
         return `<tr><td>${esc(w.id)}</td><td>${esc(w.models.join(", "))}</td><td>${esc(w.devices.join(", "))}</td>
-          <td>${w.batches_done}</td><td>${rate.toFixed(2)}</td><td>${esc(w.current || "")}</td><td>${w.heartbeat_age.toFixed(1)} s</td></tr>`;
+          <td class="num">${w.batches_done}</td><td class="num">${w.candidates_done ?? "–"}</td>
+          <td class="num">${fmt(w.batches_per_second, 2)}</td><td class="num">${fmt(w.candidates_per_second, 1)}</td>
+          <td class="num">${uptime > 0 ? Math.round(100 * Math.min(1, w.busy_seconds / uptime)) + " %" : "–"}</td>
+          <td>${esc(w.current || "idle")}</td><td class="num">${w.heartbeat_age.toFixed(1)} s</td></tr>`;
       }).join("");
     times.push((Date.now() - started) / 1000); depths.push(health.queue_depth);
     queueChart.setData([times, depths]);
