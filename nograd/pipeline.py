@@ -282,12 +282,26 @@ _MANUAL_TEST: OrderedDict[tuple, dict] = OrderedDict()
 _MANUAL_TEST_SIZE = 32
 
 
+def _manual_key(data: RunData, info: ModelInfo) -> tuple | None:
+    """Where the manual prompt's test scores on this data and model are kept (None: not kept, a remote endpoint)."""
+    if info.kind == "remote":
+        return None
+    task = analysis.manual_task(data.spec)
+    return (info.model_id, info.kind, info.dtype, data.hashes["test"], data.hashes["task_version"], task, TEST_CHUNK)
+
+
+def _remember_manual(key: tuple | None, scored: dict) -> None:
+    if key is not None:
+        _MANUAL_TEST[key] = scored
+        while len(_MANUAL_TEST) > _MANUAL_TEST_SIZE:
+            _MANUAL_TEST.popitem(last=False)
+
+
 async def _manual_test(data: RunData, client: ModelClient, generation: int, on_phase: OnPhase | None) -> dict:
     """The manual prompt (the template alone) scored on test, with predictions."""
     task = analysis.manual_task(data.spec)
-    info = await client.describe()
-    key = (info.model_id, info.kind, info.dtype, data.hashes["test"], data.hashes["task_version"], task, TEST_CHUNK)
-    if info.kind != "remote" and key in _MANUAL_TEST:
+    key = _manual_key(data, await client.describe())
+    if key in _MANUAL_TEST:
         _MANUAL_TEST.move_to_end(key)
         return _MANUAL_TEST[key]
     phase = Phase("test", 0, len(data.test), "examples", label="scoring the manual prompt on the test set, to compare")
@@ -302,10 +316,7 @@ async def _manual_test(data: RunData, client: ModelClient, generation: int, on_p
         progress=lambda done, total: report(on_phase, phase.advanced(done)),
         predictions=True,
     )
-    if info.kind != "remote":
-        _MANUAL_TEST[key] = scored
-        while len(_MANUAL_TEST) > _MANUAL_TEST_SIZE:
-            _MANUAL_TEST.popitem(last=False)
+    _remember_manual(key, scored)
     return scored
 
 
@@ -325,6 +336,8 @@ async def _analysis(
     if test is not None:
         same = analysis.is_manual(data.spec, prompt, x, text)
         manual = test if same else await _manual_test(data, client, generation, on_phase)
+        if same and analysis.manual_task(data.spec) == data.spec:  # a manual run: later runs need no second pass
+            _remember_manual(_manual_key(data, await client.describe()), test)
     neighbors = None
     if prompt.mode in ("cat", "add"):
         neighbors = await client.nearest_tokens(prompt, x, analysis.NEAREST_K)

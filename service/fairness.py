@@ -1,17 +1,19 @@
 """Fair shares of the workers across tenants: a tenant's jobs together have at most `share` evaluations in flight,
 so one tenant's many running jobs cannot fill the batch queue ahead of another tenant's one job.
 
-    share = max(1, ceil(2 * workers / active tenants))
+    share = max(1, floor(2 * workers / active tenants))
 
-Two batches per worker keep every worker busy when one tenant is alone; with several tenants each gets an equal
-part of the workers' queue, whatever its number of jobs. The gate lives in one runner (several runners share the
-workers by their own gates: each is fair among the jobs it runs).
+Two batches per worker keep every worker busy when one tenant is alone (one scored while the next waits); with
+several tenants each gets an equal part of that, whatever its number of jobs. Rounding down keeps the total in
+flight at most 2 x workers while tenants are at most 2 x workers (and every worker still busy: the total is at
+least the number of workers), so a light tenant's batch waits behind at most about one batch per worker; rounding
+up let three tenants on two workers queue six batches, one and a half times as many. The gate lives in one runner
+(several runners share the workers by their own gates: each is fair among the jobs it runs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter
 from contextlib import asynccontextmanager
 
@@ -24,7 +26,7 @@ class FairShare:
 
     def share(self, workers: int) -> int:
         """Evaluations in flight one tenant may have now, with `workers` serving the model."""
-        return max(1, math.ceil(2 * max(1, workers) / max(1, len(+self._jobs))))
+        return max(1, (2 * max(1, workers)) // max(1, len(+self._jobs)))
 
     def join(self, tenant: str) -> None:
         self._jobs[tenant] += 1

@@ -119,6 +119,17 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def create_key(data_dir: Path, tenant: str) -> str:
+    """A new API key for `tenant` in the store under `data_dir`, made by the CLI as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", tenant, "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def serve(
     data_dir: Path, redis_url: str | None, port: int, *extra: str, models: str = "fake", env: dict | None = None
 ) -> Proc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -51,6 +52,69 @@ class Metrics:
         self.roundtrip.observe(seconds)
 
 
+async def _embedded_worker(app: FastAPI, settings, queue, engines: dict | None, stop: asyncio.Event) -> None:
+    """Load the models, then serve them from this process until `stop`. The API answers while they load (the
+    built-in model's first load converts its GGUF file, ~20 s): jobs wait for the worker in phase `loading`, and
+    `app.state.embedded` says how loading goes (`/readyz` shows it; 503 if it failed). A stop during loading
+    returns at once (the loading thread is a daemon: it does not hold the process up)."""
+    names = list(settings.models) if engines is None else list(engines)
+    app.state.embedded = {"status": "loading", "models": names}
+    if engines is None:
+        log.info("loading %s for the embedded worker; the API answers meanwhile", ", ".join(names))
+    try:
+        loaded = engines if engines is not None else await _load_until(stop, settings)
+    except Exception as exc:
+        log.error("the embedded worker could not load %s: %s", ", ".join(names), exc)
+        app.state.embedded = {"status": "failed", "models": names}  # /readyz needs no key: the reason is logged
+        return
+    if loaded is None:  # stopped while loading
+        return
+    app.state.embedded = {"status": "ready", "models": names}
+    # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
+    worker = Worker(queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
+    await worker.run(stop)
+
+
+async def _load_until(stop: asyncio.Event, settings) -> dict | None:
+    """The engines of `settings.models`, built in a daemon thread; None if `stop` is set first."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def settle(outcome) -> None:
+        try:  # the loop may have closed meanwhile (the server stopped): then nobody waits for the engines
+            loop.call_soon_threadsafe(outcome)
+        except RuntimeError:
+            pass
+
+    def build() -> None:
+        try:
+            engines = {
+                name: build_engine(
+                    name,
+                    dtype=settings.dtype,
+                    device=settings.device,
+                    memory_cap_mb=settings.memory_cap_mb,
+                    memory_budget_mb=settings.worker_memory_mb,
+                    projection_cache_mb=settings.projection_cache_mb,
+                )
+                for name in settings.models
+            }
+        except Exception as exc:
+            failure = exc  # `exc` itself is unbound once the handler ends, before the loop runs the callback
+            settle(lambda: done.done() or done.set_exception(failure))
+        else:
+            settle(lambda: done.done() or done.set_result(engines))
+
+    threading.Thread(target=build, name="nograd-model-load", daemon=True).start()
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([done, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not done.done():
+        done.cancel()
+        return None
+    return done.result()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -77,23 +141,9 @@ def create_app(
         app.state.stopping = asyncio.Event()
         stop, background = asyncio.Event(), []
         app.state.runner = None
+        app.state.embedded = None
         if settings.redis_url is None or settings.embedded_worker:
-            loaded = engines
-            if loaded is None:
-                loaded = {}
-                for name in settings.models:
-                    loaded[name] = await asyncio.to_thread(
-                        build_engine,
-                        name,
-                        dtype=settings.dtype,
-                        device=settings.device,
-                        memory_cap_mb=settings.memory_cap_mb,
-                        memory_budget_mb=settings.worker_memory_mb,
-                        projection_cache_mb=settings.projection_cache_mb,
-                    )
-            # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
-            worker = Worker(patient, loaded, poll=0.1 if settings.redis_url is None else 1.0)
-            background.append(asyncio.create_task(worker.run(stop), name="embedded-worker"))
+            background.append(asyncio.create_task(_embedded_worker(app, settings, patient, engines, stop)))
         if settings.run_jobs:
             runner = JobExecutor.from_settings(app.state.store, patient, settings, on_batch=app.state.metrics.on_batch)
             app.state.runner = runner

@@ -5,13 +5,11 @@ error fails the test."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import httpx
 import pytest
 from dashpages import STATIC
-from procs import ROOT, free_port, serve
+from procs import create_key, free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -20,13 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def service(tmp_path_factory):
     """(base URL, tenant key) of a fresh service whose worker serves `fake:0.1` (0.1 s per batch)."""
     data = tmp_path_factory.mktemp("dash") / "data"
-    key = subprocess.run(
-        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "web", "--data-dir", str(data)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    key = create_key(data, "web")
     port = free_port()
     proc = serve(data, None, port, models="fake:0.1")
     yield f"http://127.0.0.1:{port}", key

@@ -4,12 +4,10 @@ SmolLM2-135M; a BBT job submitted over HTTP completes, and its result matches th
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
+from procs import RedisServer, create_key, free_port, serve, wait_until, worker
 from runs import resolved
 
 from nograd.artifacts import read_prompt
@@ -36,13 +34,7 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
     procs = []
     try:
         data = tmp_path / "data"
-        key = subprocess.run(
-            [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "t", "--data-dir", str(data)],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = create_key(data, "t")
         port = free_port()
         procs.append(serve(data, redis.url, port, models="smollm2-135m"))
         procs.append(worker(redis.url, "smollm2-135m", tmp_path / "worker.log", "--memory-cap-mb", "64"))

@@ -148,15 +148,18 @@ def test_a_fake_run_compares_with_the_manual_prompt_and_scores_it_once():
     client = LocalClient(engine)
     pipeline._MANUAL_TEST.clear()
     result, _, _, out = asyncio.run(pipeline.finalize(config, data, client, "fake", None, 0.0))
-    assert out["prompt"]["kind"] == "manual" and not pipeline._MANUAL_TEST  # the baseline needs no second pass
+    assert out["prompt"]["kind"] == "manual"  # the baseline needs no second pass, and keeps its test scores
     assert out["tuned"] == out["manual"] and out["changed"]["n_fixed"] == out["changed"]["n_broken"] == 0
     baseline = engine.manual_examples  # train, dev and test, once each
-    assert baseline == len(data.train) + len(data.dev) + len(data.test)
+    assert baseline == len(data.train) + len(data.dev) + len(data.test) and len(pipeline._MANUAL_TEST) == 1
+    kept = _searched(config, data, client)  # a search after the baseline: its comparison costs nothing
+    assert engine.manual_examples == baseline
 
+    pipeline._MANUAL_TEST.clear()
     out = _searched(config, data, client)
     assert engine.manual_examples == baseline + len(data.test) and len(pipeline._MANUAL_TEST) == 1
     again = _searched(config, data, client)  # the same manual prompt on the same test set: not scored again
-    assert engine.manual_examples == baseline + len(data.test) and again == out
+    assert engine.manual_examples == baseline + len(data.test) and again == out == kept
 
     assert out["prompt"]["kind"] == "soft" and out["prompt"]["nearest_tokens"] is None  # the fake has no vocabulary
     assert out["manual"]["metric"] == pytest.approx(result["test_metric"])

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from procs import ROOT, RedisServer, free_port, serve, wait_until, worker
+from procs import ROOT, RedisServer, create_key, free_port, serve, wait_until, worker
 
 from nograd.artifacts import read_prompt
 from nograd.sdk import Client
@@ -24,13 +24,7 @@ def deployment(tmp_path):
     """A Redis-backed service with auth on; yields a dict with the pieces and cleans up everything."""
     redis = RedisServer(tmp_path / "redis").start()
     data = tmp_path / "data"
-    key = subprocess.run(
-        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "alice", "--data-dir", str(data)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    key = create_key(data, "alice")
     port = free_port()
     procs = {"workers": []}
     env = {"redis": redis, "data": data, "port": port, "key": key, "procs": procs, "tmp": tmp_path}

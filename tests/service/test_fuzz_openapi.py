@@ -5,14 +5,12 @@ operations' strategies are used directly.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from procs import ROOT, free_port, serve
+from procs import create_key, free_port, serve
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from nograd.service.api import create_app
@@ -25,13 +23,7 @@ OPERATIONS = {result.ok().label: result.ok() for result in SCHEMA.get_all_operat
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    key = subprocess.run(
-        [sys.executable, "-m", "nograd.cli", "keys", "create", "--tenant", "fuzz", "--data-dir", str(data)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    key = create_key(data, "fuzz")
     port = free_port()
     proc = serve(data, None, port, "--max-concurrent-jobs", "2", models="fake")
     yield f"http://127.0.0.1:{port}", key, proc

@@ -162,7 +162,8 @@ async def readyz(request: Request, store: StoreDep, queue: QueueDep, settings: S
     )
     stopping = getattr(request.app.state, "stopping", None)
     status = "stopping" if stopping is not None and stopping.is_set() else "ok"
-    if store_error or queue_error:
+    embedded = getattr(request.app.state, "embedded", None)  # the in-process worker: loading, ready or failed
+    if store_error or queue_error or (embedded or {}).get("status") == "failed":
         status = "unavailable"
     body = {
         "status": status,
@@ -170,6 +171,7 @@ async def readyz(request: Request, store: StoreDep, queue: QueueDep, settings: S
         "queue": queue_error or "ok",
         "queue_depth": None if queue_error else sum(depth.values()),
         "runner": request.app.state.runner is not None,
+        "embedded_worker": embedded,
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
