@@ -40,7 +40,7 @@ class PhaseBar:
         if "initial" in entry:
             dev = entry["initial"].get("dev_metric")
         else:
-            if self.current is not None and self.current.name == "search":
+            if self.bar.unit == "calls":  # the search's bar (a dev round inside the search keeps it)
                 self.bar.n = entry["calls"]
             self.stats["best_loss"] = f"{entry['best_loss']:.4f}"
             dev = entry["dev"]["best_metric"] if "dev" in entry else None

@@ -159,11 +159,17 @@ def test_the_readme_own_data_example_prints_a_test_metric(tmp_path, monkeypatch,
     assert printed["test_metric"] is not None and 0.0 <= printed["test_metric"] <= 1.0
     assert printed["calls"] == 400
     assert "nograd: note: held out 16 of 80 rows as the test set" in captured.err
+    # the progress line said what the run was doing at every step
+    for said in ("loading fake", "scoring the initial prompt", "searching", "400/400 calls", "16/16 examples"):
+        assert said in captured.err, said
     saved = json.loads((tmp_path / "runs/mine/config.json").read_text())
     assert saved["k_shot"] == 16 and saved["test_fraction"] == 0.2 and saved["notes"]
     # Re-scoring the saved prompt finds the same held-out rows.
     assert main(["eval", "--prompt", "runs/mine/prompt.safetensors"]) == 0
-    assert json.loads(capsys.readouterr().out)["metric"] == pytest.approx(printed["test_metric"], abs=1e-12)
+    evaluated = capsys.readouterr()
+    assert json.loads(evaluated.out)["metric"] == pytest.approx(printed["test_metric"], abs=1e-12)
+    assert "loading fake" in evaluated.err and "scoring the prompt on test" in evaluated.err
+    assert "16/16 examples" in evaluated.err
 
 
 def test_cli_notes_a_lowered_k_shot_and_refuses_one_that_does_not_fit(tmp_path, monkeypatch, capsys):
