@@ -93,6 +93,17 @@ class RunConfig:
     bounds: Annotated[float | None, _opt("symmetric box [-bounds, bounds] for z", gt=0, le=1e6)] = None
     loss: Annotated[LossName, _opt("what the search minimizes: ce, hinge or perf (minus the metric)")] = "ce"
     dev_every: Annotated[int, _opt("evaluate on dev every N calls", ge=1, le=1_000_000)] = 100
+    patience: Annotated[
+        int | None,
+        _opt(
+            "stop the search after this many dev rounds without a better dev metric (None: use the whole budget)",
+            ge=1,
+            le=10_000,
+        ),
+    ] = None
+    optimizer_stop: Annotated[
+        bool, _opt("stop the search when the optimizer's own stop criteria fire (CMA-ES: tolx, tolupsigma, ...)")
+    ] = False
     # Prompt.
     mode: Annotated[
         Literal["cat", "add"],
@@ -166,7 +177,7 @@ class ResolvedConfig(RunConfig):
 
 #: The options a service job takes at the top level of its body, and those it takes in `options` (the REST schema
 #: is generated from these fields); every other option belongs to the machine that runs the model or reads the data.
-JOB_FIELDS = ("method", "task", "model", "budget", "seed", "k_shot", "dev_every")
+JOB_FIELDS = ("method", "task", "model", "budget", "seed", "k_shot", "dev_every", "patience", "optimizer_stop")
 JOB_OPTIONS = (
     "popsize",
     "optimizer",

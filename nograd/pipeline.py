@@ -225,6 +225,8 @@ async def finalize(
             "best_train_loss": outcome["best_train_loss"],
             "initial": outcome["initial"],
             "generations": search.generation,
+            "stopped": outcome["stopped"],  # why it stopped before its budget (None: it used the whole budget)
+            "unused_budget": config.budget - calls,
             **({} if text is None else {"prompt_text": text}),
         }
     else:

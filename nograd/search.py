@@ -95,6 +95,8 @@ class PromptSearch:
         self._interval_best = {"loss": math.inf, "x": None}
         self._next_dev = self.config.dev_every
         self.initial: dict | None = None
+        self._stale = 0  # dev rounds since the best dev metric last improved
+        self.stopped: str | None = None  # why the search stopped before its budget (early stopping)
 
     # ---------------------------------------------------------------- candidates
     def _zero(self) -> np.ndarray:
@@ -170,7 +172,22 @@ class PromptSearch:
 
     @property
     def done(self) -> bool:
-        return self.started and self.calls >= self.config.budget
+        return self.started and (self.calls >= self.config.budget or self.stopped is not None)
+
+    def _optimizer_converged(self) -> str | None:
+        """Why the optimizer's own stop criteria fired before the budget (with `optimizer_stop`), else None."""
+        if not self.config.optimizer_stop or self.calls >= self.config.budget or not self.optimizer.should_stop():
+            return None
+        conditions = getattr(self.optimizer, "stop_conditions", None) or {}
+        named = f" ({', '.join(sorted(conditions))})" if conditions else ""
+        return f"the optimizer's stop criteria fired{named}"
+
+    def _after_dev(self, improved: bool) -> None:
+        """Count dev rounds without improvement; past `patience` the search stops."""
+        self._stale = 0 if improved else self._stale + 1
+        patience = self.config.patience
+        if patience is not None and self._stale >= patience and self.stopped is None and not self.done:
+            self.stopped = f"no better dev metric in {patience} dev round{'s' if patience > 1 else ''}"
 
     async def start(self, client: ModelClient) -> dict:
         """Score the initial prompt (z = 0) on train and dev; pin the projection scales the endpoint derived."""
@@ -217,6 +234,8 @@ class PromptSearch:
             if losses[i] < record["loss"]:
                 record.update(loss=float(losses[i]), x=x)
         self.generation += 1
+        if not partial:
+            self.stopped = self.stopped or self._optimizer_converged()
         entry = {
             "generation": self.generation,
             "calls": self.calls,
@@ -237,6 +256,9 @@ class PromptSearch:
                 candidates.append(self._interval_best["x"])
             entry["dev"] = await self._dev_round(client, candidates)
             self._interval_best = {"loss": math.inf, "x": None}
+            self._after_dev(entry["dev"]["improved"])
+        if self.stopped is not None:
+            entry["stopped"] = self.stopped
         entry["seconds"] = time.perf_counter() - started
         return entry
 
@@ -249,6 +271,7 @@ class PromptSearch:
             "selected_at_calls": best["calls"],
             "best_train_loss": self.best_train["loss"],
             "calls": self.calls,
+            "stopped": self.stopped,
             "spec": self.spec,
             "initial": self.initial,
             "text": self.prompt_text(best["x"]),
@@ -270,6 +293,8 @@ class PromptSearch:
             "interval_best": dict(self._interval_best),
             "next_dev": self._next_dev,
             "initial": self.initial,
+            "stale": self._stale,
+            "stopped": self.stopped,
         }
 
     def _optimizer_from_state(self, state: dict):
@@ -290,3 +315,4 @@ class PromptSearch:
         self._interval_best = dict(state["interval_best"])
         self._next_dev = state["next_dev"]
         self.initial = state["initial"]
+        self._stale, self.stopped = state.get("stale", 0), state.get("stopped")  # absent: written before early stop
