@@ -205,19 +205,22 @@ async def finalize(
         report(on_phase, phase)
         return lambda done, total: report(on_phase, phase.advanced(done))
 
-    if search is not None:
-        outcome = search.result()
+    outcome = search.result() if search is not None else None
+    if outcome is not None:
         prompt, x, text = outcome["spec"], outcome["x"], outcome["text"]
-        train = await score(
-            client,
-            data.spec,
-            data.train,
-            prompt,
-            x,
-            text=text,
-            generation=generation,
-            progress=counting("final_train", data.train),
-        )
+    else:  # a baseline: no prompt
+        prompt, x, text = PromptSpec(mode="none"), None, None
+    train = await score(
+        client,
+        data.spec,
+        data.train,
+        prompt,
+        x,
+        text=text,
+        generation=generation,
+        progress=counting("final_train", data.train),
+    )
+    if outcome is not None:
         dev = {"metric": outcome["dev_metric"], "ce": outcome["dev_ce"]}
         calls = search.calls
         extra = {
@@ -230,16 +233,6 @@ async def finalize(
             **({} if text is None else {"prompt_text": text}),
         }
     else:
-        prompt, x, text = PromptSpec(mode="none"), None, None
-        train = await score(
-            client,
-            data.spec,
-            data.train,
-            prompt,
-            x,
-            generation=generation,
-            progress=counting("final_train", data.train),
-        )
         report(on_phase, Phase("dev"))
         dev = await score(client, data.spec, data.dev, prompt, x, generation=generation)
         calls, extra = 0, {}

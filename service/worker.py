@@ -52,6 +52,24 @@ class _Stopping(Exception):
     """The worker is stopping and a queue call did not finish within its grace."""
 
 
+def engines_from_settings(settings, build=None) -> dict[str, Evaluator]:
+    """The engines of `settings.models` as a worker serves them (dtype, device, memory caps from `settings`);
+    `build` is `nograd.engine.build_engine` unless given."""
+    if build is None:
+        from nograd.engine import build_engine as build  # torch loads only for a process that serves a model
+    return {
+        name: build(
+            name,
+            dtype=settings.dtype,
+            device=settings.device,
+            memory_cap_mb=settings.memory_cap_mb,
+            memory_budget_mb=settings.worker_memory_mb,
+            projection_cache_mb=settings.projection_cache_mb,
+        )
+        for name in settings.models
+    }
+
+
 class Worker:
     """Serves `engines` (model name -> `Evaluator`, built by `nograd.engine.build_engine`), one batch at a time.
 

@@ -141,9 +141,8 @@ def cmd_runner(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from nograd.engine import build_engine
     from nograd.service.queue import queue_from_settings
-    from nograd.service.worker import Worker
+    from nograd.service.worker import Worker, engines_from_settings
 
     args.models = args.model  # --model is repeatable; Settings reads NOGRAD_MODELS when it is not given
     settings = _settings(args)
@@ -152,17 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _log_to_stderr()
 
     async def main() -> None:
-        engines = {
-            m: build_engine(
-                m,
-                dtype=settings.dtype,
-                device=settings.device,
-                memory_cap_mb=settings.memory_cap_mb,
-                memory_budget_mb=settings.worker_memory_mb,
-                projection_cache_mb=settings.projection_cache_mb,
-            )
-            for m in settings.models
-        }
+        engines = engines_from_settings(settings)
         queue = queue_from_settings(settings)
         worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat, heartbeat_file=args.heartbeat_file)
         await _until_signal(worker.run, cleanup=queue.close)  # a signal: finish the batch in progress, then exit

@@ -20,7 +20,7 @@ from ..queue import BatchQueue, queue_from_settings
 from ..secrets import SecretBox
 from ..settings import Settings, get_settings
 from ..store import Store
-from ..worker import Worker
+from ..worker import Worker, engines_from_settings
 from . import errors, security
 from .limits import RequestLimits
 from .routes import catalog, datasets, jobs, secrets
@@ -88,17 +88,7 @@ async def _load_until(stop: asyncio.Event, settings) -> dict | None:
 
     def build() -> None:
         try:
-            engines = {
-                name: build_engine(
-                    name,
-                    dtype=settings.dtype,
-                    device=settings.device,
-                    memory_cap_mb=settings.memory_cap_mb,
-                    memory_budget_mb=settings.worker_memory_mb,
-                    projection_cache_mb=settings.projection_cache_mb,
-                )
-                for name in settings.models
-            }
+            engines = engines_from_settings(settings, build_engine)  # build_engine: this module's, for tests
         except Exception as exc:
             failure = exc  # `exc` itself is unbound once the handler ends, before the loop runs the callback
             settle(lambda: done.done() or done.set_exception(failure))
