@@ -10,7 +10,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .protocol import Evaluator
-from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec, TokenNeighbor
+from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec, TaskSpec, TokenNeighbor
 
 
 class LocalClient:
@@ -34,6 +34,9 @@ class LocalClient:
 
     async def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]] | None:
         return await asyncio.to_thread(self._locked, self.engine.nearest_tokens, spec, x, k)
+
+    async def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
+        return await asyncio.to_thread(self._locked, self.engine.virtual_tokens, task, spec, x)
 
     async def aclose(self) -> None:
         return None

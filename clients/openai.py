@@ -51,7 +51,7 @@ from .guard import guarded_transport
 from .labels import match_label, with_floor
 from .losses import score_logits
 from .render import candidates, full_text, label_words
-from .types import DISCRETE_MODES, EvalRequest, EvalResult, InvalidRequest, ModelInfo, PromptSpec
+from .types import DISCRETE_MODES, EvalRequest, EvalResult, InvalidRequest, ModelInfo, PromptSpec, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,10 @@ class OpenAIClient:
         return None
 
     async def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> None:
+        """None: a remote endpoint does not hand out its embedding matrix."""
+        return None
+
+    async def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> None:
         """None: a remote endpoint does not hand out its embedding matrix."""
         return None
 

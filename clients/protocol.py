@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec, TokenNeighbor
+from .types import EvalRequest, EvalResult, ModelInfo, PromptSpec, TaskSpec, TokenNeighbor
 
 
 @runtime_checkable
@@ -41,6 +41,14 @@ class ModelClient(Protocol):
         (it does not hold the embedding matrix: remote APIs, the service's queue, models without a vocabulary)."""
         ...
 
+    async def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray | None:
+        """An optional capability: for a `cat`/`add` soft prompt on a causal LM, the (V, H) float32 input
+        embeddings of `task`'s text up to and including the prompt's last position (special tokens, template text
+        before `{prompt}`, the prompt), which prepended to the rest of an example's embeddings give exactly the
+        model's input (PEFT prompt tuning, vLLM `prompt_embeds`: `nograd.export`); None when this endpoint cannot
+        build them (it does not hold the embedding matrix)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the endpoint's connections."""
         ...
@@ -58,3 +66,5 @@ class Evaluator(Protocol):
     def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray: ...
 
     def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]] | None: ...
+
+    def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray: ...

@@ -33,11 +33,6 @@ def save_analysis(out_dir: Path, analysis: dict) -> None:
     (out_dir / "analysis.json").write_text(json.dumps(analysis, indent=2, ensure_ascii=False))
 
 
-def save_prompt(path: Path, **fields) -> None:
-    """Write `prompt_bytes(**fields)` to `path`."""
-    Path(path).write_bytes(prompt_bytes(**fields))
-
-
 def prompt_bytes(
     *,
     config: ResolvedConfig,
@@ -45,17 +40,22 @@ def prompt_bytes(
     x: np.ndarray | None,
     materialized: np.ndarray | None,
     task_spec: TaskSpec,
+    virtual_tokens: np.ndarray | None = None,
     model_id: str,
     scoring: dict,
     text: str | None = None,
 ) -> bytes:
     """A safetensors file holding z (d,) for cat/add or (L, d) for deep, the materialized prompt, and as metadata
     the projection spec, the task template/verbalizer/demonstrations, the resolved run config and how it was
-    scored (`scoring`: see `nograd.pipeline.scoring`). Discrete prompts: z is the choice row (-1: empty position;
-    for `demos` mode, indices into the task's demonstrations) and `text` the prompt as the model reads it."""
+    scored (`scoring`: see `nograd.pipeline.scoring`). For cat/add prompts on a causal LM, `virtual_tokens` (V, H)
+    are the input embeddings of every position up to the prompt's last (`ModelClient.virtual_tokens`). Discrete
+    prompts: z is the choice row (-1: empty position; for `demos` mode, indices into the task's demonstrations)
+    and `text` the prompt as the model reads it."""
     tensors = {"z": np.zeros(0) if x is None else np.asarray(x, dtype=np.float64)}
     if materialized is not None:
         tensors["prompt"] = np.ascontiguousarray(materialized, dtype=np.float32)
+    if virtual_tokens is not None:
+        tensors["virtual_tokens"] = np.ascontiguousarray(virtual_tokens, dtype=np.float32)
     metadata = {
         "format": FORMAT,
         "spec": json.dumps(spec.to_dict()),
@@ -69,7 +69,7 @@ def prompt_bytes(
 
 
 def load_prompt(path: str | Path) -> dict:
-    """Returns {spec, task_spec, config, model_id, x, prompt, text, scoring}."""
+    """Returns {spec, task_spec, config, model_id, x, prompt, virtual_tokens, text, scoring}."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist; pass RUN_DIR/prompt.safetensors")
@@ -100,6 +100,7 @@ def _decode(metadata: dict, tensors: dict, where: str) -> dict:
         "model_id": metadata["model_id"],
         "x": None if z.size == 0 else z,
         "prompt": tensors.get("prompt"),
+        "virtual_tokens": tensors.get("virtual_tokens"),
         "text": metadata.get("text"),
         "scoring": json.loads(metadata.get("scoring", "{}")),
     }

@@ -372,21 +372,38 @@ async def run(
     result, prompt, x, analysis = await finalize(config, data, client, info.model_id, search, started, on_phase)
     if out_dir is not None:
         report(on_phase, Phase("saving"))
-        materialized = await client.materialize(prompt, x) if prompt.mode in ("cat", "add", "deep") else None
-        artifacts.save_prompt(
-            out_dir / "prompt.safetensors",
-            config=config,
-            spec=prompt,
-            x=x,
-            materialized=materialized,
-            task_spec=data.spec,
-            model_id=info.model_id,
-            scoring=scoring(config, info),
-            text=result.get("prompt_text"),
-        )
+        (out_dir / "prompt.safetensors").write_bytes(await prompt_file(config, data, client, info, result, prompt, x))
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
         artifacts.save_analysis(out_dir, analysis)
     return result
+
+
+async def prompt_file(
+    config: ResolvedConfig,
+    data: RunData,
+    client: ModelClient,
+    info: ModelInfo,
+    result: dict,
+    prompt: PromptSpec,
+    x: np.ndarray | None,
+) -> bytes:
+    """The run's prompt file (`nograd.artifacts.prompt_bytes`), with the tensors the endpoint can build: the
+    materialized soft prompt (cat/add/deep) and, for cat/add on any but a masked LM, its virtual tokens (what the
+    PEFT and vLLM exports need; `ModelClient.virtual_tokens`). Discrete prompts have no tensor."""
+    soft = prompt.mode in ("cat", "add")
+    materialized = await client.materialize(prompt, x) if soft or prompt.mode == "deep" else None
+    virtual = await client.virtual_tokens(data.spec, prompt, x) if soft and info.kind != "masked" else None
+    return artifacts.prompt_bytes(
+        config=config,
+        spec=prompt,
+        x=x,
+        materialized=materialized,
+        virtual_tokens=virtual,
+        task_spec=data.spec,
+        model_id=info.model_id,
+        scoring=scoring(config, info),
+        text=result.get("prompt_text"),
+    )
 
 
 def located(config: C, dataset: Path | str | None, test_dataset: Path | str | None = None) -> C:

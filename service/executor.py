@@ -24,15 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nograd import costs
-from nograd.artifacts import prompt_bytes, read_prompt
+from nograd.artifacts import read_prompt
 from nograd.clients.endpoint import RemoteError, RemoteLimits
 from nograd.clients.protocol import ModelClient
 from nograd.clients.types import ModelInfo
 from nograd.config import ResolvedConfig, RunConfig
 from nograd.endpoints import open_client
+from nograd.export import ready_to_use
 from nograd.methods import make_search
 from nograd.optimizers import state_from_json, state_to_json
-from nograd.pipeline import RunData, finalize, located, prepare, resolve_run, scoring
+from nograd.pipeline import RunData, finalize, located, prepare, prompt_file, resolve_run
 from nograd.progress import Phase
 from nograd.search import PromptSearch
 from nograd.validation import field_names
@@ -43,8 +44,11 @@ from .queue import BatchQueue, QueueError
 from .queue.client import EvaluationError, QueueClient
 from .secrets import SecretBox, SecretError, tenant_secret
 from .store import Status, Store
+from .tracking import MlflowTracker
 
 log = logging.getLogger("nograd.jobs")
+#: Seconds a stopping runner waits for the MLflow runs of jobs it just finished (a dead server: not longer).
+TRACKING_GRACE = 5.0
 
 
 class JobExecutor:
@@ -67,6 +71,8 @@ class JobExecutor:
     remote_transport: httpx transport for remote endpoints (tests).
     job_limits: the operator's limits on a job's memory and calls (`nograd.costs`), checked again once the served
         model's shape is known (None: not checked).
+    tracker: logs each job this runner finishes to MLflow (`nograd.service.tracking`; None: not logged), in a
+        thread after its final state is written; a tracking failure is logged and changes nothing about the job.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class JobExecutor:
         remote_limits: RemoteLimits | None = None,
         remote_transport=None,
         job_limits: costs.Limits | None = None,
+        tracker: MlflowTracker | None = None,
     ):
         self.store, self.queue, self.data_dir = store, queue, Path(data_dir)
         self.max_concurrent, self.lease_seconds, self.poll = max_concurrent, lease_seconds, poll
@@ -96,7 +103,8 @@ class JobExecutor:
         self.tenant_running_jobs, self.max_takeovers = tenant_running_jobs, max_takeovers
         self.secret_box, self.remote_allow, self.remote_transport = secret_box, tuple(remote_allow), remote_transport
         self.remote_limits = remote_limits or RemoteLimits()
-        self.job_limits = job_limits
+        self.job_limits, self.tracker = job_limits, tracker
+        self._tracking: set[asyncio.Task] = set()  # jobs being logged to MLflow (held: the loop keeps weak refs)
         self.owner = owner or f"runner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
@@ -124,7 +132,11 @@ class JobExecutor:
             remote_allow=tuple(settings.remote_allow),
             remote_limits=RemoteLimits.from_settings(settings),
             job_limits=costs.Limits.from_settings(settings),
-            **{"secret_box": SecretBox.from_settings(settings), **options},
+            **{
+                "secret_box": SecretBox.from_settings(settings),
+                "tracker": MlflowTracker.from_settings(settings),
+                **options,
+            },
         )
 
     @functools.cached_property
@@ -185,6 +197,8 @@ class JobExecutor:
             await asyncio.to_thread(
                 self.store.release, job_id, self.owner, "runner stopped; resumes from the last checkpoint"
             )
+        if self._tracking:  # jobs that just finished: give their MLflow runs a moment to be written
+            await asyncio.wait(list(self._tracking), timeout=TRACKING_GRACE)
         self._cpu.shutdown(wait=False)
 
     async def _renew(self) -> None:
@@ -220,7 +234,8 @@ class JobExecutor:
             await self._execute(job)
         except asyncio.CancelledError:
             if job_id in self._cancelling:
-                await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.cancelled)
+                if await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.cancelled):
+                    self._track(job_id)
                 await self._forget(job_id)
         except (EvaluationError, RemoteError, ValueError, FileNotFoundError, LookupError) as exc:
             await self._fail(job_id, str(exc))
@@ -235,8 +250,29 @@ class JobExecutor:
             self._cancelling.discard(job_id)
 
     async def _fail(self, job_id: str, error: str) -> None:
-        await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.failed, error=error)
+        if await asyncio.to_thread(self.store.finish_job, job_id, self.owner, Status.failed, error=error):
+            self._track(job_id)
         await self._forget(job_id)
+
+    def _track(self, job_id: str) -> None:
+        """Log the finished job to MLflow in the background: neither its status nor its runner slot waits."""
+        if self.tracker is None:
+            return
+        task = asyncio.create_task(self._log_job(job_id), name=f"track-{job_id}")
+        self._tracking.add(task)
+        task.add_done_callback(self._tracking.discard)
+
+    async def _log_job(self, job_id: str) -> None:
+        def log_job() -> str:
+            job, artifact = self.store.get_job(job_id), self.store.artifact(job_id)
+            files = ready_to_use(artifact) if artifact is not None else None
+            return self.tracker.log_job(job, self.store.history(job_id), artifact, files)
+
+        try:
+            run_id = await asyncio.to_thread(log_job)
+            log.info("job %s logged to MLflow as run %s", job_id, run_id)
+        except Exception as exc:
+            log.warning("job %s: logging to MLflow failed (%s)", job_id, self.tracker.describe(exc))
 
     async def _forget(self, job_id: str) -> None:
         try:
@@ -382,18 +418,8 @@ class JobExecutor:
                     return
         result, prompt, x, analysis = await finalize(config, data, client, info.model_id, search, started, phases)
         phases(Phase("saving"))
-        artifact = prompt_bytes(
-            config=config,
-            spec=prompt,
-            x=x,
-            # as `nograd.pipeline.run` does: discrete prompts have no tensor (an engine returns an empty one)
-            materialized=await client.materialize(prompt, x) if prompt.mode in ("cat", "add", "deep") else None,
-            task_spec=data.spec,
-            model_id=info.model_id,
-            scoring=scoring(config, info),
-            text=result.get("prompt_text"),
-        )
-        await asyncio.to_thread(
+        artifact = await prompt_file(config, data, client, info, result, prompt, x)
+        if await asyncio.to_thread(
             self.store.finish_job,
             job_id,
             self.owner,
@@ -404,7 +430,8 @@ class JobExecutor:
             test_metric=result["test_metric"],
             calls=result["calls"],
             best_dev_metric=result["dev_metric"],
-        )
+        ):
+            self._track(job_id)
         await self._forget(job_id)
 
     async def _save(self, job_id: str, search: PromptSearch, entry: dict) -> bool:

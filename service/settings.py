@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nograd.engine import DEFAULT_MEMORY_CAP_MB
 
+from .tracking import check_uri
+
 
 class Settings(BaseSettings):
     """Embedded defaults: SQLite in `data_dir`, no Redis (in-process queue and worker), auth on."""
@@ -74,6 +76,9 @@ class Settings(BaseSettings):
         4, ge=1, description="running jobs per tenant; more wait queued, runner slots are shared fairly"
     )
     tenant_queued_jobs: int = Field(100, ge=1, description="queued jobs per tenant; more: 429")
+    max_study_jobs: int = Field(
+        100, ge=1, description="most jobs one study (POST /v1/studies) may create; it must fit tenant_queued_jobs too"
+    )
     tenant_streams: int = Field(16, ge=1, description="open event streams per tenant; more: 429")
     tenant_storage_mb: float = Field(200.0, gt=0, description="dataset storage per tenant; more: 429")
     ready_timeout: float = Field(1.0, gt=0, description="seconds /readyz and API calls wait for the store or queue")
@@ -93,6 +98,18 @@ class Settings(BaseSettings):
         "None: data_dir/secrets.key, created on first use. Set it on every replica "
         "that shares a database",
     )
+
+    mlflow_uri: str | None = Field(
+        None,
+        max_length=2000,
+        description="MLflow tracking URI (http(s)://, sqlite:///, or file:/// with MLFLOW_ALLOW_FILE_STORE=true): "
+        "every finished job is logged there as a run (`nograd.service.tracking`); needs pip install 'nograd[mlflow]'",
+    )
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_usable(cls, value: str | None) -> str | None:
+        return check_uri(value) if value else None
 
     @field_validator("models", "remote_allow", mode="before")
     @classmethod

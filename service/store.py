@@ -70,6 +70,24 @@ jobs = sa.Table(
     sa.Column("takeovers", sa.Integer, nullable=False, default=0, server_default="0"),
     # What the running job is doing now (`nograd.progress.Phase` as JSON); meaningful while it runs.
     sa.Column("phase", sa.Text),
+    # The submitter's label and tags (a JSON list; null in rows older than tags: none), and the study it belongs to.
+    sa.Column("name", sa.String(200)),
+    sa.Column("tags", sa.Text),
+    sa.Column("study_id", sa.String(40), index=True),
+)
+# A sweep of jobs (`nograd.service.studies`): what was asked (base, sweep) and which job runs which cell and seed
+# (`layout`, JSON: [{key, params, seeds, job_ids}]); its jobs carry its id, their results are read from them.
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False, index=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("base", sa.Text, nullable=False),
+    sa.Column("sweep", sa.Text, nullable=False),
+    sa.Column("layout", sa.Text, nullable=False),
+    sa.Column("n_jobs", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 history = sa.Table(
     "history",
@@ -180,27 +198,21 @@ class Store:
         config: dict,
         budget: int,
         init_from: str | None = None,
+        name: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
     ) -> dict:
-        now = time.time()
-        row = {
-            "id": _new_id("job"),
-            "tenant": tenant,
-            "status": Status.queued.value,
-            "method": method,
-            "task": task,
-            "dataset_id": dataset_id,
-            "model": model,
-            "config": json.dumps(config),
-            "init_from": init_from,
-            "budget": budget,
-            "calls": 0,
-            "generation": 0,
-            "cancel_requested": False,
-            "lease_owner": None,
-            "lease_until": 0.0,
-            "created_at": now,
-            "updated_at": now,
-        }
+        row = _job_row(
+            tenant=tenant,
+            method=method,
+            task=task,
+            dataset_id=dataset_id,
+            model=model,
+            config=config,
+            budget=budget,
+            init_from=init_from,
+            name=name,
+            tags=tags,
+        )
         with self.engine.begin() as conn:
             conn.execute(jobs.insert().values(**row))
         return self.get_job(row["id"])
@@ -220,15 +232,30 @@ class Store:
         status: str | None = None,
         task: str | None = None,
         method: str | None = None,
+        study_id: str | None = None,
+        name: str | None = None,
+        tag: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[dict], int]:
+        """This tenant's jobs (None: everyone's), newest first, and how many match. Filters are exact matches;
+        `tag` matches a job that has that tag among its tags."""
         where = []
         if tenant is not None:
             where.append(jobs.c.tenant == tenant)
-        for column, value in ((jobs.c.status, status), (jobs.c.task, task), (jobs.c.method, method)):
+        filters = (
+            (jobs.c.status, status),
+            (jobs.c.task, task),
+            (jobs.c.method, method),
+            (jobs.c.study_id, study_id),
+            (jobs.c.name, name),
+        )
+        for column, value in filters:
             if value is not None:
                 where.append(column == value)
+        if tag is not None:  # tags are a JSON list of strings: match the quoted tag, LIKE's wildcards escaped
+            quoted = json.dumps(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(jobs.c.tags.like(f"%{quoted}%", escape="\\"))
         with self.engine.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(*where)).scalar_one()
             rows = (
@@ -283,6 +310,112 @@ class Store:
                     )
                 ).scalars()
             )
+
+    # ---------------------------------------------------------------- studies
+    def create_study(
+        self, *, tenant: str, name: str | None, base: dict, sweep: dict, cells: list[dict]
+    ) -> tuple[dict, list[dict]]:
+        """Store a study and all its jobs in one transaction (all of them or none), each job queued with the study's
+        id. Returns the study and its jobs.
+
+        Args:
+            cells: one per combination of the swept values: `key` (its name), `params` (the values), `seeds`, and
+                `jobs`, the `create_job` arguments (without `tenant`) of its job for each seed, in `seeds` order.
+        """
+        study_id = _new_id("study")
+        layout, rows = [], []
+        for cell in cells:
+            cell_rows = [_job_row(tenant=tenant, study_id=study_id, **job) for job in cell["jobs"]]
+            rows += cell_rows
+            layout.append(
+                {
+                    "key": cell["key"],
+                    "params": cell["params"],
+                    "seeds": cell["seeds"],
+                    "job_ids": [r["id"] for r in cell_rows],
+                }
+            )
+        study = {
+            "id": study_id,
+            "tenant": tenant,
+            "name": name,
+            "base": json.dumps(base),
+            "sweep": json.dumps(sweep),
+            "layout": json.dumps(layout),
+            "n_jobs": len(rows),
+            "created_at": time.time(),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(studies.insert().values(**study))
+            if rows:
+                conn.execute(jobs.insert(), rows)
+        return self.get_study(study_id), self.study_jobs([study_id])
+
+    def get_study(self, study_id: str, tenant: str | None = None) -> dict | None:
+        """A study (base, sweep and layout decoded), None if it does not exist for this tenant."""
+        query = sa.select(studies).where(studies.c.id == study_id)
+        if tenant is not None:
+            query = query.where(studies.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _study(row)
+
+    def list_studies(self, tenant: str | None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+        """This tenant's studies (None: everyone's), newest first, and how many there are."""
+        where = [] if tenant is None else [studies.c.tenant == tenant]
+        with self.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(studies).where(*where)).scalar_one()
+            rows = (
+                conn.execute(
+                    sa.select(studies)
+                    .where(*where)
+                    .order_by(studies.c.created_at.desc(), studies.c.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+                .mappings()
+                .all()
+            )
+        return [_study(r) for r in rows], int(count)
+
+    def study_jobs(self, study_ids: list[str]) -> list[dict]:
+        """What a study's summary needs of its jobs (id, study_id, status, cancel_requested, best_dev_metric,
+        test_metric), for several studies at once."""
+        if not study_ids:
+            return []
+        columns = ("id", "study_id", "status", "cancel_requested", "best_dev_metric", "test_metric")
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*(jobs.c[c] for c in columns)).where(jobs.c.study_id.in_(study_ids))
+            ).mappings()
+            return [dict(r, cancel_requested=bool(r["cancel_requested"])) for r in rows]
+
+    def cancel_study(self, study_id: str, tenant: str | None) -> int | None:
+        """Request the cancellation of every job of the study that has not ended (`request_cancel`: queued ones
+        at once, running ones at their next generation). Returns how many were asked to stop, None if the study
+        does not exist for this tenant. Jobs that ended or are already cancelling are left as they are."""
+        if self.get_study(study_id, tenant) is None:
+            return None
+        with self.engine.connect() as conn:
+            active = (
+                conn.execute(
+                    sa.select(jobs.c.id).where(
+                        jobs.c.study_id == study_id,
+                        jobs.c.status.not_in(sorted(TERMINAL)),
+                        jobs.c.cancel_requested.is_(False),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        cancelled = 0
+        for job_id in active:
+            try:
+                self.request_cancel(job_id, tenant)
+            except JobStateError:  # it ended (or was cancelled) meanwhile
+                continue
+            cancelled += 1
+        return cancelled
 
     # ---------------------------------------------------------------- leases
     def claim_jobs(
@@ -758,6 +891,10 @@ def _add_missing_columns(engine: sa.Engine) -> None:
             null = " NOT NULL" if not column.nullable and default else ""
             with engine.begin() as conn:
                 conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}{null}'))
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:  # those of the columns just added (create_all makes a new table's only)
+            if index.name not in indexed:
+                index.create(engine)
 
 
 def _private_sqlite_file(url: str) -> None:
@@ -803,6 +940,47 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _job_row(
+    *,
+    tenant: str,
+    method: str,
+    task: str,
+    dataset_id: str | None,
+    model: str,
+    config: dict,
+    budget: int,
+    init_from: str | None = None,
+    name: str | None = None,
+    tags: list[str] | tuple[str, ...] = (),
+    study_id: str | None = None,
+) -> dict:
+    """A new queued job's row."""
+    now = time.time()
+    return {
+        "id": _new_id("job"),
+        "tenant": tenant,
+        "status": Status.queued.value,
+        "method": method,
+        "task": task,
+        "dataset_id": dataset_id,
+        "model": model,
+        "config": json.dumps(config),
+        "init_from": init_from,
+        "budget": budget,
+        "calls": 0,
+        "generation": 0,
+        "cancel_requested": False,
+        "lease_owner": None,
+        "lease_until": 0.0,
+        "created_at": now,
+        "updated_at": now,
+        "takeovers": 0,
+        "name": name,
+        "tags": json.dumps(list(tags)),
+        "study_id": study_id,
+    }
+
+
 def _job(row) -> dict:
     """A job row as a dict: config and result decoded; the checkpoint (if selected) stays JSON text."""
     job = dict(row)
@@ -810,7 +988,16 @@ def _job(row) -> dict:
         if job.get(name) is not None:
             job[name] = json.loads(job[name])
     job["cancel_requested"] = bool(job["cancel_requested"])
+    if "tags" in job:
+        job["tags"] = [] if job["tags"] is None else json.loads(job["tags"])  # rows older than tags have none
     return job
+
+
+def _study(row) -> dict:
+    study = dict(row)
+    for name in ("base", "sweep", "layout"):
+        study[name] = json.loads(study[name])
+    return study
 
 
 def _dataset(row) -> dict:

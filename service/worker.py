@@ -271,14 +271,18 @@ class Worker:
         return encode_result(result), len(result.loss)
 
     async def _inspect(self, batch: Batch) -> dict:
-        """An inspection's answer: the engine's prompt tensor (refused past `max_prompt_bytes`) or nearest tokens.
+        """An inspection's answer: the engine's prompt tensor or virtual tokens (refused past `max_prompt_bytes`) or
+        nearest tokens.
         Bad input raises InvalidRequest, like an evaluation's."""
-        kind, spec, x, k = decode_inspect(batch.work)
+        asked = decode_inspect(batch.work)
         engine = self.engines[batch.model]
-        if kind == "materialize":
-            tensor = await asyncio.to_thread(engine.materialize, spec, x)
+        if asked.kind == "materialize":
+            tensor = await asyncio.to_thread(engine.materialize, asked.spec, asked.x)
             return encode_materialized(tensor, self.max_prompt_bytes)
-        return encode_neighbors(await asyncio.to_thread(engine.nearest_tokens, spec, x, k))
+        if asked.kind == "virtual_tokens":
+            tensor = await asyncio.to_thread(engine.virtual_tokens, asked.task, asked.spec, asked.x)
+            return encode_materialized(tensor, self.max_prompt_bytes)
+        return encode_neighbors(await asyncio.to_thread(engine.nearest_tokens, asked.spec, asked.x, asked.k))
 
     def _abandoned(self, delivery: Delivery, exc: Exception) -> str:
         reason = "the worker is stopping" if isinstance(exc, _Stopping) else str(exc)

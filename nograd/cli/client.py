@@ -12,9 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from nograd.sdk import ApiError, Client
+from nograd.sdk import ApiConnectionError, ApiError, ApiTimeoutError, Client
 
 
 class CliError(Exception):
@@ -28,37 +26,23 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
 
     Whatever goes wrong talking to the service inside the block (a refusal, a service that is down, a bad URL)
     leaves it as a `CliError` that names the URL and what to do, never as a traceback."""
-    url = args.url or os.environ.get("NOGRAD_URL") or "http://127.0.0.1:8000"
     try:
         api = Client(args.url, args.api_key)
-    except httpx.InvalidURL as exc:
-        raise CliError(f"--url {url!r} is not a URL ({exc}); write it like http://127.0.0.1:8000") from None
+    except ValueError as exc:  # not an http(s) URL: the SDK's message names it and the fix
+        raise CliError(f"{exc} (--url or $NOGRAD_URL)") from None
     with api:
         try:
             yield api
+        except ApiTimeoutError:
+            raise CliError(f"the nograd service at {api.url} did not answer in time; is it overloaded?") from None
+        except ApiConnectionError as exc:
+            if exc.connected:  # cut off mid-way, or an event stream that kept dropping
+                raise CliError(str(exc)) from None
+            raise CliError(
+                f"{exc}; start one with `nograd serve`, or point --url (or $NOGRAD_URL) at a running one"
+            ) from None
         except ApiError as exc:
             raise CliError(_refusal(exc, api.url)) from None
-        except httpx.UnsupportedProtocol:
-            raise CliError(f"--url {url!r}: write it with http:// or https://, e.g. http://127.0.0.1:8000") from None
-        except httpx.ConnectError as exc:
-            raise CliError(
-                f"cannot reach the nograd service at {api.url} ({_reason(exc)}); start one with `nograd serve`, "
-                "or point --url (or $NOGRAD_URL) at a running one"
-            ) from None
-        except httpx.TimeoutException:
-            raise CliError(f"the nograd service at {api.url} did not answer in time; is it overloaded?") from None
-        except httpx.TransportError as exc:
-            raise CliError(f"lost the connection to the nograd service at {api.url} ({_reason(exc)})") from None
-
-
-def _reason(exc: Exception) -> str:
-    """The innermost OS-level cause in words ("Connection refused"), else the exception's own text."""
-    cause = exc
-    while cause.__cause__ is not None or cause.__context__ is not None:
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _refusal(exc: ApiError, url: str) -> str:
@@ -71,6 +55,8 @@ def _refusal(exc: ApiError, url: str) -> str:
     if exc.status == 404:
         if str(exc.detail).startswith("job "):
             return f"{exc} (`nograd jobs` lists your jobs)"
+        if str(exc.detail).startswith("study "):
+            return f"{exc} (`nograd study list` lists your studies)"
         return f"{exc} (is {url} a nograd service?)"
     return str(exc)
 
@@ -130,7 +116,7 @@ def job_row(job: dict) -> tuple[str, ...]:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with connect(args) as api:
-        page = api.jobs(status=args.status, task=args.task, method=args.method, limit=args.limit)
+        page = api.jobs(status=args.status, task=args.task, method=args.method, limit=args.limit).to_dict()
     if args.json:
         print(json.dumps(page, indent=2))
         return 0
@@ -173,4 +159,36 @@ def cmd_download(args: argparse.Namespace) -> int:
     os.replace(partial, out)
     print(out)
     print(f"{len(data)} bytes; re-score it with `nograd eval --prompt {out}`", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Writes export `--format` of a run directory, a prompt file or a service job's prompt into `--out`
+    (`nograd.export`): the same files `GET /v1/jobs/{id}/export` zips."""
+    from nograd.export import export_files, write_export
+
+    source = Path(args.source)
+    if source.is_dir():
+        if not (source / "prompt.safetensors").is_file():
+            raise CliError(f"{source} has no prompt.safetensors; pass a run directory of `nograd run --out`")
+        data = (source / "prompt.safetensors").read_bytes()
+    elif source.is_file():
+        data = source.read_bytes()
+    elif "/" in args.source or args.source.endswith(".safetensors"):
+        raise CliError(f"{args.source} does not exist; pass a run directory, a prompt file or a job id")
+    else:
+        with connect(args) as api:
+            try:
+                data = api.prompt(args.source)
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise CliError(
+                        f"{args.source} is neither a run directory, a prompt file nor a job of yours at {api.url}"
+                    ) from None
+                if exc.status != 409:
+                    raise
+                raise CliError(f"job {args.source} has no prompt to export: {exc.detail}") from None
+    paths = write_export(export_files(data, args.format), Path(args.out), force=args.force)
+    for path in paths:
+        print(path)
     return 0

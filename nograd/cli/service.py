@@ -13,10 +13,12 @@ import sys
 import time
 
 from nograd.config import JOB_FIELDS, JOB_OPTIONS
+from nograd.export import FORMATS
 from nograd.methods import METHODS
 
-from .client import cmd_cancel, cmd_download, cmd_jobs, connect, table
+from .client import cmd_cancel, cmd_download, cmd_export, cmd_jobs, connect, table
 from .options import add_setting, run_field, setting_default
+from .study import add_study_commands
 
 
 def _settings(args: argparse.Namespace):
@@ -221,7 +223,7 @@ def _summary(job: dict) -> dict:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        job = api.job(args.job)
+        job = api.job(args.job).to_dict()
     print(json.dumps(job if args.full else _summary(job), indent=2))
     return 0
 
@@ -250,7 +252,7 @@ def _watch(api, job_id: str) -> int:
                 break
     finally:
         bar.close()
-    job = api.job(job_id)
+    job = api.job(job_id).to_dict()
     print(json.dumps(_summary(job), indent=2))
     return 0 if job["status"] == "succeeded" else 1
 
@@ -482,6 +484,7 @@ def _add_submit(sub) -> None:
 
 def _add_client_commands(sub) -> None:
     _add_submit(sub)
+    add_study_commands(sub, _client_options)
 
     secret = sub.add_parser("secret", help="store a remote API key for your tenant (read from stdin, never echoed)")
     _client_options(secret)
@@ -519,6 +522,22 @@ def _add_client_commands(sub) -> None:
     download.add_argument("--out", metavar="FILE", help="where to write it (default: JOB.safetensors here)")
     download.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     download.set_defaults(func=cmd_download)
+
+    export = sub.add_parser("export", help="export a tuned prompt: PEFT adapter, text, chat messages or native file")
+    _client_options(export)
+    export.add_argument(
+        "source", metavar="SOURCE", help="a run directory (`nograd run --out`), a prompt file, or a service job's id"
+    )
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="peft: a PEFT prompt-tuning adapter (BBT); text: the prompt in its template; chat: chat messages; "
+        "native: the prompt file",
+    )
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write the files into (created)")
+    export.add_argument("--force", action="store_true", help="overwrite files that exist in DIR")
+    export.set_defaults(func=cmd_export)
 
 
 def _add_keys(sub) -> None:

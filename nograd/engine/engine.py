@@ -30,7 +30,16 @@ from transformers import DynamicCache
 
 from nograd.clients.losses import score_logits
 from nograd.clients.render import candidates
-from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec, TokenNeighbor
+from nograd.clients.types import (
+    DISCRETE_MODES,
+    EvalRequest,
+    EvalResult,
+    Examples,
+    ModelInfo,
+    PromptSpec,
+    TaskSpec,
+    TokenNeighbor,
+)
 
 from . import DEFAULT_MEMORY_CAP_MB, MICRO_BATCH
 from .batching import PromptSet, cache_from, ranges, select
@@ -222,6 +231,23 @@ class Engine:
             return delta
         weight = h.embedding.weight.detach()
         return weight[torch.tensor(slot_ids, device=weight.device)].float() + delta
+
+    def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
+        """(V, H) float32: the input embeddings of every position of `task`'s text up to and including a `cat`/`add`
+        soft prompt's last one (special tokens, the template's text before `{prompt}`, the prompt), as the model
+        reads them, in fp32. Prepended to the embeddings of the rest of an example's text, they give exactly the
+        inputs this engine scores: what a PEFT prompt-tuning adapter or vLLM `prompt_embeds` need (`nograd.export`).
+        Causal LMs only: a masked LM's text has special tokens after the text too."""
+        h = self.handle
+        if h.kind != "causal" or spec.mode not in ("cat", "add"):
+            raise EngineError("virtual tokens are built for causal LMs and cat/add soft prompts only")
+        layout = build_layout(h.tokenizer, h.kind, task, Examples(texts=["x"], labels=[0]), spec, h.max_length)
+        end = int(layout.slots[-1]) + 1
+        with torch.inference_mode():
+            weight = h.embedding.weight.detach()
+            rows = weight[layout.prefix_ids[:end].to(weight.device)].float()
+            rows[layout.slots.to(weight.device)] = self.prompt_embeddings(spec, x)
+        return rows.cpu().numpy()
 
     def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> list[list[TokenNeighbor]]:
         """Per position of the `cat`/`add` prompt candidate `x` stands for, the `k` tokens whose input embeddings

@@ -14,7 +14,7 @@ import numpy as np
 
 from nograd.clients.losses import score_logits
 from nograd.clients.render import candidates
-from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec
+from nograd.clients.types import DISCRETE_MODES, EvalRequest, EvalResult, ModelInfo, PromptSpec, TaskSpec
 
 from .errors import EngineError
 
@@ -100,6 +100,12 @@ class FakeEngine:
     def materialize(self, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
         shape = (self.n_layers, spec.n_tokens, 16) if spec.mode == "deep" else (spec.n_tokens, 16)
         return np.zeros(shape, dtype=np.float32)
+
+    def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray:
+        """The fake model's text has no tokens of its own: the prompt's positions alone, zeros."""
+        if spec.mode not in ("cat", "add"):
+            raise EngineError("virtual tokens are built for cat/add soft prompts only")
+        return self.materialize(spec, x)
 
     def nearest_tokens(self, spec: PromptSpec, x: np.ndarray | None, k: int) -> None:
         """None: the fake model has no vocabulary."""

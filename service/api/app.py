@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -23,7 +24,7 @@ from ..store import Store
 from ..worker import Worker, engines_from_settings
 from . import errors, security
 from .limits import RequestLimits
-from .routes import catalog, datasets, jobs, secrets
+from .routes import catalog, datasets, jobs, secrets, studies
 
 log = logging.getLogger("nograd.api")
 STATIC = Path(__file__).parent / "static"
@@ -105,6 +106,12 @@ async def _load_until(stop: asyncio.Event, settings) -> dict | None:
     return done.result()
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId: its function's name (`create_job`, `list_jobs`), which client generators
+    turn into method names; tests/service/test_openapi.py checks that no two operations share one."""
+    return route.name
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -156,6 +163,7 @@ def create_app(
         description="Gradient-free prompt tuning for language models you can only query.",
         docs_url=None,  # /docs comes from security.install (vendored Swagger UI, no CDN); no ReDoc (no offline copy)
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -171,7 +179,7 @@ def create_app(
     )
     security.install(app, settings)  # added last, so outside all: Host/Origin checks and headers on every response
 
-    for module in (jobs, datasets, catalog, secrets):
+    for module in (jobs, studies, datasets, catalog, secrets):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

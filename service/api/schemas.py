@@ -8,6 +8,7 @@ registries, so the schema, the CLI and validation never disagree.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import typing
 from typing import Annotated, Any, Literal
@@ -67,10 +68,27 @@ _top["method"] = (
     Field(description="; ".join(f"{m.name}: {m.description}" for m in METHODS.values())),
 )
 _top["task"] = (_top["task"][0], None)
+TAG_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, description="1-64 characters of A-Z a-z 0-9 _ . : -")]
+#: The request bodies' examples in the OpenAPI schema (tests/service/test_openapi.py validates them).
+JOB_EXAMPLE = {"method": "bbt", "task": "mr", "budget": 200, "name": "mr, bbt", "tags": ["demo"]}
+STUDY_EXAMPLE = {
+    "name": "bbt vs bbpl on mr",
+    "base": {"task": "mr", "budget": 200},
+    "sweep": {"method": ["bbt", "bbpl"], "seed": [0, 1, 2]},
+}
 JobCreate = create_model(
     "JobCreate",
-    __config__=_STRICT,
+    __config__=ConfigDict(**_STRICT, json_schema_extra={"examples": [JOB_EXAMPLE]}),
     **_top,
+    name=(
+        str | None,
+        Field(None, min_length=1, max_length=200, description="a label for the job (GET /v1/jobs?name= finds it)"),
+    ),
+    tags=(
+        list[Tag],
+        Field(default_factory=list, max_length=20, description="up to 20 tags (GET /v1/jobs?tag= filters by one)"),
+    ),
     dataset_id=(str | None, Field(None, max_length=40, description="an uploaded dataset (POST /v1/datasets)")),
     init_from=(str | None, Field(None, max_length=40, description="a finished job whose prompt is the start")),
     options=(JobOptions, Field(default_factory=JobOptions)),
@@ -83,6 +101,9 @@ JobCreate = create_model(
 
 class JobPublic(BaseModel):
     id: str
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    study_id: str | None = Field(None, description="the study that created the job (POST /v1/studies), if any")
     status: str
     method: str
     task: str
@@ -147,6 +168,84 @@ class JobPublic(BaseModel):
 
 class JobsPublic(BaseModel):
     data: list[JobPublic]
+    count: int
+
+
+# ---------------------------------------------------------------- studies (sweeps of jobs; `api.sweeps`)
+#: What a study may sweep: a job's top-level fields (its name and tags are the study's to set) and its options.
+SWEEP_KEYS = tuple(f for f in JobCreate.model_fields if f not in ("name", "tags")) + tuple(
+    f"options.{name}" for name in JobOptions.model_fields
+)
+
+
+class StudyCreate(BaseModel):
+    model_config = ConfigDict(**_STRICT, json_schema_extra={"examples": [STUDY_EXAMPLE]})
+
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="the study's label; its jobs are named after it and their cell"
+    )
+    base: dict[str, Any] = Field(
+        description="the jobs' common settings, a JobCreate body (as POST /v1/jobs takes it); fields the sweep "
+        "sets may be left out, and a swept value replaces the base's"
+    )
+    # Keys are checked by `api.sweeps.check_sweep` (its 422 lists the valid ones in full); the schema lists them too.
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        min_length=1,
+        description="values to try: a JobCreate field or options.NAME -> a list of distinct values. Each "
+        "combination of the keys other than seed is a cell; each cell runs once per seed (default: the base's)",
+        json_schema_extra={"propertyNames": {"enum": list(SWEEP_KEYS)}},
+    )
+
+    @field_validator("base", "sweep")
+    @classmethod
+    def _finite(cls, value: dict, info: ValidationInfo) -> dict:
+        """Free-form JSON is stored and echoed back: no NaN or Infinity in it (JSON has neither)."""
+        if not _finite(value):
+            raise ValueError(f"{info.field_name} holds NaN or Infinity; numbers must be finite")
+        return value
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+class MetricSummary(BaseModel):
+    mean: float
+    std: float | None = Field(description="sample standard deviation (ddof=1); null when n < 2")
+    n: int = Field(description="succeeded jobs that reported the metric")
+
+
+class StudyCell(BaseModel):
+    key: str = Field(description="the cell's values in words, e.g. 'method=bbt, options.dim=50'")
+    params: dict[str, Any] = Field(description="the cell's values of the swept keys other than seed")
+    job_ids: list[str] = Field(description="its jobs, one per seed, in `seeds` order")
+    seeds: list[Any]
+    counts: dict[str, int] = Field(description="its jobs by status")
+    n_done: int = Field(description="its jobs that ended (succeeded, failed or cancelled)")
+    dev_metric: MetricSummary | None = Field(description="best dev metric over its succeeded jobs")
+    test_metric: MetricSummary | None = Field(description="test metric over its succeeded jobs")
+
+
+class StudyPublic(BaseModel):
+    id: str
+    name: str | None
+    created_at: float
+    base: dict[str, Any]
+    sweep: dict[str, list[Any]]
+    n_jobs: int
+    counts: dict[str, int] = Field(description="the study's jobs by status (every status, 0 included)")
+    done: bool = Field(description="every job ended")
+    cells: list[StudyCell]
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
     count: int
 
 

@@ -17,7 +17,15 @@ from types import MappingProxyType
 
 import numpy as np
 
-from nograd.clients.types import EvalRequest, EvalResult, InvalidRequest, ModelInfo, PromptSpec, TokenNeighbor
+from nograd.clients.types import (
+    EvalRequest,
+    EvalResult,
+    InvalidRequest,
+    ModelInfo,
+    PromptSpec,
+    TaskSpec,
+    TokenNeighbor,
+)
 
 from ._base import Batch, BatchQueue, BatchResult
 from .wire import (
@@ -89,6 +97,14 @@ class QueueClient:
         """A worker's engine's nearest vocabulary tokens per position of the `cat`/`add` prompt `x` stands for
         (None: its engine cannot tell, e.g. the fake model); errors as for `materialize`."""
         return decode_neighbors(await self._inspect(encode_inspect("nearest_tokens", spec, x, k)))
+
+    async def virtual_tokens(self, task: TaskSpec, spec: PromptSpec, x: np.ndarray | None) -> np.ndarray | None:
+        """A worker's engine's virtual-token embeddings of `task` and the `cat`/`add` prompt `x` stands for (as a
+        local engine returns them); None when refused for size (logged); errors as for `materialize`."""
+        tensor, refused = decode_materialized(await self._inspect(encode_inspect("virtual_tokens", spec, x, task=task)))
+        if refused:
+            log.warning("job %s: model %r: %s", self.job_id, self.model, refused)
+        return tensor
 
     async def aclose(self) -> None:
         return None

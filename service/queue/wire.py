@@ -6,10 +6,12 @@ the prompt spec (projection seed, scales, ...), the candidates' `z` vectors (and
 loss name. A batch id is the SHA-256 of context key + work, so a redelivered or resubmitted batch has the same id
 and its result is written once.
 
-An *inspection* is a batch whose work names a kind (`inspect`: `materialize` or `nearest_tokens`) instead of
-candidates: the worker answers with its engine's prompt tensor or nearest vocabulary tokens for one prompt. It needs
-no task data (its context key is empty). A prompt tensor larger than `MAX_PROMPT_BYTES` is not sent: the worker
-answers with a refusal that says why (the prompt file then keeps z and the spec, from which the tensor is rebuilt).
+An *inspection* is a batch whose work names a kind (`inspect`: `materialize`, `nearest_tokens` or `virtual_tokens`)
+instead of candidates: the worker answers with its engine's prompt tensor, nearest vocabulary tokens or virtual-token
+embeddings (`nograd.clients.protocol.ModelClient.virtual_tokens`) for one prompt. It needs no examples (its context
+key is empty); `virtual_tokens` carries the task spec in the work itself. A prompt tensor larger than
+`MAX_PROMPT_BYTES` is not sent: the worker answers with a refusal that says why (the prompt file then keeps z and
+the spec, from which the tensor is rebuilt).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +33,7 @@ from nograd.clients.types import (
     TokenNeighbor,
 )
 
-INSPECT_KINDS = ("materialize", "nearest_tokens")
+INSPECT_KINDS = ("materialize", "nearest_tokens", "virtual_tokens")
 #: Inspection batches need no task data: their context key is empty.
 INSPECT_CONTEXT = ""
 #: The largest prompt tensor (float32 bytes) a worker sends back: every cat/add prompt and the deep (BBTv2) prompts
@@ -174,15 +177,32 @@ def merge_usage(parts: list[dict | None]) -> dict | None:
     return total
 
 
-def encode_inspect(kind: str, spec: PromptSpec, x: np.ndarray | None, k: int | None = None) -> dict:
-    """The work of an inspection of prompt `spec`/`x` (z, or deep's (L, d) base); `k` for `nearest_tokens`."""
+@dataclass(frozen=True)
+class Inspection:
+    """What an inspection batch asks about: prompt `spec`/`x` (z, or deep's (L, d) base), `k` for
+    `nearest_tokens`, the task for `virtual_tokens`."""
+
+    kind: str
+    spec: PromptSpec
+    x: np.ndarray | None
+    k: int | None = None
+    task: TaskSpec | None = None
+
+
+def encode_inspect(
+    kind: str, spec: PromptSpec, x: np.ndarray | None, k: int | None = None, task: TaskSpec | None = None
+) -> dict:
+    """The work of an inspection (see `Inspection`)."""
     if kind not in INSPECT_KINDS:
         raise ValueError(f"inspection kind {kind!r} is not one of {', '.join(INSPECT_KINDS)}")
+    if (kind == "virtual_tokens") != (task is not None):
+        raise ValueError("a virtual_tokens inspection, and only it, carries the task")
     return {
         "inspect": kind,
         "prompt": spec.to_dict(),
         "x": _array(None if x is None else np.asarray(x, np.float64)),
         **({"k": int(k)} if kind == "nearest_tokens" else {}),
+        **({"task": task.to_dict()} if task is not None else {}),
     }
 
 
@@ -191,8 +211,8 @@ def inspect_kind(work: dict) -> str | None:
     return work.get("inspect")
 
 
-def decode_inspect(work: dict) -> tuple[str, PromptSpec, np.ndarray | None, int | None]:
-    """(kind, spec, x, k) of an inspection; raises InvalidRequest for a malformed one (retrying cannot help)."""
+def decode_inspect(work: dict) -> Inspection:
+    """The inspection a batch's work asks for; raises InvalidRequest for a malformed one (retrying cannot help)."""
     try:
         kind = work["inspect"]
         if kind not in INSPECT_KINDS:
@@ -200,7 +220,8 @@ def decode_inspect(work: dict) -> tuple[str, PromptSpec, np.ndarray | None, int 
         k = work.get("k")
         if kind == "nearest_tokens" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ValueError(f"k must be an integer >= 1 (got {k!r})")
-        return kind, PromptSpec.from_dict(work["prompt"]), _unarray(work["x"]), k
+        task = TaskSpec.from_dict(work["task"]) if kind == "virtual_tokens" else None
+        return Inspection(kind, PromptSpec.from_dict(work["prompt"]), _unarray(work["x"]), k, task)
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed inspection ({type(exc).__name__}: {exc})") from None
 

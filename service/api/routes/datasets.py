@@ -79,8 +79,13 @@ async def upload_dataset(
     store: StoreDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="JSONL or CSV, one example per row")],
-    template: Annotated[str, Form(max_length=4000, description="e.g. '{text} It was {mask}.'")],
-    verbalizer: Annotated[str, Form(max_length=4000, description="label:word pairs, e.g. 'neg:bad,pos:great'")],
+    template: Annotated[
+        str, Form(max_length=4000, description="e.g. '{text} It was {mask}.'", examples=["{text} It was {mask}."])
+    ],
+    verbalizer: Annotated[
+        str,
+        Form(max_length=4000, description="label:word pairs, e.g. 'neg:bad,pos:great'", examples=["neg:bad,pos:great"]),
+    ],
     name: Annotated[str | None, Form(max_length=100)] = None,
     text_field: Annotated[str, Form(max_length=100)] = "text",
     text2_field: Annotated[str | None, Form(max_length=100)] = None,

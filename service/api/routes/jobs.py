@@ -1,10 +1,12 @@
-"""Jobs: submit, list, inspect, follow (server-sent events), cancel, download the prompt."""
+"""Jobs: submit, list, inspect, follow (server-sent events), cancel, download and export the prompt."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import zipfile
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -16,6 +18,7 @@ from nograd.clients.guard import check_url
 from nograd.clients.kinds import parse_endpoint
 from nograd.clients.types import ModelInfo
 from nograd.config import JOB_FIELDS, JOB_OPTIONS, ConfigError, ResolvedConfig, RunConfig
+from nograd.export import FORMATS, ExportError, export_files
 from nograd.methods import METHODS
 from nograd.pipeline import located, resolve_run
 
@@ -23,7 +26,7 @@ from ...executor import dataset_file, transfer_options
 from ...store import JobStateError, Status
 from ..deps import CurrentTenant, QueueDep, SettingsDep, StoreDep, live_workers, model_names
 from ..errors import Conflict, Invalid, NotFound, TooMany
-from ..schemas import AnalysisPublic, HistoryPublic, JobCreate, JobPublic, JobsPublic
+from ..schemas import TAG_PATTERN, AnalysisPublic, HistoryPublic, JobCreate, JobPublic, JobsPublic
 from ..streams import StreamsDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -113,15 +116,16 @@ def _transfer(body: JobCreate, store, tenant: str) -> dict:
     return transfer_options(read_prompt(store.artifact(body.init_from))["spec"])
 
 
-def _check_queued_quota(store, tenant: str, settings) -> None:
-    """429 when the tenant already has `tenant_queued_jobs` jobs waiting. Concurrent submissions may pass the check
-    together and go a few over; the quota bounds a flood, not an exact count."""
+def check_queued_quota(store, tenant: str, settings, adding: int = 1) -> None:
+    """429 when `adding` more queued jobs would take the tenant past `tenant_queued_jobs` waiting. Concurrent
+    submissions may pass the check together and go a few over; the quota bounds a flood, not an exact count."""
     queued = store.count_jobs(tenant, Status.queued)
-    if queued >= settings.tenant_queued_jobs:
+    if queued + adding > settings.tenant_queued_jobs:
+        these = "" if adding == 1 else f", and these {adding} would make {queued + adding}"
         raise TooMany(
-            f"queued-jobs quota: {queued} of your jobs are waiting to start, the most a tenant may have queued "
-            f"(tenant_queued_jobs, NOGRAD_TENANT_QUEUED_JOBS={settings.tenant_queued_jobs}); submit more once "
-            "some have started, or cancel some",
+            f"queued-jobs quota: {queued} of your jobs are waiting to start{these}; a tenant may have at most "
+            f"{settings.tenant_queued_jobs} queued (tenant_queued_jobs, NOGRAD_TENANT_QUEUED_JOBS="
+            f"{settings.tenant_queued_jobs}); submit more once some have started, or cancel some",
             retry_after=QUEUED_RETRY_AFTER,
         )
 
@@ -143,24 +147,28 @@ def _admit(body: JobCreate, config: ResolvedConfig, info: ModelInfo | None, sett
         raise Invalid(_location(exc.field), exc.message) from None
 
 
-@router.post("", status_code=201, response_model=JobPublic)
-async def create_job(
-    body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep, settings: SettingsDep
-) -> dict:
-    """Submit an optimization (or baseline) job."""
-    await asyncio.to_thread(_check_queued_quota, store, tenant, settings)
-    workers = None  # the live workers: the model's shape, and for a model not configured, whether any serves it
-    if body.endpoint is None:
-        # A configured model is accepted with Redis away (the store holds the job); another one needs a live worker
-        # serving it, so the queue must answer (503 at once when it does not).
-        workers = await (live_workers(queue) if body.model in settings.models else queue.workers())
-        if body.model not in model_names(settings, workers):
-            raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
+async def model_workers(body: JobCreate, queue, settings) -> list[dict] | None:
+    """The live workers a job's model check needs (None for a remote endpoint's job, or the queue away): a configured
+    model is accepted with Redis away (the store holds the job); another one needs a live worker serving it, so the
+    queue must answer (503 at once when it does not)."""
+    if body.endpoint is not None:
+        return None
+    return await (live_workers(queue) if body.model in settings.models else queue.workers())
+
+
+async def validate_job(body: JobCreate, tenant: str, store, settings, workers: list[dict] | None) -> dict:
+    """A submission checked as `POST /v1/jobs` checks it (model served, config resolved, costs admitted), as the
+    `Store.create_job` arguments (without the tenant) of the job to queue. Raises `Invalid` naming the field.
+
+    Args:
+        workers: `model_workers(body, ...)` (the model's shape, and for a model not configured, whether any live
+            worker serves it); the same list serves every job of one model.
+    """
+    if body.endpoint is None and body.model not in model_names(settings, workers):
+        raise Invalid("model", f"model {body.model!r} is not served here; GET /v1/models lists the models")
     config, name = await asyncio.to_thread(_resolved, body, store, tenant, settings)
     _admit(body, config, _model_shape(workers, config.model), settings)
-    job = await asyncio.to_thread(
-        store.create_job,
-        tenant=tenant,
+    return dict(
         method=body.method,
         task=name,
         dataset_id=body.dataset_id,
@@ -168,7 +176,19 @@ async def create_job(
         config=config.to_dict(),
         budget=body.budget if METHODS[body.method].is_search else 0,
         init_from=body.init_from,
+        name=body.name,
+        tags=body.tags,
     )
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+async def create_job(
+    body: JobCreate, request: Request, tenant: CurrentTenant, store: StoreDep, queue: QueueDep, settings: SettingsDep
+) -> dict:
+    """Submit an optimization (or baseline) job."""
+    await asyncio.to_thread(check_queued_quota, store, tenant, settings)
+    job = await validate_job(body, tenant, store, settings, await model_workers(body, queue, settings))
+    job = await asyncio.to_thread(store.create_job, tenant=tenant, **job)
     if request.app.state.runner is not None:
         request.app.state.runner.wake()
     return job
@@ -181,12 +201,23 @@ def list_jobs(
     status: Annotated[Status | None, Query()] = None,
     task: Annotated[str | None, Query()] = None,
     method: Annotated[str | None, Query()] = None,
+    study_id: Annotated[str | None, Query(max_length=40, description="only the jobs of this study")] = None,
+    tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="only jobs that have this tag")] = None,
+    name: Annotated[str | None, Query(max_length=200, description="only jobs with exactly this name")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> dict:
     """List this tenant's jobs, newest first."""
     rows, count = store.list_jobs(
-        tenant, status=None if status is None else status.value, task=task, method=method, limit=limit, offset=offset
+        tenant,
+        status=None if status is None else status.value,
+        task=task,
+        method=method,
+        study_id=study_id,
+        tag=tag,
+        name=name,
+        limit=limit,
+        offset=offset,
     )
     return {"data": rows, "count": count}
 
@@ -256,6 +287,40 @@ def get_prompt(job_id: str, tenant: CurrentTenant, store: StoreDep) -> Response:
         data,
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"'},
+    )
+
+
+@router.get(
+    "/{job_id}/export",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}, "description": "the export's files, zipped"}},
+)
+def export_job(
+    job_id: str,
+    tenant: CurrentTenant,
+    store: StoreDep,
+    format: Annotated[  # noqa: A002 - the query parameter's name
+        Literal[FORMATS],  # type: ignore[valid-type]
+        Query(description="peft: a PEFT prompt-tuning adapter (BBT); text; chat; native: the prompt file"),
+    ],
+) -> Response:
+    """The tuned prompt in a format other tools load (`nograd.export`): a zip of the files `nograd export` writes."""
+    job = _job_or_404(store, job_id, tenant)
+    data = store.artifact(job_id)
+    if data is None:
+        raise Conflict(f"job {job_id} is {job['status']}; its prompt can be exported once it succeeded")
+    try:
+        files = export_files(data, format)
+    except ExportError as exc:
+        raise Invalid(exc.field, str(exc), location="query") from None
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{format}.zip"'},
     )
 
 

@@ -1,4 +1,4 @@
-// nograd dashboard: jobs, submit, live job page, compare, workers. No build step; uPlot is vendored.
+// nograd dashboard: jobs, submit, live job page, studies (studies.js), compare, workers. No build step; uPlot is vendored.
 "use strict";
 
 const KEY = "nograd.key";  // kept in sessionStorage: gone when the browser session ends
@@ -221,24 +221,37 @@ async function jobPage(id) {
 }
 
 // ---------------------------------------------------------------- compare
-async function comparePage(ids) {
-  view.innerHTML = `<h2>Compare</h2><p>Pick jobs on the Jobs page, or list them: <input id="ids" size="80" value="${esc(ids.join(","))}"></p>
+// `studyId`: all the jobs of that study (#/compare?study=ID), each labelled and grouped by its cell.
+async function comparePage(ids, studyId = null) {
+  view.innerHTML = `<h2>Compare</h2><p>Pick jobs on the Jobs page, or list them: <input id="ids" size="80" value="${esc(ids.join(","))}">
+    or pick a study: <select id="study"><option value="">–</option></select></p>
     <div class="charts"><div class="chart" id="c-compare"></div></div><h3>Results (test metric)</h3><table id="summary"></table>`;
   document.getElementById("ids").onchange = event => { location.hash = "#/compare?ids=" + event.target.value; };
-  if (!ids.length) { const page = await api("/v1/jobs?status=succeeded&limit=100"); ids = page.data.map(j => j.id); }
+  const picker = document.getElementById("study"), studies = await api("/v1/studies?limit=200");
+  picker.insertAdjacentHTML("beforeend", studies.data.map(s => `<option value="${esc(s.id)}" ${s.id === studyId ? "selected" : ""}>${
+    esc(s.name ?? s.id)} (${s.n_jobs} jobs)</option>`).join(""));
+  picker.onchange = () => { location.hash = picker.value ? "#/compare?study=" + encodeURIComponent(picker.value) : "#/compare"; };
+  const cellOf = new Map();  // job id -> its study cell's key
+  if (studyId) {
+    const study = await api(`/v1/studies/${encodeURIComponent(studyId)}`);
+    for (const cell of study.cells) for (const id of cell.job_ids) cellOf.set(id, cell.key);
+    ids = [...cellOf.keys()];
+    document.getElementById("ids").value = ids.join(",");
+  } else if (!ids.length) { const page = await api("/v1/jobs?status=succeeded&limit=100"); ids = page.data.map(j => j.id); }
   const jobs = await Promise.all(ids.map(id => api(`/v1/jobs/${id}`)));
   const histories = await Promise.all(ids.map(id => api(`/v1/jobs/${id}/history`)));
   const xs = [...new Set(histories.flatMap(h => h.data.filter(e => !e.initial).map(e => e.calls)))].sort((a, b) => a - b);
   const series = jobs.map((job, i) => {
     const byCalls = new Map(histories[i].data.filter(e => !e.initial).map(e => [e.calls, e.best_loss]));
-    return {label: `${job.method} ${job.task} s${job.config.seed}`, values: xs.map(x => byCalls.get(x) ?? null)};
+    return {label: `${cellOf.get(job.id) ?? `${job.method} ${job.task}`} s${job.config.seed}`, values: xs.map(x => byCalls.get(x) ?? null)};
   });
   const colors = ["#1e88e5", "#43a047", "#e53935", "#8e24aa", "#fb8c00", "#00897b", "#6d4c41", "#3949ab"];
   chart(document.getElementById("c-compare"), "best train loss",
     series.map((s, i) => ({label: s.label, stroke: colors[i % colors.length], spanGaps: true})), [xs, ...series.map(s => s.values)]);
   const groups = {};
-  for (const job of jobs) (groups[`${job.task} / ${job.method}`] ||= []).push(job.test_metric);
-  document.getElementById("summary").innerHTML = "<tr><th>task / method</th><th>jobs</th><th>test (mean ± std)</th></tr>" +
+  for (const job of jobs) (groups[cellOf.get(job.id) ?? `${job.task} / ${job.method}`] ||= []).push(job.test_metric);
+  document.getElementById("summary").innerHTML = `<tr><th>${cellOf.size ? "cell" : "task / method"}</th>`
+    + "<th>jobs</th><th>test (mean ± std)</th></tr>" +
     Object.entries(groups).map(([name, values]) => {
       const done = values.filter(v => v != null), m = done.reduce((a, b) => a + b, 0) / (done.length || 1);
       const sd = Math.sqrt(done.reduce((a, b) => a + (b - m) ** 2, 0) / (done.length || 1));
@@ -285,7 +298,9 @@ async function route() {
   try {
     if (path.startsWith("/job/")) await jobPage(path.slice(5));
     else if (path === "/submit") await submitPage();
-    else if (path === "/compare") await comparePage((params.get("ids") || "").split(",").filter(Boolean));
+    else if (path === "/compare") await comparePage((params.get("ids") || "").split(",").filter(Boolean), params.get("study"));
+    else if (path === "/studies") await studiesPage();
+    else if (path.startsWith("/study/")) await studyPage(decodeURIComponent(path.slice(7)));
     else if (path === "/workers") await workersPage();
     else await jobsPage();
   } catch (error) {
