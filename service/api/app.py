@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from nograd.engine import build_engine
 
 from ..executor import JobExecutor
+from ..metrics import WorkerMetrics
 from ..queue import BatchQueue, queue_from_settings
 from ..secrets import SecretBox
 from ..settings import Settings, get_settings
@@ -25,13 +26,20 @@ from ..worker import Worker, engines_from_settings
 from . import errors, security
 from .limits import RequestLimits
 from .routes import catalog, datasets, jobs, secrets, studies
+from .telemetry import RequestTelemetry
 
 log = logging.getLogger("nograd.api")
 STATIC = Path(__file__).parent / "static"
 
 
+#: HTTP latencies: most routes answer in milliseconds; uploads and store-bound listings may take seconds.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
 class Metrics:
-    """Prometheus metrics of one app (own registry, so several apps can live in one process)."""
+    """Prometheus metrics of one app (own registry, so several apps can live in one process): the queue, jobs and
+    workers (set at each scrape of `/metrics`), this runner's batches, the HTTP requests (`telemetry`), and the
+    embedded worker's `WorkerMetrics` (`nograd.service.metrics`; no series without an embedded worker)."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -47,10 +55,29 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.http_requests = Counter(
+            "nograd_http_requests",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "nograd_http_request_seconds",
+            "seconds to answer an HTTP request (event streams: to their headers)",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.worker = WorkerMetrics(r)
 
     def on_batch(self, seconds: float, n_batches: int) -> None:
         self.batches.inc(n_batches)
         self.roundtrip.observe(seconds)
+
+    def on_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request ended (`route`: its template, or `unmatched`)."""
+        self.http_requests.labels(method=method, route=route, status=str(status)).inc()
+        self.http_seconds.labels(method=method, route=route).observe(seconds)
 
 
 async def _embedded_worker(app: FastAPI, settings, queue, engines: dict | None, stop: asyncio.Event) -> None:
@@ -63,7 +90,7 @@ async def _embedded_worker(app: FastAPI, settings, queue, engines: dict | None, 
     if engines is None:
         log.info("loading %s for the embedded worker; the API answers meanwhile", ", ".join(names))
     try:
-        loaded = engines if engines is not None else await _load_until(stop, settings)
+        loaded = engines if engines is not None else await _load_until(stop, settings, app.state.metrics.worker)
     except Exception as exc:
         log.error("the embedded worker could not load %s: %s", ", ".join(names), exc)
         app.state.embedded = {"status": "failed", "models": names}  # /readyz needs no key: the reason is logged
@@ -72,12 +99,13 @@ async def _embedded_worker(app: FastAPI, settings, queue, engines: dict | None, 
         return
     app.state.embedded = {"status": "ready", "models": names}
     # In-process queue: a short poll makes shutdown prompt (taking from it is a cheap local check).
-    worker = Worker(queue, loaded, poll=0.1 if settings.redis_url is None else 1.0)
+    worker = Worker(queue, loaded, poll=0.1 if settings.redis_url is None else 1.0, metrics=app.state.metrics.worker)
     await worker.run(stop)
 
 
-async def _load_until(stop: asyncio.Event, settings) -> dict | None:
-    """The engines of `settings.models`, built in a daemon thread; None if `stop` is set first."""
+async def _load_until(stop: asyncio.Event, settings, metrics: WorkerMetrics) -> dict | None:
+    """The engines of `settings.models`, built in a daemon thread (their load times go to `metrics`); None if
+    `stop` is set first."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
 
@@ -89,7 +117,8 @@ async def _load_until(stop: asyncio.Event, settings) -> dict | None:
 
     def build() -> None:
         try:
-            engines = engines_from_settings(settings, build_engine)  # build_engine: this module's, for tests
+            # build_engine: this module's, for tests
+            engines = engines_from_settings(settings, build_engine, on_loaded=metrics.on_loaded)
         except Exception as exc:
             failure = exc  # `exc` itself is unbound once the handler ends, before the loop runs the callback
             settle(lambda: done.done() or done.set_exception(failure))
@@ -132,7 +161,7 @@ def create_app(
         shutdown, this lifespan when it exits at the latest): long-lived responses (event streams) watch it and
         end, so the shutdown reaches the step below that hands running jobs back."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        app.state.store = store or Store(settings.db_url)
+        app.state.store = store or Store(settings.db_url, auto_upgrade=settings.db_auto_upgrade)
         patient = queue or queue_from_settings(settings)
         app.state.queue = patient.bounded(settings.ready_timeout)
         app.state.stopping = asyncio.Event()
@@ -177,7 +206,9 @@ def create_app(
         max_upload=int(settings.max_upload_mb * 2**20),
         authenticate=(lambda key: app.state.store.tenant_for_key(key)) if settings.auth else None,
     )
-    security.install(app, settings)  # added last, so outside all: Host/Origin checks and headers on every response
+    security.install(app, settings)  # outside the limits: Host/Origin checks and headers on every response
+    # Outermost: every response, refusals included, gets a request id, an access line and its HTTP metrics.
+    app.add_middleware(RequestTelemetry, metrics=app.state.metrics, api=app)
 
     for module in (jobs, studies, datasets, catalog, secrets):
         app.include_router(module.router)

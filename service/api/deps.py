@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from nograd.service import logs
 from nograd.service.queue import BatchQueue, QueueError
 from nograd.service.settings import Settings
 from nograd.service.store import Store
@@ -65,7 +66,14 @@ def bearer_token(authorization: str) -> str | None:
 
 
 def current_tenant(request: Request, settings: SettingsDep, store: StoreDep) -> str:
-    """The tenant of the request's bearer API key (`local` when auth is off)."""
+    """The tenant of the request's bearer API key (`local` when auth is off); the request's log lines name it from
+    here on."""
+    tenant = _tenant_of(request, settings, store)
+    logs.annotate(tenant=tenant)
+    return tenant
+
+
+def _tenant_of(request: Request, settings: Settings, store: Store) -> str:
     if not settings.auth:
         return LOCAL_TENANT
     known = getattr(request.state, TENANT_STATE, None)

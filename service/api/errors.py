@@ -90,14 +90,25 @@ def _plain(value, depth: int = 0):
 
 def install(app: FastAPI) -> None:
     from fastapi.encoders import jsonable_encoder
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from sqlalchemy.exc import DataError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from ..queue import QueueError
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _plain(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's body parser gives a bare "error parsing the body" for JSON nested past Python's recursion
+            # limit (a nesting bomb); say what was wrong, in the field-error shape.
+            message = "the JSON body is nested too deeply to read; send the object the schema describes (GET /docs)"
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": message, "type": "json_invalid"}]}, 422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

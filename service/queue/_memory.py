@@ -43,8 +43,10 @@ class MemoryQueue(BatchQueue):
         def ready() -> bool:
             return all(i in results for i in batch_ids)
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for around a Condition's wait_for can swallow the
+        # cancel a runner's shutdown sends, leaving the job waiting on a worker that has stopped
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(ready)
         return {i: results[i] for i in batch_ids}
 
     async def forget_job(self, job_id: str) -> None:

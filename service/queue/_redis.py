@@ -28,6 +28,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._base import Batch, BatchQueue, BatchResult, Delivery, QueueError, dead_letter_record, dead_letter_result
 
 GROUP = "workers"
+
+
+def stream_key(model: str, namespace: str = "nograd") -> str:
+    """The stream of `model`'s batches, as `RedisQueue(namespace=namespace)` names it (autoscalers watch it)."""
+    return f"{namespace}:q:{model}"
+
+
 _SKIPPED = object()  # _take dropped a malformed entry: read again
 RESULT_TTL = 7 * 24 * 3600
 DEAD_MAXLEN = 10_000

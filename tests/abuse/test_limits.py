@@ -205,6 +205,15 @@ def test_lower_bounds_that_would_fail_at_run_time_are_checked_at_submit(client, 
     assert ".".join(response.json()["detail"][0]["loc"][1:]) == field
 
 
+def test_a_json_nesting_bomb_body_is_a_422_that_says_so(client):
+    bomb = '{"method": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    response = client.post("/v1/jobs", content=bomb, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body"]
+    assert "nested too deeply" in response.json()["detail"][0]["msg"]
+    assert client.get("/v1/jobs/nope").status_code == 404  # other HTTP errors keep FastAPI's handling
+
+
 @pytest.mark.parametrize("layout", ["jsonl", "array"])
 def test_a_json_nesting_bomb_upload_is_a_422(client, layout):
     bomb = "[" * 100_000 + "]" * 100_000

@@ -80,15 +80,20 @@ def test_compose_file_is_valid_and_complete():
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     services = config["services"]
-    assert set(services) == {"redis", "postgres", "api", "worker", "worker-gpu"}
+    assert set(services) == {"redis", "postgres", "migrate", "api", "worker", "worker-gpu"}
     assert "--appendonly" in services["redis"]["command"]  # persistence configured
     gpu = services["worker-gpu"]["deploy"]
     assert gpu["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "replicas" in services["worker"]["deploy"] and "replicas" in gpu
     assert any(v["target"] == "/data" for v in services["api"]["volumes"])
     assert services["api"]["environment"]["NOGRAD_REDIS_URL"].startswith("redis://redis")
-    for name in ("api", "worker", "worker-gpu"):
+    for name in ("migrate", "api", "worker", "worker-gpu"):
         assert Path(services[name]["build"]["dockerfile"]).name in {p.name for p in DOCKERFILES}
+    # The schema is upgraded, with the API's database URL, before the API starts (it refuses an older one).
+    migrate = services["migrate"]
+    assert migrate["command"] == ["nograd", "db", "upgrade"] and migrate["restart"] == "no"
+    assert migrate["environment"]["NOGRAD_DATABASE_URL"] == services["api"]["environment"]["NOGRAD_DATABASE_URL"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_compose_config_follows_the_environment():

@@ -101,3 +101,12 @@ def test_secret_from_stdin_and_a_remote_endpoint_job(service):
     )
     bad = nograd("submit", "--method", "bbpl", "--task", "mr", "--endpoint", endpoint, env=service)
     assert bad.returncode == 2 and "endpoint.base_url" in bad.stderr and "NOGRAD_REMOTE_ALLOW" in bad.stderr
+
+
+def test_a_bad_setting_names_the_field_and_its_variable(tmp_path, monkeypatch, capsys):
+    from nograd.cli import main
+
+    monkeypatch.setenv("NOGRAD_LOG_FORMAT", "xml")
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert "log_format (NOGRAD_LOG_FORMAT): Input should be 'text' or 'json'" in err and len(err.splitlines()) == 1

@@ -14,7 +14,6 @@ from apiclient import Api
 from test_api import make_api
 
 from nograd.service.api.sweeps import summary
-from nograd.service.store import Store
 
 BASE = {
     "task": "trec",
@@ -253,31 +252,6 @@ def test_summary_statistics_count_succeeded_jobs_only():
     }
     assert not summary(study, jobs)["done"]
     assert summary(study, jobs[:1])["cells"][0]["dev_metric"] == {"mean": 0.5, "std": None, "n": 1}
-
-
-def test_an_older_database_gains_the_columns_and_keeps_its_jobs(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    store = Store(url)
-    old = store.create_job(tenant="t", method="manual", task="mr", dataset_id=None, model="fake", config={}, budget=0)
-    with store.engine.begin() as conn:  # back to the tables as they were before names, tags and studies
-        conn.execute(sa.text("DROP INDEX ix_jobs_study_id"))
-        for column in ("name", "tags", "study_id"):
-            conn.execute(sa.text(f"ALTER TABLE jobs DROP COLUMN {column}"))
-        conn.execute(sa.text("DROP TABLE studies"))
-    store.close()
-    store = Store(url)
-    try:
-        inspector = sa.inspect(store.engine)
-        assert {"name", "tags", "study_id"} <= {c["name"] for c in inspector.get_columns("jobs")}
-        assert "ix_jobs_study_id" in {i["name"] for i in inspector.get_indexes("jobs")}
-        assert "studies" in inspector.get_table_names()
-        assert store.get_job(old["id"])["tags"] == [] and store.get_job(old["id"])["name"] is None
-        new = store.create_job(
-            tenant="t", method="manual", task="mr", dataset_id=None, model="fake", config={}, budget=0, tags=["x"]
-        )
-        assert [j["id"] for j in store.list_jobs("t", tag="x")[0]] == [new["id"]]
-    finally:
-        store.close()
 
 
 def _job(**change) -> dict:
