@@ -526,10 +526,12 @@ def main(argv=None) -> int:
         root = Path(tmp)
         rows = queue_rows(out, args, root)
         print_queue(out, rows, args)
-        out("")
-        out(f"store: Store.save_progress from {args.store_threads} threads, {args.store_seconds:.0f} s each")
-        store = store_rows(out, args, root)
-        print_store(out, store)
+        store = []
+        if args.store_threads:  # `--store-threads` with no values: the queue only
+            out("")
+            out(f"store: Store.save_progress from {args.store_threads} threads, {args.store_seconds:.0f} s each")
+            store = store_rows(out, args, root)
+            print_store(out, store)
     best = max((r for r in rows if r["redis"] == "AOF always"), key=lambda r: r["rate"], default=None)
     best = best or max(rows, key=lambda r: r["rate"])
     out("")

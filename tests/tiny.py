@@ -70,6 +70,28 @@ def make_causal(layers: int = 3):
     return LlamaForCausalLM(config).eval()
 
 
+def save_small_llama(folder, tokenizer, seed: int) -> str:
+    """A random 2-layer Llama (hidden 64, the tiny tokenizer's 1100 ids) saved with `tokenizer` into `folder`, for
+    tests that load a model folder as `nograd run --model` does; returns the folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=1100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 def make_masked(layers: int = 3):
     from transformers import RobertaConfig, RobertaForMaskedLM
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -118,6 +119,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            # What exists once the app has started lives as long as the process (routes, schemas, the OpenAPI
+            # document, the runner): out of the cyclic collector's sight, so a full collection during a request
+            # flood walks the requests' objects only, not the whole app.
+            gc.collect()
+            gc.freeze()
+
         async def shutdown(self, sockets=None) -> None:
             # Tell long-lived responses (event streams) to end now, before uvicorn waits for connections to close;
             # whatever is still open after `shutdown_grace` is cancelled, then the lifespan hands jobs back.

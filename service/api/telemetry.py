@@ -81,6 +81,33 @@ class RouteTemplates:
         return next((template for pattern, template in self._table if pattern.match(path)), UNMATCHED)
 
 
+#: Statuses of requests refused before any work (no key, a forbidden Host/Origin, too large, over a quota): a flood
+#: of them is what an attacker sends, so their access lines are rate-limited (`RefusalLines`); metrics count them all.
+REFUSALS = frozenset({401, 403, 413, 429})
+
+
+class RefusalLines:
+    """At most `per_second` access lines of refused requests each second; the ones left out are counted and said
+    in one line when the next second's first refusal is logged, so a flood of refusals cannot flood the log (or
+    spend the event loop's time writing it)."""
+
+    def __init__(self, per_second: int = 20, clock=time.monotonic):
+        self.per_second, self.clock = per_second, clock
+        self.second, self.logged, self.dropped = -1, 0, 0
+
+    def admit(self) -> bool:
+        second = int(self.clock())
+        if second != self.second:
+            if self.dropped:
+                log.warning("%d more refused requests in the previous second were not logged", self.dropped)
+            self.second, self.logged, self.dropped = second, 0, 0
+        if self.logged < self.per_second:
+            self.logged += 1
+            return True
+        self.dropped += 1
+        return False
+
+
 class RequestTelemetry:
     """Args:
     app: the ASGI app.
@@ -90,6 +117,7 @@ class RequestTelemetry:
 
     def __init__(self, app: ASGIApp, *, metrics, api):
         self.app, self.metrics, self.templates = app, metrics, RouteTemplates(api)
+        self.refusals = RefusalLines()
 
     def route(self, scope: Scope) -> str:
         """The template of the route `scope` went to (or would have gone to, had it been routed)."""
@@ -129,10 +157,13 @@ class RequestTelemetry:
         method = scope["method"] if scope["method"] in METHODS else "other"
         route = self.route(scope)
         self.metrics.on_request(method, route, status, seconds)
+        level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
+        if not log.isEnabledFor(level) or (status in REFUSALS and not self.refusals.admit()):
+            return
         path = CONTROL.sub("?", scope["path"])  # no line breaks or escapes from a client into a text log
         client = (scope.get("client") or ("-",))[0]  # the peer: behind a proxy, the proxy
         log.log(
-            logging.DEBUG if path in QUIET_PATHS else logging.INFO,
+            level,
             "%s %s %s %d %.1f ms",
             client,
             method,

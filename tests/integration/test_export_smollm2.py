@@ -36,7 +36,7 @@ def test_peft_round_trip_on_the_builtin_model(engine, tmp_path, capsys):
 
     from nograd.engine.models import builtin_model_path
 
-    # mr's rows as a user dataset with a 100-row test file, so the run's test passes stay short in fp32
+    # mr's rows as a user dataset with a 40-row test file, so the run's test passes stay short in fp32
     mr = get_task("mr")
 
     def write(path, rows):
@@ -46,7 +46,7 @@ def test_peft_round_trip_on_the_builtin_model(engine, tmp_path, capsys):
         tmp_path / "train.jsonl",
         [e for e in mr.pool if e.label == "negative"][:40] + [e for e in mr.pool if e.label == "positive"][:40],
     )
-    write(tmp_path / "test.jsonl", mr.test[:100])
+    write(tmp_path / "test.jsonl", mr.test[:40])
     data = ["--dataset", str(tmp_path / "train.jsonl"), "--test-dataset", str(tmp_path / "test.jsonl")]
     data += ["--template", mr.template, "--verbalizer", "negative:negative,positive:positive"]
     out = tmp_path / "run"
@@ -57,7 +57,7 @@ def test_peft_round_trip_on_the_builtin_model(engine, tmp_path, capsys):
     about = json.loads((tmp_path / "peft" / "nograd_template.json").read_text())
     saved = load_prompt(out / "prompt.safetensors")
 
-    test = to_examples(mr, mr.test[:100])
+    test = to_examples(mr, mr.test[:40])
     started = time.perf_counter()
     expected = engine.evaluate(EvalRequest(saved["task_spec"], test, saved["spec"], z=saved["x"][None])).logits[0]
     engine_seconds = time.perf_counter() - started

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import save_small_llama
 
 from nograd.artifacts import load_prompt, prompt_bytes, read_prompt
 from nograd.cli import main
@@ -24,25 +25,7 @@ SMALL = ["--k-shot", "2", "--dev-every", "8", "--budget", "16", "--popsize", "8"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, causal_tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=1100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=1,
-    )
-    folder = tmp_path_factory.mktemp("export") / "small-llama"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    causal_tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_small_llama(tmp_path_factory.mktemp("export") / "small-llama", causal_tokenizer, seed=3)
 
 
 @pytest.fixture(scope="module")

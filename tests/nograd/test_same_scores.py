@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tiny import save_small_llama
 
 from nograd.artifacts import load_prompt
 from nograd.cli import main
@@ -26,25 +27,7 @@ from nograd.tasks import get_task
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, causal_tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=1100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=1,
-    )
-    folder = tmp_path_factory.mktemp("bf16") / "small-llama"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    causal_tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_small_llama(tmp_path_factory.mktemp("bf16") / "small-llama", causal_tokenizer, seed=1)
 
 
 def _eval(capsys, prompt, cap) -> dict:

@@ -155,3 +155,19 @@ def test_nograd_serve_writes_only_json_lines_uvicorn_included(tmp_path):
     access = [r for r in records if r.get("request_id") == "from-the-client"]
     assert [(r["logger"], r["route"], r["tenant"]) for r in access] == [("nograd.access", "/v1/jobs", "alice")]
     assert key not in proc.output()
+
+
+def test_refused_requests_access_lines_are_rate_limited(caplog):
+    """A flood of refusals (401s, 429s) cannot flood the log: per second at most `per_second` lines, then one line
+    counting the ones left out."""
+    from nograd.service.api.telemetry import RefusalLines
+
+    now = [100.2]
+    lines = RefusalLines(per_second=3, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="nograd.access"):
+        assert [lines.admit() for _ in range(5)] == [True, True, True, False, False]
+        now[0] = 101.0
+        assert lines.admit()
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 more refused requests in the previous second were not logged"
+    ]
