@@ -30,6 +30,9 @@ calls, generation 400) is that one with its log extended to 400 rows (207 KB; a 
 
 Usage: .venv/bin/python bench/queue_ceiling.py [--workers 1 2 4 8] [--aof-workers 4 8] [--window 10]
        [--producers 2] [--jobs 8] [--store-threads 1 4 16] [--postgres "host=127.0.0.1 user=postgres"]
+Whole populations per batch, the queue only (bench/results/queue_ceiling-batch20.txt):
+       .venv/bin/python bench/queue_ceiling.py --batch-size 20 --workers 1 4 --aof-workers 4 --store-threads \
+           --out bench/results/queue_ceiling-batch20.txt
 """
 
 from __future__ import annotations
@@ -175,6 +178,7 @@ class QueueBench:
         args, n = self.args, len(self.workers)
         tag = f"{'aof' if self.persistent else 'mem'}{n}"
         outs = [self.root / f"producer-{tag}-{k}.json" for k in range(args.producers)]
+        logs = [open(self.root / f"producer-{tag}-{k}.log", "wb") for k in range(args.producers)]  # noqa: SIM115
         producers = [
             subprocess.Popen(
                 [sys.executable, __file__, "_produce", "--redis-url", self.redis.url, "--out", str(out)]
@@ -183,7 +187,7 @@ class QueueBench:
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=open(self.root / f"producer-{tag}-{k}.log", "wb"),  # noqa: SIM115 (closed with the process)
+                stderr=logs[k],
                 text=True,
             )
             for k, out in enumerate(outs)
@@ -213,6 +217,8 @@ class QueueBench:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     raise RuntimeError(f"a producer did not stop: {self._producer_log(tag, k)}") from None
+                finally:
+                    logs[k].close()
         if any(p.returncode for p in producers):
             k = next(k for k, p in enumerate(producers) if p.returncode)
             raise RuntimeError(f"a producer failed: {self._producer_log(tag, k)}")
@@ -312,14 +318,19 @@ def print_queue(out: Tee, rows: list[dict], args) -> None:
         redis_cpu = best["cpu"]["redis"]
         if redis_cpu >= 0.9:
             first = "redis-server (single-threaded) is at a full core: the stream itself is the limit"
-        elif best["machine"] >= 0.9:
+        elif best["machine"] >= 0.95:
             first = (
-                f"the 2 cores are full while redis-server uses {100 * redis_cpu:.0f}% of one: the Python workers "
-                f"({1000 * per['workers']:.2f} CPU ms per batch) and producers ({1000 * per['producers']:.2f}) "
-                "saturate the machine first"
+                f"the {os.cpu_count()} cores are full while redis-server uses {100 * redis_cpu:.0f}% of one: the "
+                f"Python workers ({1000 * per['workers']:.2f} CPU ms per batch) and producers "
+                f"({1000 * per['producers']:.2f}) saturate the machine first"
             )
         else:
-            first = "no process and not the machine is saturated: add load (--jobs, --producers)"
+            first = (
+                f"neither redis-server ({100 * redis_cpu:.0f}% of a core) nor the machine "
+                f"({100 * best['machine']:.0f}% busy) is full: the rest is waiting (round trips between the "
+                "processes; with AOF always, Redis's fsync before it answers a write); more load (--jobs, "
+                "--producers) may go further"
+            )
         out("")
         out(f"{redis}: peak {best['rate']:.0f} batches/s with {best['workers']} workers; {first}.")
         out(
