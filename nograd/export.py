@@ -124,9 +124,8 @@ def render_prompt(prompt: dict) -> Rendered:
         texts=[prompt["text"] or ""] if spec.mode == "text" else None,
     )
     shown, text = candidates(request)[0] if spec.mode in ("text", "demos") else (task, "")
-    fields = ("text", "text2") if "{text2}" in task.template else ("text",)
-    filled = full_text(shown, _TEXT, _TEXT2 if "text2" in fields else None, prompt=text)
-    template = filled.replace("{", "{{").replace("}", "}}").replace(_TEXT, "{text}").replace(_TEXT2, "{text2}")
+    fields = _fields(task)
+    template = _as_format(full_text(shown, _TEXT, _TEXT2 if "text2" in fields else None, prompt=text))
     return Rendered(template=template, fields=fields, task=shown, prompt_text=text)
 
 
@@ -187,9 +186,9 @@ def _peft(prompt: dict) -> dict[str, bytes]:
         "modules_to_save": None,
         "auto_mapping": None,
     }
-    head, tail = render(task, _TEXT, _TEXT2 if "{text2}" in task.template else None)
-    fields = ("text", "text2") if "{text2}" in task.template else ("text",)
-    template = tail.replace("{", "{{").replace("}", "}}").replace(_TEXT, "{text}").replace(_TEXT2, "{text2}")
+    fields = _fields(task)
+    head, tail = render(task, _TEXT, _TEXT2 if "text2" in fields else None)
+    template = _as_format(tail)
     scoring = prompt["scoring"]
     about = {
         "format": "nograd-peft/1",
@@ -265,6 +264,17 @@ def _embeds_source(export) -> tuple[np.ndarray, str, tuple[str, ...]]:
     prompt = read_prompt(export if isinstance(export, bytes) else Path(export).read_bytes())
     about = json.loads(_peft(prompt)["nograd_template.json"])
     return prompt["virtual_tokens"], about["input_template"], tuple(about["fields"])
+
+
+def _fields(task: TaskSpec) -> tuple[str, ...]:
+    """The example fields a rendered template leaves to fill."""
+    return ("text", "text2") if "{text2}" in task.template else ("text",)
+
+
+def _as_format(rendered: str) -> str:
+    """Text rendered with the `_TEXT`/`_TEXT2` markers as a `str.format` template: braces escaped, markers as
+    `{text}`/`{text2}`."""
+    return rendered.replace("{", "{{").replace("}", "}}").replace(_TEXT, "{text}").replace(_TEXT2, "{text2}")
 
 
 def _json(body: dict) -> bytes:
