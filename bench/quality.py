@@ -1,11 +1,17 @@
 """Test metric of manual, icl, bbt, bbtv2, bbpl, rlprompt and icl_search on bundled tasks with smollm2-135m,
-16-shot, several seeds.
+16-shot, several seeds, at one or several budgets, with or without racing.
 
 Usage:
     .venv/bin/python bench/quality.py --tasks mr trec --seeds 0 1 2 --budget 300
     .venv/bin/python bench/quality.py --chat-template ...   # the same runs under the model's chat template
-Each finished run is cached as JSON under --results (rerunning skips it), so the bench can be resumed. Prints a
-table of mean +/- std of the test metric and each method's gain over the manual prompt.
+    .venv/bin/python bench/quality.py --tasks mr trec --methods bbt bbpl --budgets 200 600 1000 --racing both \\
+        --dtype fp32 --plan                                   # what is left to run, with a time estimate
+Each finished run is cached as JSON under --results (rerunning skips it), so the bench can be run in parts and
+resumed. Search runs are named {task}-{method}[-chat][-DTYPE][-race]-s{seed}-b{budget}.json (no -DTYPE for bf16);
+the baselines (manual, icl) make no calls, so one run per seed serves every budget: {task}-{method}[-chat][-DTYPE]
+-s{seed}.json, or an older {...}-s{seed}-b{any}.json. Prints a table of mean +/- std of the test metric at the
+smallest budget and each method's gain over the manual prompt; with several budgets or racing, also a table against
+the budget, racing against no racing, and a plot (budget_curve[-chat][-DTYPE].png, needs matplotlib).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from _quality_report import RunKey, budget_table, is_search, main_table, plot_budget_curve, racing_lines  # noqa: E402
 
 from nograd.clients.local import LocalClient  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
 from nograd.engine import build_engine  # noqa: E402
-from nograd.pipeline import resolve_run, run, score, task_spec, to_examples  # noqa: E402
+from nograd.pipeline import ENGINE_DTYPES, resolve_run, run, score, task_spec, to_examples  # noqa: E402
 from nograd.search import prompt_spec  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
 
@@ -40,145 +47,300 @@ METHOD_OPTIONS = {
     "icl_search": {"popsize": 20, "icl_shots": 2, "lr": 1e-3},
 }
 
-
-def _fmt(values: list[float], seeds: int) -> str:
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    partial = f" ({len(values)} of {seeds} seeds)" if len(values) < seeds else ""
-    return f"{100 * statistics.mean(values):5.1f} ± {100 * std:4.1f}{partial}"
+DTYPE_HELP = (
+    "the model's dtype (default bf16, which the README's tables use). On a CPU without native bf16 (no "
+    "AVX512-BF16 or AMX, e.g. an AVX2 machine) fp32 runs about 6x faster; runs in another dtype than bf16 carry it "
+    "in their cache names (-fp32), so dtypes never mix"
+)
 
 
-def _progress(name: str):
+# ---------------------------------------------------------------- names and the cache
+def _suffix(args) -> str:
+    """What every cache name of these settings carries: the chat template, and the dtype unless bf16 (the names
+    from before dtypes were named)."""
+    return ("-chat" if args.chat_template else "") + ("" if args.dtype == "bf16" else f"-{args.dtype}")
+
+
+def run_name(key: RunKey, args) -> str:
+    stem = f"{key.task}-{key.method}{_suffix(args)}{'-race' if key.racing else ''}-s{key.seed}"
+    return stem if key.budget is None else f"{stem}-b{key.budget}"
+
+
+def init_name(task: str, args) -> str:
+    """BBT's starting point on `task` (seed- and budget-independent)."""
+    return f"{task}-bbt{_suffix(args)}-init"
+
+
+def cached_path(key: RunKey, args) -> Path | None:
+    """Where `key`'s result is saved, or None. A baseline also reuses a run saved under a budget (older caches
+    named every run with the budget the bench was given)."""
+    out = Path(args.results)
+    path = out / f"{run_name(key, args)}.json"
+    if path.exists():
+        return path
+    if key.budget is None:
+        older = sorted(out.glob(f"{run_name(key, args)}-b*.json"))
+        return older[0] if older else None
+    return None
+
+
+def planned_runs(args) -> list[RunKey]:
+    """Every run the arguments ask for, in the order the bench runs them: seeds outermost (an interrupted bench
+    has every task and method for the seeds it finished), then budgets from the smallest; each baseline once."""
+    keys: list[RunKey] = []
+    for seed in args.seeds:
+        for budget in args.budgets:
+            for task in args.tasks:
+                for method in args.methods:
+                    if not is_search(method):
+                        key = RunKey(task, method, seed, None)
+                        keys += [] if key in keys else [key]
+                        continue
+                    keys += [RunKey(task, method, seed, budget, racing) for racing in args.racing_modes]
+    return keys
+
+
+def load_cached(args) -> tuple[dict[RunKey, dict], dict[str, dict]]:
+    """The saved results of the planned runs, and BBT's saved starting points per task."""
+    results = {}
+    for key in planned_runs(args):
+        path = cached_path(key, args)
+        if path is not None:
+            results[key] = json.loads(path.read_text())
+    initial = {}
+    for task in args.tasks if "bbt" in args.methods else []:
+        path = Path(args.results) / f"{init_name(task, args)}.json"
+        if path.exists():
+            initial[task] = json.loads(path.read_text())
+    return results, initial
+
+
+# ---------------------------------------------------------------- planning
+def _timing_dirs(args) -> list[Path]:
+    out = Path(args.results)
+    dirs = [Path(d) for d in args.timings] if args.timings else [out, *sorted(out.parent.glob("quality*"))]
+    return list(dict.fromkeys(d.resolve() for d in dirs if d.is_dir()))
+
+
+def _durations(dirs: list[Path]) -> dict[tuple, list[tuple[float, float]]]:
+    """(task, method, dtype, chat, racing) -> [(calls, wall seconds)] of every cached run in `dirs`."""
+    found: dict[tuple, list[tuple[float, float]]] = {}
+    for path in (p for d in dirs for p in d.glob("*.json")):
+        data = json.loads(path.read_text())
+        config = data.get("config")
+        if "wall_seconds" not in data or not config:
+            continue
+        kind = (data["task"], data["method"], config.get("dtype"), config.get("chat_template", False))
+        found.setdefault((*kind, bool(config.get("racing", False))), []).append((data["calls"], data["wall_seconds"]))
+    return found
+
+
+def estimate(key: RunKey, args, durations: dict) -> tuple[float | None, int]:
+    """Seconds `key` should take, and how many cached runs that comes from (None, 0: no run of the same task,
+    method and dtype is cached). A search: the manual run's time on the task (the fixed scoring of train, dev and
+    test) plus the cached runs' seconds per call times the budget; a racing run without cached racing runs uses
+    the non-racing ones."""
+    kind = (key.task, key.method, args.dtype, args.chat_template)
+    manual = durations.get((key.task, "manual", args.dtype, args.chat_template, False), [])
+    base = statistics.mean(w for _, w in manual) if manual else 0.0
+    if key.method == "bbt z=0":  # one test pass, about a manual run
+        return (base, len(manual)) if manual else (None, 0)
+    samples = durations.get((*kind, key.racing)) or durations.get((*kind, False), [])
+    if not samples:
+        return None, 0
+    if not is_search(key.method):
+        return statistics.mean(w for _, w in samples), len(samples)
+    paces = [max(w - base, 0.0) / c for c, w in samples if c > 0]
+    return (base + statistics.mean(paces) * key.budget, len(paces)) if paces else (None, 0)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def plan_text(args) -> str:
+    """The planned runs not cached yet, each with an estimate from the cached runs' durations. Loads no model."""
+    planned = [(run_name(k, args), k, cached_path(k, args) is not None) for k in planned_runs(args)]
+    for task in args.tasks if "bbt" in args.methods else []:
+        done = (Path(args.results) / f"{init_name(task, args)}.json").exists()
+        planned.append((init_name(task, args), RunKey(task, "bbt z=0", 0, None), done))
+    missing = [(name, key) for name, key, done in planned if not done]
+    durations = _durations(_timing_dirs(args))
+    lines = [f"{len(missing)} runs to do in {args.results} (of {len(planned)} planned):"]
+    known, unknown = 0.0, 0
+    for name, key in missing:
+        seconds, n = estimate(key, args, durations)
+        if seconds is None:
+            unknown += 1
+            lines.append(f"  {name:<40} unknown (no cached run of this task, method and dtype to go by)")
+        else:
+            known += seconds
+            lines.append(f"  {name:<40} ~{_minutes(seconds)} (from {n} cached run{'s' if n > 1 else ''})")
+    total = f"total: ~{_minutes(known)}" + (f" plus {unknown} runs of unknown duration" if unknown else "")
+    if unknown and unknown == len(missing):
+        total = "total: unknown (no cached run of the same tasks, methods and dtype yet; run a part, then plan again)"
+    return "\n".join([*lines, total + " (timings from: " + ", ".join(map(str, _timing_dirs(args))) + ")"])
+
+
+# ---------------------------------------------------------------- running
+def _compact(entry: dict) -> dict:
+    """A history record small enough to keep with the result: its scalars (not the population's losses) and the
+    dev round's metric and best-so-far, flattened. The initial record (generation 0) gives the starting point."""
+    if "initial" in entry:
+        dev = entry["initial"]["dev_metric"]
+        return {"generation": 0, "calls": 0, "dev_metric": dev, "best_dev_metric": dev}
+    kept = {k: v for k, v in entry.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    if "dev" in entry:
+        kept.update(dev_metric=entry["dev"]["metric"], best_dev_metric=entry["dev"]["best_metric"])
+    return kept
+
+
+async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
+    name = run_name(key, args)
+    options = {"budget": key.budget} if is_search(key.method) else {}
+    if key.racing:
+        options["racing"] = True
+    config, data = resolve_run(
+        RunConfig(
+            task=key.task,
+            method=key.method,
+            seed=key.seed,
+            model=args.model,
+            dtype=args.dtype,
+            k_shot=args.k_shot,
+            memory_cap_mb=args.memory_cap_mb,
+            chat_template=args.chat_template,
+            **options,
+            **METHOD_OPTIONS[key.method],
+        )
+    )
+    history: list[dict] = []
     started = time.perf_counter()
 
-    def show(entry: dict) -> None:
-        print(f"  {name}: {entry['calls']} calls, {time.perf_counter() - started:.0f} s", flush=True)
+    def on_generation(entry: dict) -> None:
+        history.append(_compact(entry))
+        if args.verbose:
+            print(f"  {name}: {entry['calls']:g} calls, {time.perf_counter() - started:.0f} s", flush=True)
 
-    return show
-
-
-async def _run_all(args) -> dict:
-    client = LocalClient(build_engine(args.model, dtype=args.dtype, memory_cap_mb=args.memory_cap_mb))
-    chat = "-chat" if args.chat_template else ""
-    results: dict = {}
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    # Seeds outermost: an interrupted bench still has every task and method for the seeds it finished.
-    for seed, task, method in [(s, t, m) for s in args.seeds for t in args.tasks for m in args.methods]:
-        name = f"{task}-{method}{chat}-s{seed}-b{args.budget}"
-        path = out / f"{name}.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-        elif args.cached_only:
-            continue
-        else:
-            config, data = resolve_run(
-                RunConfig(
-                    task=task,
-                    method=method,
-                    seed=seed,
-                    budget=args.budget,
-                    model=args.model,
-                    dtype=args.dtype,
-                    k_shot=args.k_shot,
-                    memory_cap_mb=args.memory_cap_mb,
-                    chat_template=args.chat_template,
-                    **METHOD_OPTIONS[method],
-                )
-            )
-            started = time.perf_counter()
-            result = await run(config, client, on_generation=_progress(name) if args.verbose else None, data=data)
-            result["config"] = config.to_dict()
-            path.write_text(json.dumps(result, indent=2))
-            print(
-                f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
-                f"({time.perf_counter() - started:.0f} s)",
-                flush=True,
-            )
-        results.setdefault(task, {}).setdefault(method, []).append(result)
-    if "bbt" in args.methods:
-        for task in args.tasks:
-            results[task]["bbt z=0"] = [await _initial_prompt(client, task, out, args.chat_template)]
-    return results
+    result = await run(config, client, on_generation=on_generation, data=data)
+    result["config"] = config.to_dict()
+    if is_search(key.method):
+        result["history"] = history
+    (Path(args.results) / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
+        f"({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    return result
 
 
-async def _initial_prompt(client, name: str, out: Path, chat: bool) -> dict:
+async def _initial_prompt(client: LocalClient, name: str, args) -> dict:
     """BBT's starting point (z = 0: the placeholder prompt tokens, no search) on the test set, to show what the
     search itself adds. Seed-independent."""
-    path = out / f"{name}-bbt{'-chat' if chat else ''}-init.json"
-    if path.exists():
-        return json.loads(path.read_text())
     task = get_task(name)
-    config, _ = resolve_run(RunConfig(task=name, method="bbt", chat_template=chat, **METHOD_OPTIONS["bbt"]))
+    config, _ = resolve_run(
+        RunConfig(task=name, method="bbt", model=args.model, chat_template=args.chat_template, **METHOD_OPTIONS["bbt"])
+    )
     test = await score(
         client,
-        task_spec(task, chat=chat),
+        task_spec(task, chat=args.chat_template),
         to_examples(task, task.test),
         prompt_spec(config, config.mode),
         np.zeros(config.dim),
     )
     result = {"test_metric": test["metric"], "test_ce": test["ce"]}
-    path.write_text(json.dumps(result, indent=2))
+    (Path(args.results) / f"{init_name(name, args)}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def _table(results: dict, args) -> str:
-    lines = [
-        f"smollm2-135m ({args.dtype}{', chat template' if args.chat_template else ''}), {args.k_shot}-shot, "
-        f"seeds {args.seeds}, budget {args.budget} calls for the searches; test metric x100, mean ± std over "
-        "seeds",
-        "",
-    ]
-    header = "| method | " + " | ".join(args.tasks) + " |"
-    lines += [header, "|---" * (len(args.tasks) + 1) + "|"]
-    rows = list(args.methods) + (["bbt z=0"] if "bbt" in args.methods else [])
-    for method in rows:
-        cells = [
-            _fmt(
-                [r["test_metric"] for r in results.get(t, {}).get(method, [])],
-                1 if method == "bbt z=0" else len(args.seeds),
-            )
-            for t in args.tasks
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "gain over manual (mean test metric difference, x100):"]
-    for method in rows:
-        if method == "manual":
-            continue
-        gains = []
-        for t in args.tasks:
-            manual, mine = results.get(t, {}).get("manual"), results.get(t, {}).get(method)
-            if manual and mine:
-                gain = statistics.mean(r["test_metric"] for r in mine) - statistics.mean(
-                    r["test_metric"] for r in manual
-                )
-                gains.append(f"{t} {100 * gain:+.1f}")
-        lines.append(f"  {method}: " + ", ".join(gains))
-    return "\n".join(lines)
+async def _run_missing(args) -> None:
+    """Run every planned run not cached yet; the engine loads only when one is left."""
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    client = None
+
+    def engine() -> LocalClient:
+        nonlocal client
+        if client is None:
+            client = LocalClient(build_engine(args.model, dtype=args.dtype, memory_cap_mb=args.memory_cap_mb))
+        return client
+
+    for key in planned_runs(args):
+        if cached_path(key, args) is None:
+            await _run_one(engine(), key, args)
+    for task in args.tasks if "bbt" in args.methods else []:
+        if not (Path(args.results) / f"{init_name(task, args)}.json").exists():
+            await _initial_prompt(engine(), task, args)
 
 
-def main(argv=None) -> int:
+def report(args) -> str:
+    """The tables of the cached runs; with several budgets or racing, also the budget curve, racing against no
+    racing, and the plot."""
+    results, initial = load_cached(args)
+    parts = [main_table(results, initial, args)]
+    if len(args.budgets) > 1 or True in args.racing_modes:
+        parts += ["", budget_table(results, args)]
+        racing = racing_lines(results, args)
+        parts += ["", *racing] if racing else []
+        png = plot_budget_curve(results, args, Path(args.results) / f"budget_curve{_suffix(args)}.png")
+        parts += ["", f"plot: {png}"] if png else []
+    return "\n".join(parts)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["mr", "trec"])
     parser.add_argument(
-        "--methods", nargs="+", default=["manual", "icl", "bbt", "bbtv2", "bbpl", "rlprompt", "icl_search"]
+        "--methods",
+        nargs="+",
+        choices=list(METHOD_OPTIONS),
+        default=["manual", "icl", "bbt", "bbtv2", "bbpl", "rlprompt", "icl_search"],
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--budget", type=int, default=300)
+    parser.add_argument("--budgets", nargs="+", type=int, help="the searches' budgets in calls (default 300)")
+    parser.add_argument("--budget", type=int, help="one budget (the same as --budgets N)")
+    parser.add_argument(
+        "--racing",
+        choices=["off", "on", "both"],
+        default="off",
+        help="run the searches without racing, with it (RunConfig.racing; cache names gain -race), or both",
+    )
     parser.add_argument("--k-shot", type=int, default=16)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--dtype", choices=ENGINE_DTYPES, default="bf16", help=DTYPE_HELP)
     parser.add_argument("--memory-cap-mb", type=float, default=256)
     parser.add_argument("--chat-template", action="store_true", help="score under the model's chat template")
     parser.add_argument("--cached-only", action="store_true", help="only tabulate the runs already saved")
+    parser.add_argument(
+        "--plan", action="store_true", help="list the runs not cached yet with a time estimate; run nothing"
+    )
+    parser.add_argument(
+        "--timings",
+        nargs="+",
+        help="folders of cached runs whose durations --plan estimates from (default: --results and the quality* "
+        "folders beside it)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print progress after every generation")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality"))
     args = parser.parse_args(argv)
-    results = asyncio.run(_run_all(args))
-    table = _table(results, args)
-    print(table)
-    (Path(args.results) / f"summary{'-chat' if args.chat_template else ''}.md").write_text(table + "\n")
+    if args.budgets and args.budget is not None:
+        parser.error("give --budgets or --budget, not both")
+    args.budgets = sorted(set(args.budgets or [args.budget or 300]))
+    args.racing_modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.racing]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.plan:
+        print(plan_text(args))
+        return 0
+    if not args.cached_only:
+        asyncio.run(_run_missing(args))
+    text = report(args)
+    print(text)
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    (Path(args.results) / f"summary{_suffix(args)}.md").write_text(text + "\n")
     return 0
 
 

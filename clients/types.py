@@ -131,6 +131,15 @@ class Examples:
             texts2=None if self.texts2 is None else self.texts2[start:stop],
         )
 
+    def take(self, indices) -> Examples:
+        """The examples at `indices`, in that order (a racing round's slice of the training batch)."""
+        picked = [int(i) for i in indices]
+        return Examples(
+            texts=[self.texts[i] for i in picked],
+            labels=[self.labels[i] for i in picked],
+            texts2=None if self.texts2 is None else [self.texts2[i] for i in picked],
+        )
+
 
 @dataclass
 class EvalRequest:

@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NOGRAD_CACHE_DIR=/opt/nograd/cache \
     NOGRAD_HEARTBEAT_FILE=/tmp/nograd-heartbeat \
     NOGRAD_DEVICE=cuda \
-    NOGRAD_MEMORY_CAP_MB=8192
+    NOGRAD_WORKER_MEMORY_MB=16384
 
 WORKDIR /opt/nograd/src
 # The base's torch stays (it satisfies pyproject.toml's range); everything else at service.lock's versions and

@@ -104,6 +104,14 @@ class RunConfig:
     optimizer_stop: Annotated[
         bool, _opt("stop the search when the optimizer's own stop criteria fire (CMA-ES: tolx, tolupsigma, ...)")
     ] = False
+    racing: Annotated[
+        bool,
+        _opt(
+            "successive halving inside each generation: score all candidates on a quarter of the training batch, "
+            "the better half on the next quarter, the best quarter on the rest; the budget counts "
+            "example-evaluations"
+        ),
+    ] = False
     # Prompt.
     mode: Annotated[
         Literal["cat", "add"],
@@ -180,6 +188,7 @@ class ResolvedConfig(RunConfig):
 JOB_FIELDS = ("method", "task", "model", "budget", "seed", "k_shot", "dev_every", "patience", "optimizer_stop")
 JOB_OPTIONS = (
     "popsize",
+    "racing",
     "optimizer",
     "sigma0",
     "alpha",

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter
 
 from nograd.clients.types import ModelInfo
 from nograd.engine.budget import BatchCost, batch_cost
+from nograd.engine.memory import budget_ceiling_mb
 
 from .config import ConfigError, ResolvedConfig, RunConfig
 from .methods import METHODS
@@ -36,7 +37,8 @@ DEFAULT_LAYERS = 32
 
 @dataclass(frozen=True)
 class Limits:
-    """The operator's limits (bytes and calls). `activations`: the workers' memory cap of one forward pass."""
+    """The operator's limits (bytes and calls). `activations`: the workers' memory cap of one forward pass (the
+    most an automatic one can be where the operator set none)."""
 
     runner_memory: float
     worker_memory: float
@@ -49,7 +51,8 @@ class Limits:
             runner_memory=settings.max_job_memory_mb * MB,
             worker_memory=settings.worker_memory_mb * MB,
             max_calls=settings.max_job_calls,
-            activations=settings.memory_cap_mb * MB,
+            # an automatic cap (None) is at most budget_ceiling_mb: what the API admits, a worker then takes
+            activations=(settings.memory_cap_mb or budget_ceiling_mb(settings.worker_memory_mb)) * MB,
         )
 
 

@@ -131,13 +131,14 @@ class ICLSearch(DiscreteSearch):
         """Demonstration indices (`demos` mode), repeated choices dropped."""
         return {"z": np.stack([self._unique(r) for r in rows])}
 
-    def _objective(self, result, scored: np.ndarray) -> np.ndarray:
-        labels = np.asarray(self.train.labels)
+    def _objective(self, logits: np.ndarray, columns: np.ndarray, scored: np.ndarray) -> np.ndarray:
+        """The run's loss on the examples among `columns` that the candidate does not show."""
+        labels = np.asarray(self.train.labels)[columns]
         out = []
-        for logits, row in zip(result.logits, scored):
-            keep = np.ones(len(labels), dtype=bool)
-            keep[[int(i) for i in row if i >= 0]] = False
-            losses, _ = all_losses(logits[keep][None], labels[keep], self.task.metric)
+        for candidate_logits, row in zip(np.asarray(logits, dtype=np.float64), scored):
+            shown = {int(i) for i in row if i >= 0}
+            keep = np.asarray([int(c) not in shown for c in columns], dtype=bool)
+            losses, _ = all_losses(candidate_logits[keep][None], labels[keep], self.task.metric)
             out.append(float(losses[self.config.loss][0]))
         return np.asarray(out)
 
@@ -171,12 +172,13 @@ class RLPromptSearch(DiscreteSearch):
             seed=config.seed,
         )
 
-    def _objective(self, result, scored: np.ndarray) -> np.ndarray:
+    def _objective(self, logits: np.ndarray, columns: np.ndarray, scored: np.ndarray) -> np.ndarray:
+        """Minus RLPrompt's reward on the training examples `columns`."""
         from .rlprompt import reward  # torch: see __init__
 
         return -reward(
-            np.asarray(result.logits),
-            np.asarray(self.train.labels),
+            np.asarray(logits),
+            np.asarray(self.train.labels)[columns],
             self.config.reward_correct,
             self.config.reward_wrong,
         )

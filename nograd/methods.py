@@ -20,6 +20,7 @@ from nograd.clients.types import Examples, TaskSpec
 from nograd.optimizers import check_nevergrad_name
 from nograd.tasks import Task
 
+from . import racing
 from .config import ConfigError, ResolvedConfig, RunConfig
 from .discrete import BBPLSearch, ICLSearch, RLPromptSearch
 from .search import PromptSearch
@@ -88,9 +89,11 @@ _SOFT = (
     "distribution",
     "init",
     "chat_template",
+    "racing",
 )
 _BBPL = (
     "popsize",
+    "racing",
     "loss",
     "prompt_length",
     "lr",
@@ -100,8 +103,18 @@ _BBPL = (
     "min_pmi",
     "chat_template",
 )
-_RLPROMPT = ("popsize", "prompt_length", "lr", "top_k", "mlp_hidden", "reward_correct", "reward_wrong", "chat_template")
-_ICL_SEARCH = ("popsize", "loss", "icl_shots", "prompt_length", "lr", "chat_template")
+_RLPROMPT = (
+    "popsize",
+    "racing",
+    "prompt_length",
+    "lr",
+    "top_k",
+    "mlp_hidden",
+    "reward_correct",
+    "reward_wrong",
+    "chat_template",
+)
+_ICL_SEARCH = ("popsize", "racing", "loss", "icl_shots", "prompt_length", "lr", "chat_template")
 
 #: k_shot when the user leaves it unset (the BBT paper's few-shot setting); a smaller file gets the most it allows.
 DEFAULT_K_SHOT = 16
@@ -210,6 +223,8 @@ def resolve(config: RunConfig, task: Task) -> ResolvedConfig:
             "and scores each candidate on the examples it does not show: use fewer (prompt_length or icl_shots) "
             "or a larger k_shot",
         )
+    if config.racing and method.is_search:
+        _check_racing(method, values, values["k_shot"] * len(task.labels))
     if config.optimizer != "cma" and not config.optimizer.startswith("ng:"):
         raise ConfigError(
             "optimizer", f"{config.optimizer!r} is unknown; use cma or ng:<nevergrad optimizer>, e.g. ng:NGOpt"
@@ -221,6 +236,31 @@ def resolve(config: RunConfig, task: Task) -> ResolvedConfig:
             raise ConfigError("optimizer", str(exc)) from None
     values.update(_endpoint(method, config))
     return ResolvedConfig(**values)
+
+
+def _check_racing(method: Method, values: dict[str, Any], train: int) -> None:
+    """Racing's rules (`nograd.racing`): every round must see at least one example and one candidate, and an
+    icl_search candidate must leave some of the first round's examples unshown to be scored on them."""
+    if train < racing.MIN_EXAMPLES:
+        raise ConfigError(
+            "racing",
+            f"racing scores candidates on quarters of the training batch and needs at least {racing.MIN_EXAMPLES} "
+            f"training examples; this run has {train} (k_shot x labels): raise k_shot or turn racing off",
+        )
+    if values["popsize"] < racing.MIN_POPSIZE:
+        raise ConfigError(
+            "racing",
+            f"racing halves the population twice and needs popsize >= {racing.MIN_POPSIZE}, not "
+            f"{values['popsize']}: raise popsize or turn racing off",
+        )
+    first = racing.slice_bounds(train)[0][1]
+    if method.name == "icl_search" and values["prompt_length"] >= first:
+        raise ConfigError(
+            "racing",
+            f"racing's first round scores each candidate on {first} training examples and icl_search leaves out "
+            f"the ones a candidate shows, so it must show fewer than {first} (prompt_length is "
+            f"{values['prompt_length']}): lower prompt_length or icl_shots, raise k_shot, or turn racing off",
+        )
 
 
 def _data(config: RunConfig, task: Task) -> dict[str, Any]:

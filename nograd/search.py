@@ -1,5 +1,6 @@
 """The optimization loop shared by the CLI and the service: ask -> score the population on the training batch
-through any `ModelClient` -> tell; dev evaluation every N calls; the best-dev prompt is the result.
+through any `ModelClient` (or, with `racing`, on growing slices of it: `nograd.racing`) -> tell; dev evaluation
+every N calls; the best-dev prompt is the result.
 
 The loop owns no I/O: callers persist `state_dict()` after each generation and get per-generation records.
 """
@@ -9,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from nograd.clients.losses import all_losses, metric
 from nograd.clients.protocol import ModelClient
-from nograd.clients.types import EvalRequest, Examples, ProjectionSpec, PromptSpec, TaskSpec
+from nograd.clients.types import EvalRequest, EvalResult, Examples, ProjectionSpec, PromptSpec, TaskSpec
 from nograd.optimizers import make_deep_optimizer, make_optimizer, optimizer_from_state
 
+from . import racing
 from .config import ResolvedConfig
 from .progress import OnPhase, Phase, report
 
@@ -35,6 +38,30 @@ def _dev_key(metric: float, ce: float) -> tuple[float, float]:
     return (metric, -ce)
 
 
+@dataclass
+class _Scoring:
+    """How one generation was scored on the training batch.
+
+    Attributes:
+        scored: the candidates scored (the population, or its first rows when the budget runs out).
+        values: what the optimizer is told, one per scored candidate (the objective; racing: `racing.told_values`).
+        full: positions in `scored` whose value is the objective on the whole training batch (racing: the last
+            round's survivors), the only ones the best-train records consider.
+        metric_max: the best training metric among `full`.
+        result: the last evaluation (for `_entry_extra`).
+        example_evals: example-evaluations spent (one candidate on one training example each).
+        rounds: racing only: [candidates, new examples] of each round.
+    """
+
+    scored: np.ndarray
+    values: np.ndarray
+    full: np.ndarray
+    metric_max: float
+    result: EvalResult
+    example_evals: int
+    rounds: list[list[int]] | None = None
+
+
 class PromptSearch:
     """Black-box search over z for one run.
 
@@ -42,9 +69,11 @@ class PromptSearch:
     from an earlier run's prompt (transfer between tasks, as in SPoT): the search reuses that run's projection and
     starts its distribution at that run's z.
 
-    Invariants: `calls` counts exactly the candidates scored on the training batch (never more than the
-    budget); dev evaluations are not charged. The candidate with the best dev metric (ties: lower dev CE) is
-    the result; the initial prompt (z = 0) is always a contender, so the result is never worse on dev.
+    Invariants: `example_evals` counts exactly the (candidate, training example) pairs scored, and `calls` is
+    that over the training batch's size, so one candidate on the whole batch is one call and a racing round on a
+    quarter of it a quarter call; it never exceeds the budget, and the search is done once less than one call is
+    left. Dev evaluations are not charged. The candidate with the best dev metric (ties: lower dev CE) is the
+    result; the initial prompt (z = 0) is always a contender, so the result is never worse on dev.
     """
 
     def __init__(
@@ -87,7 +116,7 @@ class PromptSearch:
         self._reset_progress()
 
     def _reset_progress(self) -> None:
-        self.calls = 0
+        self.example_evals = 0
         self.generation = 0
         self.started = False
         self.best_dev: dict | None = None
@@ -133,9 +162,12 @@ class PromptSearch:
             generation=generation,
         )
 
-    def _objective(self, result, scored: np.ndarray) -> np.ndarray:
-        """What the optimizer minimizes for the scored population (the request's loss by default)."""
-        return np.asarray(result.loss, dtype=np.float64)
+    def _objective(self, logits: np.ndarray, columns: np.ndarray, scored: np.ndarray) -> np.ndarray:
+        """What the optimizer minimizes for candidates `scored`, from their (P, n, K) label-word logits on the
+        training examples `columns` (n indices into `train`, the order of the logits' examples): the run's loss
+        by default, computed as the endpoint computes `EvalResult.loss`."""
+        labels = np.asarray(self.train.labels)[columns]
+        return all_losses(np.asarray(logits, dtype=np.float64), labels, self.task.metric)[0][self.config.loss]
 
     def _entry_extra(self, result) -> dict:
         """Hook: extra fields for a generation's history record."""
@@ -171,12 +203,34 @@ class PromptSearch:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     @property
+    def calls(self) -> int | float:
+        """Model calls spent: `example_evals` over the training batch's size. A whole number (an int) unless
+        racing scored candidates on part of the batch."""
+        whole, part = divmod(self.example_evals, len(self.train))
+        return whole if part == 0 else self.example_evals / len(self.train)
+
+    @property
+    def whole_calls(self) -> int:
+        """`calls` rounded up, for what counts in whole calls (progress bars, the service's `calls` column): a
+        call partly spent counts, and it never exceeds the budget (an integer)."""
+        return math.ceil(self.example_evals / len(self.train))
+
+    @property
+    def _evals_left(self) -> int:
+        return self.config.budget * len(self.train) - self.example_evals
+
+    @property
+    def _budget_spent(self) -> bool:
+        """Less than one call (one candidate on the whole training batch) is left."""
+        return self._evals_left < len(self.train)
+
+    @property
     def done(self) -> bool:
-        return self.started and (self.calls >= self.config.budget or self.stopped is not None)
+        return self.started and (self._budget_spent or self.stopped is not None)
 
     def _optimizer_converged(self) -> str | None:
         """Why the optimizer's own stop criteria fired before the budget (with `optimizer_stop`), else None."""
-        if not self.config.optimizer_stop or self.calls >= self.config.budget or not self.optimizer.should_stop():
+        if not self.config.optimizer_stop or self._budget_spent or not self.optimizer.should_stop():
             return None
         conditions = getattr(self.optimizer, "stop_conditions", None) or {}
         named = f" ({', '.join(sorted(conditions))})" if conditions else ""
@@ -209,24 +263,21 @@ class PromptSearch:
         if not self.started:
             raise RuntimeError("call start() before step()")
         started = time.perf_counter()
-        report(self.on_phase, Phase("search", self.calls, self.config.budget, "calls"))
+        report(self.on_phase, Phase("search", self.whole_calls, self.config.budget, "calls"))
         layer = self.optimizer.layer if self.deep else None
         base = self.optimizer.base() if self.deep else None
         # ask/tell run off the event loop: CMA-ES at d = 500 takes milliseconds per call, which would stall
         # everything else a service runs on the loop (API requests, other jobs).
         population = await self._off_loop(self.optimizer.ask)
-        remaining = self.config.budget - self.calls
-        partial = remaining < len(population)
-        scored = population[:remaining] if partial else population
-        result = await client.evaluate(
-            self._request(self.train, population=scored, layer=layer, base=base, generation=self.generation + 1)
-        )
-        losses = self._objective(result, scored)
-        self.calls += len(scored)
-        if not partial:
+        score = self._race if self.config.racing else self._score_all
+        scoring = await score(client, population, layer, base, self.generation + 1)
+        losses = scoring.values
+        partial = len(scoring.scored) < len(population)
+        self.example_evals += scoring.example_evals
+        if not partial:  # a truncated population is not told: the optimizer expects whole generations
             await self._off_loop(self.optimizer.tell, population, losses)
-        i = int(np.argmin(losses))
-        x = scored[i].copy()
+        i = int(scoring.full[np.argmin(losses[scoring.full])])
+        x = scoring.scored[i].copy()
         if self.deep:
             x, row = base.copy(), x
             x[layer] = row
@@ -244,10 +295,12 @@ class PromptSearch:
             "min_loss": float(losses.min()),
             "mean_loss": float(losses.mean()),
             "best_loss": self.best_train["loss"],
-            "train_metric_max": float(np.max(result.metric)),
+            "train_metric_max": scoring.metric_max,
             "sigma": self.optimizer.step_size,
-            **self._entry_extra(result),
+            **self._entry_extra(scoring.result),
         }
+        if scoring.rounds is not None:
+            entry["racing"] = {"rounds": scoring.rounds, "example_evals": scoring.example_evals}
         if self.calls >= self._next_dev or self.done:
             while self._next_dev <= self.calls:
                 self._next_dev += self.config.dev_every
@@ -261,6 +314,72 @@ class PromptSearch:
             entry["stopped"] = self.stopped
         entry["seconds"] = time.perf_counter() - started
         return entry
+
+    async def _score_all(
+        self, client: ModelClient, population: np.ndarray, layer: int | None, base: np.ndarray | None, generation: int
+    ) -> _Scoring:
+        """Every candidate on the whole training batch (only as many as the budget has whole calls left for)."""
+        n_examples = len(self.train)
+        scored = population[: self._evals_left // n_examples]
+        result = await client.evaluate(
+            self._request(self.train, population=scored, layer=layer, base=base, generation=generation)
+        )
+        losses = self._objective(result.logits, np.arange(n_examples), scored)
+        return _Scoring(
+            scored=scored,
+            values=losses,
+            full=np.arange(len(scored)),
+            metric_max=float(np.max(result.metric)),
+            result=result,
+            example_evals=len(scored) * n_examples,
+        )
+
+    async def _race(
+        self, client: ModelClient, population: np.ndarray, layer: int | None, base: np.ndarray | None, generation: int
+    ) -> _Scoring:
+        """Successive halving (`nograd.racing`): round r scores the candidates still in the race on the next slice
+        of this generation's label-balanced order of the training batch; a candidate's loss after a round is the
+        objective over every example it has seen (its logits gathered in batch order, so the survivors' last loss
+        is their whole-batch loss), and the better half (rounded up) goes on. The optimizer is told
+        `racing.told_values`. When the budget cannot pay for the whole population's race, the most candidates it
+        can pay for race (and the optimizer is not told, as for any truncated generation)."""
+        n_examples = len(self.train)
+        size = len(population)
+        if racing.cost(size, n_examples) > self._evals_left:
+            size = racing.largest_population(size, n_examples, self._evals_left)
+        scored = population[:size]
+        order = racing.example_order(self.train.labels, self.config.seed, generation)
+        logits: np.ndarray | None = None  # (size, E, K), filled in as the rounds go
+        losses, rounds_seen = np.full(size, np.nan), np.zeros(size, dtype=np.int64)
+        alive, rounds, spent = np.arange(size), [], 0
+        bounds = racing.slice_bounds(n_examples)
+        for r, ((start, stop), n_alive) in enumerate(zip(bounds, racing.survivors_per_round(size))):
+            if r:
+                alive = alive[racing.keep_best(losses[alive], n_alive)]
+            new = order[start:stop]
+            result = await client.evaluate(
+                self._request(
+                    self.train.take(new), population=scored[alive], layer=layer, base=base, generation=generation
+                )
+            )
+            if logits is None:
+                logits = np.full((size, n_examples, np.shape(result.logits)[-1]), np.nan)
+            logits[alive[:, None], new[None, :]] = result.logits
+            seen = np.sort(order[:stop])
+            losses[alive] = self._objective(logits[alive][:, seen], seen, scored[alive])
+            rounds_seen[alive] = r + 1
+            spent += len(alive) * len(new)
+            rounds.append([len(alive), len(new)])
+        labels = np.asarray(self.train.labels)
+        return _Scoring(
+            scored=scored,
+            values=racing.told_values(rounds_seen, losses),
+            full=alive,
+            metric_max=float(np.max(metric(logits[alive], labels, self.task.metric))),
+            result=result,
+            example_evals=spent,
+            rounds=rounds,
+        )
 
     def result(self) -> dict:
         best = self.best_dev
@@ -284,6 +403,7 @@ class PromptSearch:
         return {
             "version": STATE_VERSION,
             "calls": self.calls,
+            "example_evals": self.example_evals,
             "generation": self.generation,
             "started": self.started,
             "spec": self.spec.to_dict(),
@@ -307,7 +427,9 @@ class PromptSearch:
     def load_state(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"search state version {state.get('version')} is not {STATE_VERSION}; rerun the job")
-        self.calls, self.generation, self.started = state["calls"], state["generation"], state["started"]
+        self.generation, self.started = state["generation"], state["started"]
+        # absent: written before racing, when every call scored the whole training batch
+        self.example_evals = int(state.get("example_evals", state["calls"] * len(self.train)))
         self.spec = PromptSpec.from_dict(state["spec"])
         self.optimizer = self._optimizer_from_state(state["optimizer"])
         self.best_dev = None if state["best_dev"] is None else dict(state["best_dev"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import socket
 import time
@@ -431,7 +432,7 @@ class JobExecutor:
             artifact=artifact,
             analysis=analysis,
             test_metric=result["test_metric"],
-            calls=result["calls"],
+            calls=math.ceil(result["calls"]),  # the column counts whole calls; racing spends fractions of one
             best_dev_metric=result["dev_metric"],
         ):
             self._track(job_id)
@@ -448,7 +449,7 @@ class JobExecutor:
             self.owner,
             checkpoint=checkpoint,
             entry=entry,
-            calls=search.calls,
+            calls=search.whole_calls,
             generation=search.generation,
             best_train_loss=best_train,
             best_dev_metric=best_dev,

@@ -10,8 +10,6 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from nograd.engine import DEFAULT_MEMORY_CAP_MB
-
 from .tracking import check_uri
 
 
@@ -45,10 +43,11 @@ class Settings(BaseSettings):
     run_jobs: bool = Field(True, description="run the job runner in the API process")
     dtype: str = Field("auto", description="workers' dtype: auto (bf16 where native, else fp16 on GPU, fp32 on CPU)")
     device: str = "auto"
-    memory_cap_mb: float = Field(
-        DEFAULT_MEMORY_CAP_MB,
-        gt=0,
-        description="activation memory per forward pass of an embedded worker (scores do not depend on it)",
+    memory_cap_mb: float | None = Field(
+        None,
+        description="activation memory per forward pass of a worker (scores do not depend on it); None: sized from "
+        "the device once the models are loaded (a share of free GPU memory or available RAM, at most half of "
+        "worker_memory_mb; the worker logs what it picked)",
     )
     max_concurrent_jobs: int = Field(16, ge=1)
     batch_size: int | None = Field(None, ge=1, description="most candidates per queue batch (None: whole populations)")
@@ -130,6 +129,15 @@ class Settings(BaseSettings):
     @classmethod
     def _mlflow_usable(cls, value: str | None) -> str | None:
         return check_uri(value) if value else None
+
+    @field_validator("memory_cap_mb")
+    @classmethod
+    def _cap_positive(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:  # `not >` also refuses NaN
+            raise ValueError(
+                f"memory_cap_mb must be more than 0 MB (got {value}); leave it unset to size it from the device"
+            )
+        return value
 
     @field_validator("models", "remote_allow", mode="before")
     @classmethod

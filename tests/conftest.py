@@ -17,17 +17,26 @@ def masked_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def causal_handle(causal_tokenizer):
-    from nograd.engine.models import handle_from_model
+def test_device() -> str:
+    """Where the tiny models run: $NOGRAD_TEST_DEVICE (bench/gpu.py runs the engine's exactness tests with `cuda`),
+    else the CPU."""
+    import os
 
-    return handle_from_model(make_causal(), causal_tokenizer, name="tiny-llama", kind="causal")
+    return os.environ.get("NOGRAD_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
-def masked_handle(masked_tokenizer):
+def causal_handle(causal_tokenizer, test_device):
     from nograd.engine.models import handle_from_model
 
-    return handle_from_model(make_masked(), masked_tokenizer, name="tiny-roberta", kind="masked")
+    return handle_from_model(make_causal(), causal_tokenizer, name="tiny-llama", kind="causal", device=test_device)
+
+
+@pytest.fixture(scope="session")
+def masked_handle(masked_tokenizer, test_device):
+    from nograd.engine.models import handle_from_model
+
+    return handle_from_model(make_masked(), masked_tokenizer, name="tiny-roberta", kind="masked", device=test_device)
 
 
 @pytest.fixture(scope="session")

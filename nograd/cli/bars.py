@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -41,7 +42,7 @@ class PhaseBar:
             dev = entry["initial"].get("dev_metric")
         else:
             if self.bar.unit == "calls":  # the search's bar (a dev round inside the search keeps it)
-                self.bar.n = entry["calls"]
+                self.bar.n = math.ceil(entry["calls"])  # whole calls: racing spends fractions of one
             self.stats["best_loss"] = f"{entry['best_loss']:.4f}"
             dev = entry["dev"]["best_metric"] if "dev" in entry else None
         if dev is not None:

@@ -14,6 +14,7 @@ import sys
 import time
 
 from nograd.config import JOB_FIELDS, JOB_OPTIONS
+from nograd.engine.memory import BUDGET_SHARE, FRACTIONS
 from nograd.export import FORMATS
 from nograd.methods import METHODS
 
@@ -225,6 +226,13 @@ def _metrics_server(metrics, settings):
         logging.getLogger("nograd.worker").warning("%s; serving without metrics", exc)
         return None
 
+
+#: What an unset --memory-cap-mb does, in the help of the commands that run a worker.
+AUTO_CAP = (
+    f"auto: sized from the device once the models are loaded ({FRACTIONS['cuda']:.0%} of the free GPU memory or "
+    f"{FRACTIONS['cpu']:.0%} of the available RAM, within bounds and at most {BUDGET_SHARE:.0%} of "
+    "$NOGRAD_WORKER_MEMORY_MB), logged at start"
+)
 
 _client = connect  # every client command talks to the service through it (errors as one line)
 
@@ -456,7 +464,13 @@ def _add_serve(sub) -> None:
     )
     _add_runner_settings(serve)
     add_setting(serve, "claim_idle", type=float)
-    add_setting(serve, "memory_cap_mb", type=float)
+    add_setting(
+        serve,
+        "memory_cap_mb",
+        help="the embedded worker's activation memory per forward pass (scores do not depend on it)",
+        unset=AUTO_CAP,
+        type=float,
+    )
     add_setting(
         serve,
         "dtype",
@@ -516,7 +530,11 @@ def _add_worker(sub) -> None:
     add_setting(worker, "device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     add_setting(worker, "dtype", help="auto (bf16 where native, else fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32")
     add_setting(
-        worker, "memory_cap_mb", help="activation memory per forward pass (scores do not depend on it)", type=float
+        worker,
+        "memory_cap_mb",
+        help="activation memory per forward pass (scores do not depend on it)",
+        unset=AUTO_CAP,
+        type=float,
     )
     add_setting(worker, "namespace", help="prefix of the Redis keys (the service's)")
     add_setting(

@@ -21,6 +21,7 @@ The LM head is applied only at the scored position, restricted to the label-word
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 
@@ -45,10 +46,13 @@ from . import DEFAULT_MEMORY_CAP_MB, MICRO_BATCH
 from .batching import PromptSet, cache_from, ranges, select
 from .budget import batch_cost
 from .errors import EngineError
+from .fused import FusedDecoder
 from .injection import Injector, Plan
 from .layout import PLACEHOLDER_START, Layout, build_layout, text_ids
 from .models import ModelHandle
 from .projection import Projections
+
+log = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -64,6 +68,9 @@ class Engine:
         layer_reuse: in deep mode, share the layers below the varying one across candidates (exact).
         discrete_batching: score discrete prompts of equal token length as one population (exact); None: only
             when the model is not on the CPU.
+        fused: run Llama-family models through `nograd.engine.fused` (exact to float rounding); None: wherever
+            the model supports it. False: always the Hugging Face forward.
+        compile: let the fused forward use `torch.compile` (None: `fused.can_compile`, NOGRAD_COMPILE).
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class Engine:
         discrete_batching: bool | None = None,
         memory_budget_mb: float | None = None,
         projection_cache_mb: float = 512.0,
+        fused: bool | None = None,
+        compile: bool | None = None,
     ):
         self.handle = handle
         self.memory_budget = None if memory_budget_mb is None else memory_budget_mb * 2**20
@@ -88,6 +97,20 @@ class Engine:
         self._layer_scales: dict[tuple, list[float]] = {}
         self._emb_std = handle.embedding_std()
         self._vocab_ids: torch.Tensor | None = None  # `_vocabulary_ids`, found on first use
+        self.fused = self._fused_decoder(fused, compile)
+
+    def _fused_decoder(self, fused: bool | None, compile: bool | None) -> FusedDecoder | None:
+        if fused is False or not self.prefix_reuse:
+            return None
+        why_not = FusedDecoder.supports(self.handle)
+        if why_not is not None:
+            if fused:
+                raise EngineError(f"the fused forward does not serve {self.handle.name}: {why_not}")
+            log.info("engine: Hugging Face forward for %s (%s)", self.handle.name, why_not)
+            return None
+        decoder = FusedDecoder(self.handle, compile=compile)
+        log.info("engine: fused forward for %s (%s)", self.handle.name, "compiled" if decoder.compiled else "eager")
+        return decoder
 
     def describe(self) -> ModelInfo:
         h = self.handle
@@ -437,7 +460,7 @@ class Engine:
         if self._uses_prefix_reuse(layout):
             cache = self._prefix_cache(layout, base, 0, 1, plan)
             state["prefix_hidden"] = plan.captured[layer]
-            state["prefix_kv"] = [(lay.keys, lay.values) for lay in cache.layers[:layer]]
+            state["prefix_kv"] = cache[:layer]
             hidden = []
             for e0, e1 in groups:
                 plan = Plan(capture={layer})
@@ -469,19 +492,22 @@ class Engine:
 
     def _prefix_cache(
         self, layout: Layout, prompts: PromptSet, c0: int, c1: int, plan: Plan, skip: int = 0
-    ) -> DynamicCache:
-        """Run the prefix for candidates [c0, c1) and return its key/value cache."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Run the prefix for candidates [c0, c1) -> per layer its keys and values, (c1 - c0, kv heads, Lp, d)
+        (None for layers below `skip`, which do not run)."""
         plan.prompts, plan.slots = prompts.deep_for(c0, c1), layout.slots.to(self.handle.device)
         emb = self._prefix_embeddings(layout, prompts, c0, c1)
+        if self.fused is not None:
+            return self.fused.prefix(emb, plan, skip)
         cache = DynamicCache(config=self.handle.config)
         with self.injector.active(plan, skip):
             self.handle.base(inputs_embeds=emb, cache=cache, use_cache=True)
-        return cache
+        return [(lay.keys, lay.values) if i >= skip else None for i, lay in enumerate(cache.layers)]
 
     def _body_logits(
         self,
         layout: Layout,
-        cache: DynamicCache,
+        cache: list[tuple[torch.Tensor, torch.Tensor] | None],
         n_cand: int,
         e0: int,
         e1: int,
@@ -489,7 +515,8 @@ class Engine:
         skip: int,
         shared_kv: list | None = None,
     ) -> torch.Tensor:
-        """Examples [e0, e1) for n_cand candidates whose prefix is in `cache` -> (n_cand, e1-e0, K)."""
+        """Examples [e0, e1) for n_cand candidates whose prefix keys/values are `cache` (layers below
+        len(shared_kv): `shared_kv`, one for all candidates) -> (n_cand, e1-e0, K)."""
         h = self.handle
         width = int(layout.body_mask[e0:e1].sum(1).max())
         ids = layout.body_ids[e0:e1, :width].to(h.device)
@@ -497,12 +524,19 @@ class Engine:
         n_ex, lp = e1 - e0, int(layout.prefix_ids.numel())
         rows = n_cand * n_ex
         emb = h.embedding(ids).repeat(n_cand, 1, 1)
+        shared = len(shared_kv) if shared_kv is not None else 0
+        prefix_kv = [shared_kv[i] if i < shared else kv for i, kv in enumerate(cache)]
+        if self.fused is not None:
+            plan.prompts, plan.slots = None, None
+            score_pos = layout.score_pos[e0:e1].to(h.device)
+            hidden = self.fused.body(emb, prefix_kv, n_ex, mask, score_pos, plan, skip)
+            return h.label_logits(hidden, layout.label_ids.to(h.device)).view(n_cand, n_ex, -1).cpu()
         kv = []
-        for index, layer in enumerate(cache.layers):
-            if shared_kv is not None and index < len(shared_kv):
-                keys, values = (t.expand(rows, -1, -1, -1) for t in shared_kv[index])
+        for index, (keys, values) in enumerate(prefix_kv):
+            if index < shared:
+                keys, values = (t.expand(rows, -1, -1, -1) for t in (keys, values))
             else:
-                keys, values = (t.repeat_interleave(n_ex, dim=0) for t in (layer.keys, layer.values))
+                keys, values = (t.repeat_interleave(n_ex, dim=0) for t in (keys, values))
             kv.append((keys, values))
         body_cache = cache_from(kv, h.config)
         attention = torch.cat(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 
 from nograd.clients.protocol import Evaluator
 
 from . import DEFAULT_MEMORY_CAP_MB
 from .fake import parse_fake
+
+log = logging.getLogger(__name__)
 
 
 def build_engine(
@@ -15,22 +18,29 @@ def build_engine(
     *,
     dtype: str = "auto",
     device: str = "auto",
-    memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB,
+    memory_cap_mb: float | None = DEFAULT_MEMORY_CAP_MB,
     memory_budget_mb: float | None = None,
     projection_cache_mb: float = 512.0,
 ) -> Evaluator:
     """The engine for a model name: `fake[:latency]` (tests, benchmarks) or any model `load_model` accepts.
-    memory_budget_mb: what one batch may allocate beyond the model (a worker's budget; None: unchecked);
-    projection_cache_mb: bytes of projection matrices kept between batches."""
+    memory_cap_mb: activation memory per forward pass; None: sized from the device once the model is loaded
+    (`nograd.engine.memory`), and logged; memory_budget_mb: what one batch may allocate beyond the model (a
+    worker's budget; None: unchecked); projection_cache_mb: bytes of projection matrices kept between batches."""
     fake = parse_fake(model)
     if fake is not None:
         return fake
     from .engine import Engine  # torch and transformers load only for a real model
+    from .memory import model_bytes, resolve_memory_cap
     from .models import load_model
 
+    handle = load_model(model, dtype=dtype, device=device)
+    cap = resolve_memory_cap(
+        memory_cap_mb, device=handle.device, weights=model_bytes(handle.model), budget_mb=memory_budget_mb
+    )
+    log.info("%s on %s: %s", model, handle.device, cap.describe())
     return Engine(
-        load_model(model, dtype=dtype, device=device),
-        memory_cap_mb=memory_cap_mb,
+        handle,
+        memory_cap_mb=cap.mb,
         memory_budget_mb=memory_budget_mb,
         projection_cache_mb=projection_cache_mb,
     )

@@ -260,15 +260,25 @@ def load_model(
 
 
 def handle_from_model(
-    model: nn.Module, tokenizer, *, name: str = "custom", kind: ModelKind | None = None, device: str = "cpu"
+    model: nn.Module,
+    tokenizer,
+    *,
+    name: str = "custom",
+    kind: ModelKind | None = None,
+    device: str = "cpu",
+    weights_hash: str | None = None,
 ) -> ModelHandle:
-    """Wrap an already-built model (tests build tiny random ones from configs)."""
+    """Wrap an already-built model (tests build tiny random ones from configs). `weights_hash`: the model id's
+    digest as given; None: the SHA-256 of every weight, which takes minutes on a model of billions of parameters
+    (benchmarks of random models pass a name instead)."""
     torch_device = resolve_device(device)
     model = model.to(torch_device)
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    if weights_hash is None:
+        digest = hashlib.sha256()
+        for key, tensor in sorted(model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        weights_hash = digest.hexdigest()
     return ModelHandle(
         name=name,
         model=model,
@@ -276,5 +286,5 @@ def handle_from_model(
         kind=kind or _guess_kind(model.config),
         device=torch_device,
         dtype=next(model.parameters()).dtype,
-        weights_hash=digest.hexdigest(),
+        weights_hash=weights_hash,
     )

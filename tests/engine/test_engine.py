@@ -194,10 +194,10 @@ def test_label_head_matches_full_lm_head(handle):
     logits = engine.evaluate(request).logits[0]
     for i in range(len(TEXTS)):
         n = int(layout.body_mask[i].sum())
-        ids = torch.cat([layout.prefix_ids, layout.body_ids[i, :n]])[None]
+        ids = torch.cat([layout.prefix_ids, layout.body_ids[i, :n]])[None].to(handle.device)
         with torch.no_grad():
             full = handle.model(input_ids=ids).logits[0, len(layout.prefix_ids) + int(layout.score_pos[i])]
-        np.testing.assert_allclose(logits[i], full[layout.label_ids].numpy(), atol=1e-5)
+        np.testing.assert_allclose(logits[i], full[layout.label_ids].cpu().numpy(), atol=1e-5)
 
 
 # ------------------------------------------------------------------ bad input
@@ -245,7 +245,9 @@ def test_scores_do_not_depend_on_the_memory_cap_in_bf16(causal_handle, mode):
 
     from nograd.engine.models import handle_from_model
 
-    bf16 = handle_from_model(make_causal().to(torch.bfloat16), causal_handle.tokenizer, name="tiny-bf16")
+    bf16 = handle_from_model(
+        make_causal().to(torch.bfloat16), causal_handle.tokenizer, name="tiny-bf16", device=str(causal_handle.device)
+    )
     examples = Examples(texts=[t + " " + "and so on " * i for i in range(5) for t in TEXTS], labels=[1, 0, 0, 1] * 5)
     request = _request(mode, examples=examples, population=6, scales=None)
     tight, roomy = Engine(bf16, memory_cap_mb=0.01), Engine(bf16, memory_cap_mb=4096)

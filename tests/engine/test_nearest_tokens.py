@@ -31,7 +31,7 @@ def test_a_cat_prompt_made_of_token_embeddings_has_those_tokens_nearest(causal_h
     wanted = _vocabulary(causal_handle)[10:12]
     hidden = causal_handle.hidden_size
     spec = PromptSpec(mode="cat", n_tokens=2, projection=ProjectionSpec(dim=2 * hidden, seed=5))
-    rows = causal_handle.embedding.weight.detach().float()[wanted].numpy()
+    rows = causal_handle.embedding.weight.detach().float()[wanted].cpu().numpy()
     z = _z_for(engine, spec, rows)
     np.testing.assert_allclose(engine.prompt_embeddings(spec, z).cpu().numpy(), rows, atol=1e-4)
 
@@ -51,7 +51,7 @@ def test_the_similarities_are_the_cosines_to_every_token(causal_handle):
     z = np.random.default_rng(0).normal(size=8)
     prompt = engine.prompt_embeddings(spec, z).cpu()
     vocabulary = _vocabulary(causal_handle)
-    table = causal_handle.embedding.weight.detach().float()[vocabulary]
+    table = causal_handle.embedding.weight.detach().float().cpu()[vocabulary]
     cosines = torch.nn.functional.cosine_similarity(prompt[:, None], table[None], dim=-1).numpy()
     for position, row in enumerate(engine.nearest_tokens(spec, z, 4)):
         best = np.argsort(-cosines[position])[:4]

@@ -183,7 +183,7 @@ def test_icl_search_leaves_out_the_examples_a_candidate_shows(client):
     search = make_search(_config("icl_search", prompt_length=2), POOL, TRAIN, DEV, 3)
     rows = np.array([[0.0, 1.0], [-1.0, -1.0]])
     result = _evaluate(client, search._request(TRAIN, population=rows))
-    losses = search._objective(result, rows)
+    losses = search._objective(result.logits, np.arange(len(TRAIN)), rows)
     from nograd.clients.losses import all_losses
 
     keep = np.arange(len(TRAIN)) >= 2

@@ -30,13 +30,13 @@ def model_dir(tmp_path_factory, causal_tokenizer):
     return save_small_llama(tmp_path_factory.mktemp("bf16") / "small-llama", causal_tokenizer, seed=1)
 
 
-def _eval(capsys, prompt, cap) -> dict:
+def _eval(capsys, prompt, cap, device) -> dict:
     capsys.readouterr()
-    assert main(["eval", "--prompt", str(prompt), "--device", "cpu", "--memory-cap-mb", str(cap)]) == 0
+    assert main(["eval", "--prompt", str(prompt), "--device", device, "--memory-cap-mb", str(cap)]) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def test_run_then_eval_at_another_cap(model_dir, tmp_path, capsys):
+def test_run_then_eval_at_another_cap(model_dir, tmp_path, capsys, test_device):
     out = tmp_path / "run"
     assert (
         main(
@@ -49,7 +49,7 @@ def test_run_then_eval_at_another_cap(model_dir, tmp_path, capsys):
                 "--dtype",
                 "bf16",
                 "--device",
-                "cpu",
+                test_device,
                 "--memory-cap-mb",
                 "0.2",
                 "--method",
@@ -74,16 +74,16 @@ def test_run_then_eval_at_another_cap(model_dir, tmp_path, capsys):
     )
     result = json.loads((out / "result.json").read_text())
     for cap in (0.05, 1024):
-        rescored = _eval(capsys, out / "prompt.safetensors", cap)
+        rescored = _eval(capsys, out / "prompt.safetensors", cap, test_device)
         assert (rescored["metric"], rescored["ce"]) == (result["test_metric"], result["test_ce"])
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys, dtype):
+def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys, dtype, test_device):
     """The workers' dtype, not a job option, decides how a service job is scored: the prompt records it and
     `nograd eval` scores in it."""
     settings = Settings(
-        data_dir=tmp_path / "data", models=[model_dir], auth=False, dtype=dtype, device="cpu", memory_cap_mb=0.05
+        data_dir=tmp_path / "data", models=[model_dir], auth=False, dtype=dtype, device=test_device, memory_cap_mb=0.05
     )
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as http:  # auth off: a loopback Host
         job = http.post(
@@ -105,16 +105,16 @@ def test_job_then_download_then_eval_at_another_cap(model_dir, tmp_path, capsys,
         assert job["status"] == "succeeded", job["error"]
         (tmp_path / "prompt.safetensors").write_bytes(http.get(f"/v1/jobs/{job['id']}/prompt").content)
     assert load_prompt(tmp_path / "prompt.safetensors")["scoring"]["dtype"] == dtype
-    rescored = _eval(capsys, tmp_path / "prompt.safetensors", 512)
+    rescored = _eval(capsys, tmp_path / "prompt.safetensors", 512, test_device)
     assert (rescored["metric"], rescored["ce"]) == (job["result"]["test_metric"], job["result"]["test_ce"])
 
 
-def test_other_micro_batches_give_other_bf16_scores(model_dir, monkeypatch):
+def test_other_micro_batches_give_other_bf16_scores(model_dir, monkeypatch, test_device):
     import nograd.engine.engine as engine_module
 
     task = get_task("mr")
     request = EvalRequest(task_spec(task), to_examples(task, task.test[:64]), PromptSpec(mode="none"))
-    engine = Engine(load_model(model_dir, dtype="bf16", device="cpu"), memory_cap_mb=0.05)
+    engine = Engine(load_model(model_dir, dtype="bf16", device=test_device), memory_cap_mb=0.05)
     fixed = asyncio.run(LocalClient(engine).evaluate(request)).logits
     assert np.array_equal(fixed, Engine(engine.handle, memory_cap_mb=2048).evaluate(request).logits)
     monkeypatch.setattr(engine_module, "MICRO_BATCH", 64)  # all examples padded to the longest one
