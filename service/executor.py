@@ -358,7 +358,9 @@ class JobExecutor:
         path = dataset_file(self.store, self.data_dir, job["dataset_id"]) if job.get("dataset_id") else None
         test = dataset_file(self.store, self.data_dir, job["dataset_id"], test=True) if path is not None else None
         values = dict(job["config"])
-        if set(field_names(RunConfig)) <= set(values):
+        # A resolved config always has `notes`; one stored before an option existed lacks that option and gets its
+        # default, which is what it ran with (a job stored before `racing` did not race).
+        if "notes" in values or set(field_names(RunConfig)) <= set(values):
             return located(ResolvedConfig.from_dict(values), path, test)
         # Stored by nograd 0.1, which kept the submitted options and resolved them whenever the job ran: resolve
         # them this once (a job that starts now has no checkpoint written under other settings).
