@@ -7,8 +7,8 @@ projections where one would do, and RMSNorm/rotary/SiLU as chains of separate el
 same arithmetic with the model's own weights (no copied modeling code beyond the Llama equations):
 - q/k/v and gate/up are each one matmul: the module's weights are re-bound as views of one concatenated matrix,
   so no weight is held twice;
-- a body attends to its candidate's prefix keys and values without copying them per example, and only the scored
-  position runs the last layer's attention output and MLP;
+- a body's keys and values are its candidate's prefix ones broadcast into one buffer with its own (no cache
+  objects, no mask built per layer), and only the scored position runs the last layer's attention output and MLP;
 - optionally, each layer is compiled with `torch.compile` (one graph per phase, dynamic row counts, so a new
   population size does not recompile; `can_compile` says when). A compile that fails at run time falls back to
   the eager forward, with a warning.
