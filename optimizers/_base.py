@@ -89,6 +89,7 @@ class Optimizer(abc.ABC):
         self._pending: np.ndarray | None = None
         self._best_x: np.ndarray | None = None
         self._best_f = math.inf
+        self._restore_notes: list[str] = []
 
     # ------------------------------------------------------------------ properties
     @property
@@ -120,6 +121,12 @@ class Optimizer(abc.ABC):
     def pending(self) -> bool:
         """True between an :meth:`ask` and its :meth:`tell`."""
         return self._pending is not None
+
+    @property
+    def restore_notes(self) -> tuple[str, ...]:
+        """What :meth:`from_state` had to say about the restore (e.g. a replay equal to the saved run only up to
+        rounding); empty for a bit-identical restore and for an optimizer that was not restored."""
+        return tuple(self._restore_notes)
 
     @property
     def best(self) -> tuple[np.ndarray | None, float]:

@@ -257,6 +257,7 @@ class DivideAndConquer(Optimizer):
         if base.shape != (L, opt.dim):
             raise OptimizerError(f"corrupt 'deep' state: base has shape {base.shape}, expected {(L, opt.dim)}")
         opt._inners = inners
+        opt._restore_notes = [f"layer {i}: {note}" for i, o in enumerate(inners) for note in o.restore_notes]
         opt._base = base.copy()
         opt._best_f = best_loss
         opt._generation = generation

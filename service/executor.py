@@ -307,6 +307,14 @@ class JobExecutor:
                 )
             await asyncio.sleep(0.5)
 
+    @staticmethod
+    def _resume(search: PromptSearch, job: dict) -> None:
+        """Loads the job's checkpoint into `search`; refused for other library versions. A replay equal to the
+        saved run only up to rounding (a runner on a CPU whose BLAS rounds differently) is logged, not refused."""
+        search.load_state(load_checkpoint(job["checkpoint"], job["id"]))
+        for note in search.optimizer.restore_notes:
+            log.warning("job %s: %s", job["id"], note)
+
     def _init_from(self, job: dict) -> dict:
         if not job.get("init_from"):
             return {}
@@ -408,7 +416,8 @@ class JobExecutor:
         if search is not None:
             search.executor, search.on_phase = self._cpu, phases
             if job.get("checkpoint"):
-                search.load_state(load_checkpoint(job["checkpoint"], job_id))  # refused: other library versions
+                # a replay of the optimizer's log (seconds for a long CMA-ES run): off the event loop
+                await asyncio.to_thread(self._resume, search, job)
                 log.info("job %s resumes at generation %d (%d calls)", job_id, search.generation, search.calls)
             else:
                 initial = await search.start(client)

@@ -77,8 +77,14 @@ def test_tampered_log_is_detected(kit) -> None:
     opt = kit.build("cma")
     kit.run(opt, 3)
     state = opt.state_dict()
-    bad = dict(state, candidate_sha256=[state["candidate_sha256"][0], "0" * 64, state["candidate_sha256"][2]])
-    with pytest.raises(OptimizerError, match=r"replay diverged at generation 1.*library version"):
+    fingerprints = state["candidate_fingerprints"].copy()
+    fingerprints[1] += 0.01  # another candidate than the replayed one, far beyond rounding
+    bad = dict(
+        state,
+        candidate_sha256=[state["candidate_sha256"][0], "0" * 64, state["candidate_sha256"][2]],
+        candidate_fingerprints=fingerprints,
+    )
+    with pytest.raises(OptimizerError, match=r"replay diverged at generation 1.*beyond rounding.*library version"):
         optimizer_from_state(bad)
     losses = state["losses"].copy()
     losses[0, 0] += 1.0  # changes the ranking history, so generation 1 is sampled differently
@@ -87,6 +93,72 @@ def test_tampered_log_is_detected(kit) -> None:
         optimizer_from_state(dict(state, losses=losses))
     with pytest.raises(OptimizerError, match="corrupt"):
         optimizer_from_state(dict(state, generation=2))
+
+
+class _OtherRounding:
+    """CMA as a machine whose BLAS rounds differently would run it: every candidate pycma asks moved by
+    `relative` of itself (the change reaches pycma's own state, as a rounding difference would)."""
+
+    def __init__(self, monkeypatch, relative: float) -> None:
+        from nograd.optimizers import CMA
+
+        def ask(opt):
+            opt._asked = [x * (1 + relative) for x in opt._es.ask()]
+            return np.asarray(opt._asked, dtype=np.float64)
+
+        monkeypatch.setattr(CMA, "_ask", ask)
+
+
+def _written_here(kit, generations: int = 5):
+    opt = kit.build("cma", seed=3)
+    kit.run(opt, generations)
+    return opt, state_from_json(state_to_json(opt.state_dict()))
+
+
+@pytest.mark.parametrize("fingerprints", [True, False], ids=["fingerprints", "written-before-fingerprints"])
+def test_a_replay_that_differs_by_rounding_resumes_with_a_note(kit, monkeypatch, fingerprints: bool) -> None:
+    """A checkpoint resumed on a CPU whose BLAS rounds differently (another OpenBLAS kernel): the digests differ,
+    the candidates agree to rounding, so the run goes on from a state equal up to rounding, and says so."""
+    original, state = _written_here(kit)
+    if not fingerprints:
+        del state["candidate_fingerprints"]
+    _OtherRounding(monkeypatch, 1e-13)
+    with pytest.warns(RuntimeWarning, match=r"up to rounding, not bit-identical: 5 of 5 generations"):
+        resumed = optimizer_from_state(state)
+    assert len(resumed.restore_notes) == 1 and "up to rounding" in resumed.restore_notes[0]
+    assert resumed.generation == 5 and resumed.best[1] == original.best[1]
+    after, expected = resumed.ask(), original.ask()
+    assert not np.array_equal(after, expected) and np.allclose(after, expected, rtol=1e-9, atol=1e-9)
+    # The log now holds what this machine asked: a second resume here is bit-identical and says nothing.
+    again = optimizer_from_state(state_from_json(state_to_json(resumed.state_dict())))
+    assert again.restore_notes == () and np.array_equal(again.ask(), after)
+
+
+@pytest.mark.parametrize("fingerprints", [True, False], ids=["fingerprints", "written-before-fingerprints"])
+def test_a_replay_that_differs_beyond_rounding_is_refused(kit, monkeypatch, fingerprints: bool) -> None:
+    _, state = _written_here(kit)
+    if not fingerprints:
+        del state["candidate_fingerprints"]
+    _OtherRounding(monkeypatch, 1e-4)
+    match = "diverged at generation 0" if fingerprints else "best candidate after replay"
+    with pytest.raises(OptimizerError, match=rf"{match}.*beyond rounding"):
+        optimizer_from_state(state)
+
+
+def test_a_bit_identical_restore_has_no_notes(kit) -> None:
+    _, state = _written_here(kit)
+    assert optimizer_from_state(state).restore_notes == ()
+    assert make_optimizer("cma", dim=4, popsize=4).restore_notes == ()
+
+
+def test_deep_restore_names_the_layer_of_a_rounded_replay(kit, monkeypatch) -> None:
+    opt = kit.build("deep", seed=3)
+    kit.run(opt, 4)
+    state = state_from_json(state_to_json(opt.state_dict()))
+    _OtherRounding(monkeypatch, 1e-13)
+    with pytest.warns(RuntimeWarning, match="up to rounding"):
+        resumed = optimizer_from_state(state)
+    assert [note.split(":")[0] for note in resumed.restore_notes] == [f"layer {i}" for i in range(kit.N_LAYERS)]
 
 
 def test_version_mismatch_warns_but_replays(kit) -> None:

@@ -106,10 +106,10 @@ async function readEvents(path, onEvent) {
   // EventSource cannot send the Authorization header, so the stream is read with fetch.
   const controller = new AbortController();
   cleanup.push(() => controller.abort());
-  const response = await fetch(path, {headers: headers(), signal: controller.signal});
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
-  try {
+  try {  // leaving the page aborts the stream, also while fetch still waits for the response
+    const response = await fetch(path, {headers: headers(), signal: controller.signal});
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     for (;;) {
       const {value, done} = await reader.read();
       if (done) return;
