@@ -364,15 +364,17 @@ def real_state(generations: int) -> tuple[str, dict]:
 
 
 def longer_state(checkpoint: str, generations: int) -> str:
-    """`checkpoint` with its optimizer's replay log (one row of losses and one candidate digest per generation: all
-    that grows) cycled out to `generations` rows: the size and shape of the checkpoint of a longer run, without
-    running CMA-ES at d = 500 for hundreds of generations here (not a state to resume from; the store never reads
-    it)."""
+    """`checkpoint` with its optimizer's replay log (one row of losses, one candidate digest and one row of candidate
+    fingerprints per generation: all that grows) cycled out to `generations` rows: the size and shape of the
+    checkpoint of a longer run, without running CMA-ES at d = 500 for hundreds of generations here (not a state to
+    resume from; the store never reads it)."""
     state = json.loads(checkpoint)
     optimizer = state["optimizer"]
-    rows, digests = optimizer["losses"]["__ndarray__"], optimizer["candidate_sha256"]
-    optimizer["losses"]["__ndarray__"] = [rows[i % len(rows)] for i in range(generations)]
-    optimizer["losses"]["shape"][0] = generations
+    digests = optimizer["candidate_sha256"]
+    for key in ("losses", "candidate_fingerprints"):
+        rows = optimizer[key]["__ndarray__"]
+        optimizer[key]["__ndarray__"] = [rows[i % len(rows)] for i in range(generations)]
+        optimizer[key]["shape"][0] = generations
     optimizer["candidate_sha256"] = [digests[i % len(digests)] for i in range(generations)]
     optimizer["generation"] = state["generation"] = generations
     state["calls"] = generations * optimizer["losses"]["shape"][1]
