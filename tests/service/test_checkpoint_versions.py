@@ -166,6 +166,28 @@ def test_a_checkpoint_without_versions_resumes_as_before_with_a_warning(paused, 
     )
 
 
+def test_a_runner_that_rounds_differently_resumes_and_says_so(paused, caplog, monkeypatch):
+    """A runner on a CPU whose BLAS rounds differently replays candidates that differ in the last digits: the job
+    resumes (to a prompt equal to the uninterrupted one up to rounding, not bit for bit) and its log says why."""
+    from nograd.optimizers import CMA
+
+    def ask(opt):  # every candidate pycma asks, moved by 1e-13 of itself: another kernel's rounding
+        opt._asked = [x * (1 + 1e-13) for x in opt._es.ask()]
+        return np.asarray(opt._asked, dtype=np.float64)
+
+    settings, store, straight, interrupted = paused
+    monkeypatch.setattr(CMA, "_ask", ask)
+    with caplog.at_level(logging.WARNING, logger="nograd.jobs"):
+        asyncio.run(_execute(store, settings, interrupted))
+    job = store.get_job(interrupted)
+    assert job["status"] == "succeeded" and job["calls"] == store.get_job(straight)["calls"], job["error"]
+    notes = [r.getMessage() for r in caplog.records if "up to rounding" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith(f"job {interrupted}: restored 'cma' state"), notes
+    np.testing.assert_allclose(
+        read_prompt(store.artifact(interrupted))["x"], read_prompt(store.artifact(straight))["x"], rtol=1e-6, atol=1e-9
+    )
+
+
 def _search_state(optimizer: dict) -> dict:
     return {"version": 1, "optimizer": optimizer}
 
