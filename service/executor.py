@@ -312,7 +312,7 @@ class JobExecutor:
         """Loads the job's checkpoint into `search`; refused for other library versions. A replay equal to the
         saved run only up to rounding (a runner on a CPU whose BLAS rounds differently) is logged, not refused."""
         search.load_state(load_checkpoint(job["checkpoint"], job["id"]))
-        for note in search.optimizer.restore_notes:
+        for note in getattr(search.optimizer, "restore_notes", ()):  # RLPrompt's policy restores exactly, silently
             log.warning("job %s: %s", job["id"], note)
 
     def _init_from(self, job: dict) -> dict:

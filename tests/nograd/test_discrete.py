@@ -172,6 +172,20 @@ def test_resume_from_a_json_checkpoint_is_exact(client, method, task, kw):
     assert resumed.result()["text"] == full.result()["text"]
 
 
+@pytest.mark.parametrize("method, task, kw", CASES)
+def test_a_runner_resumes_a_discrete_job_from_its_stored_checkpoint(client, method, task, kw):
+    """What a runner does with a stored checkpoint (`JobExecutor._resume`: versions checked, restore notes logged),
+    for each discrete method's optimizer, RLPrompt's policy included (it has no replay log and nothing to note)."""
+    from nograd.service.checkpoints import dump_checkpoint
+    from nograd.service.executor import JobExecutor
+
+    config = _config(method, **kw)
+    half, _ = asyncio.run(_search(config, client, task, stop_after=3))
+    resumed = make_search(config, task, TRAIN, DEV, 3)
+    JobExecutor._resume(resumed, {"id": "job_x", "checkpoint": dump_checkpoint(half.state_dict())})
+    assert (resumed.generation, resumed.calls) == (half.generation, half.calls)
+
+
 def test_bbpl_vocabulary_comes_from_the_training_text(client):
     search = make_search(_config("bbpl"), TASK, TRAIN, DEV, 3)
     joined = " ".join(TRAIN.texts).lower()
