@@ -132,9 +132,11 @@ def formatter(log_format: str) -> logging.Formatter:
 
 def configure(log_format: str = "text", level: int = logging.INFO) -> logging.Handler:
     """Route every logger (uvicorn's too, when it runs with `log_config=None`) to one stderr handler in
-    `log_format`, replacing the root logger's handlers: what a service process does once, at start. Returns the
-    handler."""
+    `log_format`, replacing the root logger's handlers: what a service process does once, at start. Python
+    warnings (a library's deprecation, an optimizer restored up to rounding) go through it too, as lines of the
+    `py.warnings` logger, so a JSON log stays JSON. Returns the handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
     return handler

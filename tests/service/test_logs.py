@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import sys
 
 import httpx
@@ -134,7 +135,8 @@ def test_keys_and_secrets_appear_in_no_log_line(api, json_lines):
     lines = json_lines()
     assert any(line["logger"] == "nograd.access" and line["path"] == "/v1/secrets" for line in lines)
     text = "\n".join(json.dumps(line) for line in lines)
-    assert key not in text and key.rsplit("_", 1)[1] not in text
+    # the key's secret part (after "ng_<id>_"; urlsafe base64, so it may hold "_" itself)
+    assert key not in text and key.split("_", 2)[2] not in text
     assert secret not in text
 
 
@@ -155,6 +157,20 @@ def test_nograd_serve_writes_only_json_lines_uvicorn_included(tmp_path):
     access = [r for r in records if r.get("request_id") == "from-the-client"]
     assert [(r["logger"], r["route"], r["tenant"]) for r in access] == [("nograd.access", "/v1/jobs", "alice")]
     assert key not in proc.output()
+
+
+def test_python_warnings_are_log_lines_of_their_own_format():
+    """A warning a library raises in a service process is a JSON line too (logger py.warnings), with the job it
+    belongs to, not a bare line on stderr."""
+    code = (
+        "import warnings; from nograd.service import logs; logs.configure('json')\n"
+        "with logs.bound(job_id='job_1'): warnings.warn('replayed up to rounding', RuntimeWarning)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [json.loads(text) for text in proc.stderr.splitlines()]  # the only line, and it is JSON
+    assert (line["logger"], line["level"], line["job_id"]) == ("py.warnings", "WARNING", "job_1")
+    assert "RuntimeWarning: replayed up to rounding" in line["message"]
 
 
 def test_refused_requests_access_lines_are_rate_limited(caplog):
