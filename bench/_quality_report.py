@@ -95,17 +95,19 @@ def main_table(results: dict, initial: dict, args) -> str:
     for method, cells in rows.items():
         seeds = 1 if method == "bbt z=0" else len(args.seeds)
         lines.append(f"| {method} | " + " | ".join(_fmt(cells[t], seeds) for t in args.tasks) + " |")
-    lines += ["", "gain over manual (mean test metric difference, x100):"]
-    for method, cells in rows.items():
-        if method == "manual":
-            continue
-        manual = rows.get("manual", {})
-        gains = [
+    manual = rows.get("manual", {})
+    gains = {
+        method: [
             f"{t} {100 * (statistics.mean(cells[t]) - statistics.mean(manual[t])):+.1f}"
             for t in args.tasks
             if cells[t] and manual.get(t)
         ]
-        lines.append(f"  {method}: " + ", ".join(gains))
+        for method, cells in rows.items()
+        if method != "manual"
+    }
+    if any(gains.values()):  # none without manual runs to compare with
+        lines += ["", "gain over manual (mean test metric difference, x100):"]
+        lines += [f"  {method}: " + ", ".join(cells) for method, cells in gains.items() if cells]
     return "\n".join(lines)
 
 
