@@ -902,7 +902,7 @@ def schema_revision(url: str) -> tuple[str | None, str]:
         return None, migrations.head()
     engine = _engine(url)
     try:
-        with engine.connect() as conn:
+        with migrations.reading(engine) as conn:
             return migrations.revision(conn, metadata), migrations.head()
     finally:
         engine.dispose()

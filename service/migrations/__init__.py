@@ -97,7 +97,7 @@ def prepare(engine: sa.Engine, metadata: sa.MetaData, *, auto_upgrade: bool = Fa
     Raises:
         SchemaError: an older revision without `auto_upgrade`, or a schema this release does not know.
     """
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         current, stamped = _state(connection, metadata)
     target = head()
     if current == target and stamped:
@@ -168,6 +168,23 @@ def _describe(op: tuple) -> str:
     if kind.startswith("modify_"):
         return f"column {op[2]}.{op[3]} differs ({kind[len('modify_') :]})"
     return kind
+
+
+@contextmanager
+def reading(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A read-only transaction that sees the schema as one committed state: a process upgrading the database at
+    the same time is either done or not started for it (reading the tables one statement at a time could see
+    some of an upgrade: its indexes before its columns, say). SQLite: one snapshot (WAL); PostgreSQL: waits for
+    the migration lock, shared."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN")  # pysqlite would read outside a transaction
+        elif engine.dialect.name == "postgresql":
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(_LOCK_KEY)))
+        try:
+            yield connection
+        finally:
+            connection.rollback()
 
 
 @contextmanager
