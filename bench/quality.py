@@ -27,11 +27,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from _quality_report import RunKey, budget_table, is_search, main_table, plot_budget_curve, racing_lines  # noqa: E402
 
 from nograd.clients.local import LocalClient  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
 from nograd.engine import build_engine  # noqa: E402
+from nograd.engine.models import native_bf16_cpu  # noqa: E402
 from nograd.pipeline import ENGINE_DTYPES, resolve_run, run, score, task_spec, to_examples  # noqa: E402
 from nograd.search import prompt_spec  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
@@ -52,6 +54,33 @@ DTYPE_HELP = (
     "AVX512-BF16 or AMX, e.g. an AVX2 machine) fp32 runs about 6x faster; runs in another dtype than bf16 carry it "
     "in their cache names (-fp32), so dtypes never mix"
 )
+
+EMULATED = (
+    "this CPU has no native bf16 (no AVX512-BF16 or AMX) and there is no CUDA device: bf16 runs here are emulated, "
+    "several times slower than the runs the estimates come from (the v3 tables were measured on a CPU with AMX)"
+)
+
+
+def emulated_bf16(args) -> bool:
+    """Whether the runs would compute bf16 without hardware support (a CPU without AVX512-BF16/AMX, no CUDA)."""
+    return args.dtype == "bf16" and not torch.cuda.is_available() and not native_bf16_cpu()
+
+
+def host() -> dict:
+    """What a run was measured on, saved with it: wall times are only comparable between runs on the same kind."""
+    try:
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
+    except OSError:
+        cpu = None
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "native_bf16": native_bf16_cpu(), "threads": torch.get_num_threads(), "cuda": cuda}
 
 
 # ---------------------------------------------------------------- names and the cache
@@ -179,7 +208,10 @@ def plan_text(args) -> str:
     total = f"total: ~{_minutes(known)}" + (f" plus {unknown} runs of unknown duration" if unknown else "")
     if unknown and unknown == len(missing):
         total = "total: unknown (no cached run of the same tasks, methods and dtype yet; run a part, then plan again)"
-    return "\n".join([*lines, total + " (timings from: " + ", ".join(map(str, _timing_dirs(args))) + ")"])
+    lines.append(total + " (timings from: " + ", ".join(map(str, _timing_dirs(args))) + ")")
+    if missing and emulated_bf16(args):
+        lines.append(f"warning: {EMULATED}; --dtype fp32 runs about 6x faster (cached under -fp32 names)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- running
@@ -224,6 +256,7 @@ async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
 
     result = await run(config, client, on_generation=on_generation, data=data)
     result["config"] = config.to_dict()
+    result["host"] = host()
     if is_search(key.method):
         result["history"] = history
     (Path(args.results) / f"{name}.json").write_text(json.dumps(result, indent=2))
@@ -320,6 +353,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="folders of cached runs whose durations --plan estimates from (default: --results and the quality* "
         "folders beside it)",
     )
+    parser.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="run bf16 even on a CPU that emulates it (without this, such a run is refused: it takes hours)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print progress after every generation")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "quality"))
     args = parser.parse_args(argv)
@@ -336,6 +374,15 @@ def main(argv=None) -> int:
         print(plan_text(args))
         return 0
     if not args.cached_only:
+        missing = [k for k in planned_runs(args) if cached_path(k, args) is None]
+        if missing and emulated_bf16(args) and not args.emulated_bf16:
+            print(
+                f"quality.py: error: {len(missing)} runs to do, and {EMULATED}. Run them with --dtype fp32 (cached "
+                "under -fp32 names, tabulated apart), on a machine with native bf16, or pass --emulated-bf16 to "
+                "run them here anyway",
+                file=sys.stderr,
+            )
+            return 2
         asyncio.run(_run_missing(args))
     text = report(args)
     print(text)

@@ -178,6 +178,25 @@ def test_baselines_reuse_older_caches_named_with_a_budget(quality, tmp_path, mon
     assert "| manual |  60.0 ±  0.0 (1 of 2 seeds) |" in capsys.readouterr().out
 
 
+def test_bf16_runs_on_a_cpu_that_emulates_it_are_refused_unless_asked_for(quality, tmp_path, monkeypatch, capsys):
+    # bf16 without AVX512-BF16/AMX runs hours; the v3 tables are bf16 from a CPU with AMX.
+    monkeypatch.setattr(quality, "build_engine", _no_engine)
+    monkeypatch.setattr(quality, "native_bf16_cpu", lambda: False)
+    argv = ["--tasks", "mr", "--methods", "manual", "--seeds", "0", "--results", str(tmp_path)]
+    assert quality.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 runs to do" in err and "no native bf16" in err and "--dtype fp32" in err and "--emulated-bf16" in err
+    assert quality.main([*argv, "--plan"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("warning: this CPU has no native bf16")
+    with pytest.raises(AssertionError, match="built an engine"):  # asked for: it goes on to build the engine
+        quality.main([*argv, "--emulated-bf16"])
+    (tmp_path / "mr-manual-s0.json").write_text(json.dumps(_result("mr", "manual", 0, None)))
+    assert quality.main(argv) == 0  # nothing left to run: the tables, whatever the CPU
+    monkeypatch.setattr(quality, "native_bf16_cpu", lambda: True)
+    assert quality.main([*argv, "--tasks", "trec", "--plan"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_budget_and_budgets_are_one_option(quality, capsys):
     assert quality.parse_args(["--budget", "200"]).budgets == [200]
     assert quality.parse_args(["--budgets", "1000", "200", "600"]).budgets == [200, 600, 1000]
@@ -203,6 +222,7 @@ def test_runs_end_to_end_on_the_fake_engine(quality, tmp_path, capsys, racing):
     race = "-race" if racing else ""
     bbt = json.loads((tmp_path / f"sms-bbt-fp32{race}-s0-b80.json").read_text())
     assert bbt["config"]["dtype"] == "fp32" and bbt["config"].get("racing", False) is racing
+    assert set(bbt["host"]) == {"cpu", "native_bf16", "threads", "cuda"}  # wall times compare only on one kind
     assert bbt["history"][0] == {
         "generation": 0,
         "calls": 0,
