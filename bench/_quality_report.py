@@ -275,7 +275,16 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
                     ax.fill_between(grid, low, high, step="post", color=style["color"], alpha=0.15)
             ax.set(title=f"{task}: best dev so far, budget {top}", xlabel="calls", ylabel="dev metric x100")
             _legend(ax)
-    figure.suptitle(f"{_setting(args)}, seeds {args.seeds}")
+    plotted = sorted(
+        {
+            run["config"]["seed"]
+            for t, m, r in lines
+            for b in args.budgets
+            for run in runs_of(results, t, m, b, r, args.seeds)
+        }
+    )
+    seeds = f"seeds {plotted}" if plotted == sorted(args.seeds) else f"seeds {plotted} of {sorted(args.seeds)}"
+    figure.suptitle(f"{_setting(args)}, {seeds}")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
