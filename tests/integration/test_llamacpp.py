@@ -105,9 +105,9 @@ def test_bbpl_job_through_the_rest_api_against_llamacpp(server, tmp_path):
         job = {
             "method": "bbpl",
             "dataset_id": dataset.json()["id"],
-            "budget": 20,
+            "budget": 10,
             "k_shot": 4,
-            "dev_every": 10,
+            "dev_every": 5,
             "options": {"popsize": 5, "prompt_length": 3, "vocab_size": 30, "ngram_min_count": 2},
             "endpoint": {
                 "kind": "openai",
@@ -128,6 +128,6 @@ def test_bbpl_job_through_the_rest_api_against_llamacpp(server, tmp_path):
             time.sleep(0.5)
     assert state["status"] == "succeeded", state["error"]
     result = state["result"]
-    assert result["calls"] == 20 and result["model_id"].startswith("openai:smollm2@")
+    assert result["calls"] == 10 and result["model_id"].startswith("openai:smollm2@")
     assert result["usage"]["requests"] > 0 and result["usage"]["label_scores"] > 0
     assert 0 <= result["dev_metric"] <= 1 and isinstance(result.get("prompt_text", ""), str)

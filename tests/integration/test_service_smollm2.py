@@ -4,6 +4,8 @@ SmolLM2-135M; a BBT job submitted over HTTP completes, and its result matches th
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,22 +16,28 @@ from nograd.artifacts import read_prompt
 from nograd.endpoints import local_client
 from nograd.pipeline import run
 from nograd.sdk import Client
+from nograd.tasks import get_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-JOB = {
-    "method": "bbt",
-    "task": "trec",
-    "model": "smollm2-135m",
-    "budget": 20,
-    "seed": 0,
-    "k_shot": 4,
-    "dev_every": 10,
-    "options": {"popsize": 10, "dim": 50},
-}
+SEARCH = {"method": "bbt", "budget": 20, "seed": 0, "k_shot": 2, "dev_every": 10}
+OPTIONS = {"popsize": 10, "dim": 50}
+
+
+def _trec_files(folder: Path) -> tuple[Path, Path, dict]:
+    """trec as an uploaded dataset: 8 rows per label (k_shot 2 takes 2 train and 2 dev of them) and 60 test questions, so the
+    test scoring is 60 examples per run, not the bundled task's 500 (on an AVX2 CPU those took most of the test)."""
+    trec = get_task("trec")
+    rows = [e for label in trec.labels for e in [x for x in trec.pool if x.label == label][:8]]
+    files = {"train.jsonl": rows, "test.jsonl": list(trec.test[:60])}
+    for name, examples in files.items():
+        (folder / name).write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples))
+    words = ",".join(f"{label}:{word}" for label, word in trec.verbalizer.items())
+    return folder / "train.jsonl", folder / "test.jsonl", {"template": trec.template, "verbalizer": words}
 
 
 def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_path):
+    train, test, format_ = _trec_files(tmp_path)
     redis = RedisServer(tmp_path / "redis", persistent=False).start()
     procs = []
     try:
@@ -39,7 +47,8 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
         procs.append(serve(data, redis.url, port, models="smollm2-135m"))
         procs.append(worker(redis.url, "smollm2-135m", tmp_path / "worker.log", "--memory-cap-mb", "64"))
         with Client(f"http://127.0.0.1:{port}", key) as api:
-            job_id = api.submit(**JOB)["id"]
+            dataset = api.upload(train, test_file=test, **format_)
+            job_id = api.submit(**SEARCH, dataset_id=dataset["id"], model="smollm2-135m", options=OPTIONS)["id"]
             job = wait_until(
                 lambda: (lambda j: j if j["status"] in ("succeeded", "failed") else None)(api.job(job_id)),
                 600,
@@ -53,12 +62,11 @@ def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_pa
         for proc in procs:
             proc.kill()
         redis.stop()
-    config = resolved(
-        method="bbt", task="trec", budget=20, seed=0, k_shot=4, dev_every=10, popsize=10, dim=50, memory_cap_mb=64
-    )
+    files = {"task": None, "dataset": str(train), "test_dataset": str(test)}
+    config = resolved(**SEARCH, **OPTIONS, **format_, **files, memory_cap_mb=64)
     direct = asyncio.run(run(config, local_client(config)))
     assert job["result"]["calls"] == direct["calls"] == 20
-    # Same search and model; the queue carries whole populations, so the scores, and with them the selected
+    # Same search, model and rows; the queue carries whole populations, so the scores, and with them the selected
     # prompt and its metrics, are the ones the in-process run computes.
     assert job["best_dev_metric"] == pytest.approx(direct["dev_metric"])
     assert job["test_metric"] == pytest.approx(direct["test_metric"])
