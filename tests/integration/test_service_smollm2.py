@@ -25,8 +25,9 @@ OPTIONS = {"popsize": 10, "dim": 50}
 
 
 def _trec_files(folder: Path) -> tuple[Path, Path, dict]:
-    """trec as an uploaded dataset: 8 rows per label (k_shot 2 takes 2 train and 2 dev of them) and 60 test questions, so the
-    test scoring is 60 examples per run, not the bundled task's 500 (on an AVX2 CPU those took most of the test)."""
+    """trec as an uploaded dataset: 8 rows per label (k_shot 2 takes 2 train and 2 dev of them) and 60 test
+    questions, so each run scores 60 test examples, not the bundled task's 500 (on an AVX2 CPU those took most of
+    the test)."""
     trec = get_task("trec")
     rows = [e for label in trec.labels for e in [x for x in trec.pool if x.label == label][:8]]
     files = {"train.jsonl": rows, "test.jsonl": list(trec.test[:60])}

@@ -9,10 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from procs import ROOT, RedisServer, create_key, free_port, serve, wait_until, worker
 
 from nograd.artifacts import read_prompt
 from nograd.sdk import Client
+from nograd.service.store import jobs
 
 pytestmark = pytest.mark.redis
 
@@ -206,10 +208,18 @@ def test_two_replicas_on_postgres_one_dies_the_other_finishes_its_jobs(tmp_path,
         second_replica = replica(1)
         with Client(f"http://127.0.0.1:{ports[1]}", key) as second:
             assert {j["id"] for j in second.jobs()["data"]} == set(ids)  # one shared state
-            first_replica.kill()  # it was running all four jobs
+            first_replica.kill()  # it was running the four jobs (or those it had not finished)
             for job_id in ids:
                 _check_complete(second, _finished(second, job_id), budget=LONG)
-        assert second_replica.output().count("resumes at generation") == len(ids)
+        # The jobs the first replica was still running when it died (on a slow machine it may finish some
+        # before): each was taken over, once, and resumed from its checkpoint by the second.
+        engine = sa.create_engine(postgres_url)
+        with engine.connect() as conn:
+            takeovers = dict(conn.execute(sa.select(jobs.c.id, jobs.c.takeovers).where(jobs.c.id.in_(ids))).all())
+        engine.dispose()
+        taken = [job_id for job_id in ids if takeovers[job_id]]
+        assert taken and all(takeovers[job_id] == 1 for job_id in taken)
+        assert second_replica.output().count("resumes at generation") == len(taken)
     finally:
         for proc in procs:
             proc.kill()
