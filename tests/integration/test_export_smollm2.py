@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from runs import task_files
 
 from nograd.artifacts import load_prompt
 from nograd.cli import main
@@ -38,17 +39,9 @@ def test_peft_round_trip_on_the_builtin_model(engine, tmp_path, capsys):
 
     # mr's rows as a user dataset with a 40-row test file, so the run's test passes stay short in fp32
     mr = get_task("mr")
-
-    def write(path, rows):
-        path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
-
-    write(
-        tmp_path / "train.jsonl",
-        [e for e in mr.pool if e.label == "negative"][:40] + [e for e in mr.pool if e.label == "positive"][:40],
-    )
-    write(tmp_path / "test.jsonl", mr.test[:40])
-    data = ["--dataset", str(tmp_path / "train.jsonl"), "--test-dataset", str(tmp_path / "test.jsonl")]
-    data += ["--template", mr.template, "--verbalizer", "negative:negative,positive:positive"]
+    train, test, format_ = task_files(tmp_path, "mr", per_label=40, n_test=40)
+    data = ["--dataset", str(train), "--test-dataset", str(test)]
+    data += ["--template", format_["template"], "--verbalizer", format_["verbalizer"]]
     out = tmp_path / "run"
     run = ["run", *data, "--model", "smollm2-135m", "--dtype", "fp32", "--device", "cpu", "--method", "bbt"]
     small = ["--budget", "20", "--popsize", "10", "--k-shot", "4", "--dev-every", "20", "--out", str(out)]

@@ -4,19 +4,16 @@ SmolLM2-135M; a BBT job submitted over HTTP completes, and its result matches th
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from procs import RedisServer, create_key, free_port, serve, wait_until, worker
-from runs import resolved
+from runs import resolved, task_files
 
 from nograd.artifacts import read_prompt
 from nograd.endpoints import local_client
 from nograd.pipeline import run
 from nograd.sdk import Client
-from nograd.tasks import get_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -24,21 +21,10 @@ SEARCH = {"method": "bbt", "budget": 20, "seed": 0, "k_shot": 2, "dev_every": 10
 OPTIONS = {"popsize": 10, "dim": 50}
 
 
-def _trec_files(folder: Path) -> tuple[Path, Path, dict]:
-    """trec as an uploaded dataset: 8 rows per label (k_shot 2 takes 2 train and 2 dev of them) and 60 test
-    questions, so each run scores 60 test examples, not the bundled task's 500 (on an AVX2 CPU those took most of
-    the test)."""
-    trec = get_task("trec")
-    rows = [e for label in trec.labels for e in [x for x in trec.pool if x.label == label][:8]]
-    files = {"train.jsonl": rows, "test.jsonl": list(trec.test[:60])}
-    for name, examples in files.items():
-        (folder / name).write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in examples))
-    words = ",".join(f"{label}:{word}" for label, word in trec.verbalizer.items())
-    return folder / "train.jsonl", folder / "test.jsonl", {"template": trec.template, "verbalizer": words}
-
-
 def test_bbt_job_over_http_with_the_real_model_matches_the_in_process_run(tmp_path):
-    train, test, format_ = _trec_files(tmp_path)
+    # trec as an uploaded dataset, 60 test questions rather than the task's 500 (most of this test's time on an
+    # AVX2 CPU); 2-shot takes 2 train and 2 dev rows of the 8 per label
+    train, test, format_ = task_files(tmp_path, "trec", per_label=8, n_test=60)
     redis = RedisServer(tmp_path / "redis", persistent=False).start()
     procs = []
     try:

@@ -9,12 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from procs import ROOT, RedisServer, create_key, free_port, serve, wait_until, worker
 
 from nograd.artifacts import read_prompt
 from nograd.sdk import Client
-from nograd.service.store import jobs
+from nograd.service.store import Store
 
 pytestmark = pytest.mark.redis
 
@@ -213,10 +212,9 @@ def test_two_replicas_on_postgres_one_dies_the_other_finishes_its_jobs(tmp_path,
                 _check_complete(second, _finished(second, job_id), budget=LONG)
         # The jobs the first replica was still running when it died (on a slow machine it may finish some
         # before): each was taken over, once, and resumed from its checkpoint by the second.
-        engine = sa.create_engine(postgres_url)
-        with engine.connect() as conn:
-            takeovers = dict(conn.execute(sa.select(jobs.c.id, jobs.c.takeovers).where(jobs.c.id.in_(ids))).all())
-        engine.dispose()
+        store = Store(postgres_url)
+        takeovers = {job_id: store.get_job(job_id)["takeovers"] for job_id in ids}
+        store.close()
         taken = [job_id for job_id in ids if takeovers[job_id]]
         assert taken and all(takeovers[job_id] == 1 for job_id in taken)
         assert second_replica.output().count("resumes at generation") == len(taken)
