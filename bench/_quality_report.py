@@ -140,17 +140,28 @@ def budget_table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def _compare(raced: list[dict], plain: list[dict]) -> tuple[float, float, float, list[int]] | None:
+def _cpu(run: dict) -> str:
+    """The CPU a run was measured on; runs saved before hosts were recorded were all measured on the AMX Xeon that
+    began the v3 bench."""
+    return (run.get("host") or {}).get("cuda") or (run.get("host") or {}).get("cpu") or "unrecorded (AMX Xeon)"
+
+
+def _compare(raced: list[dict], plain: list[dict]) -> tuple[float, float | str, float, list[int]] | None:
     """Over the seeds both sides have: (example-evaluations ratio, wall-time ratio, test metric difference, seeds).
     Calls count example-evaluations / training batch size on both sides (the same batch for one task and seed), so
-    the ratio of calls is the ratio of example evaluations."""
+    the ratio of calls is the ratio of example evaluations. Wall times measured on different CPUs are not divided:
+    the ratio is then a sentence naming both."""
     by_seed = {r["config"]["seed"]: r for r in plain}
     pairs = [(r, by_seed[r["config"]["seed"]]) for r in raced if r["config"]["seed"] in by_seed]
     pairs = [(a, b) for a, b in pairs if a.get("test_metric") is not None and b.get("test_metric") is not None]
     if not pairs:
         return None
     calls = sum(a["calls"] for a, _ in pairs) / sum(b["calls"] for _, b in pairs)
-    wall = sum(a["wall_seconds"] for a, _ in pairs) / sum(b["wall_seconds"] for _, b in pairs)
+    cpus = {_cpu(run) for pair in pairs for run in pair}
+    if len(cpus) == 1:
+        wall = sum(a["wall_seconds"] for a, _ in pairs) / sum(b["wall_seconds"] for _, b in pairs)
+    else:
+        wall = f"wall time not compared (measured on {' and '.join(sorted(cpus))})"
     difference = statistics.mean(a["test_metric"] for a, _ in pairs) - statistics.mean(
         b["test_metric"] for _, b in pairs
     )
@@ -178,7 +189,8 @@ def racing_lines(results: dict, args) -> list[str]:
                 calls, wall, difference, seeds = compared
                 lines.append(
                     f"  {method} on {task}: racing@{raced_at} vs off@{plain_at}: {calls:.2f}x the example-evaluations, "
-                    f"{wall:.2f}x the wall time, test {100 * difference:+.1f} (seeds {seeds})"
+                    f"{wall if isinstance(wall, str) else f'{wall:.2f}x the wall time'}, test {100 * difference:+.1f} "
+                    f"(seeds {seeds})"
                 )
     return ["racing (from the cached runs):", *lines] if lines else []
 

@@ -103,6 +103,22 @@ def test_the_tables_hold_the_cached_results(quality, cached, capsys):
     assert "racing@200 vs off@200" in curve and "bbpl on" not in curve
 
 
+def test_wall_times_from_different_cpus_are_not_divided(quality, cached, capsys):
+    """Racing at 1000 on mr measured on another CPU than the run without racing: calls and test metrics are still
+    compared, the wall times are not."""
+    key = quality.RunKey("mr", "bbt", 0, 1000, True)
+    path = Path(cached.results) / f"{quality.run_name(key, cached)}.json"
+    run = json.loads(path.read_text())
+    path.write_text(json.dumps({**run, "host": {"cpu": "AMD EPYC", "native_bf16": True, "threads": 2, "cuda": None}}))
+    assert quality.main([*CURVE, "--results", cached.results]) == 0
+    curve = capsys.readouterr().out.split("| run |")[1]
+    assert (
+        "bbt on mr: racing@1000 vs off@1000: 0.90x the example-evaluations, wall time not compared (measured on "
+        "AMD EPYC and unrecorded (AMX Xeon)), test +2.0 (seeds [0, 1, 2])" in curve
+    )
+    assert "bbt on sms: racing@1000 vs off@1000: 0.90x the example-evaluations, 0.50x the wall time" in curve
+
+
 def test_the_plot_is_written(quality, cached):
     pytest.importorskip("matplotlib")
     path = Path(cached.results) / "curve.png"
