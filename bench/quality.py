@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _host import host  # noqa: E402
 from _quality_report import RunKey, budget_table, is_search, main_table, plot_budget_curve, racing_lines  # noqa: E402
 
 from nograd.clients.local import LocalClient  # noqa: E402
@@ -64,23 +65,6 @@ EMULATED = (
 def emulated_bf16(args) -> bool:
     """Whether the runs would compute bf16 without hardware support (a CPU without AVX512-BF16/AMX, no CUDA)."""
     return args.dtype == "bf16" and not torch.cuda.is_available() and not native_bf16_cpu()
-
-
-def host() -> dict:
-    """What a run was measured on, saved with it: wall times are only comparable between runs on the same kind."""
-    try:
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            None,
-        )
-    except OSError:
-        cpu = None
-    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "native_bf16": native_bf16_cpu(), "threads": torch.get_num_threads(), "cuda": cuda}
 
 
 # ---------------------------------------------------------------- names and the cache

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _host import host  # noqa: E402
 
 from nograd.clients.types import EvalRequest, ProjectionSpec, PromptSpec  # noqa: E402
 from nograd.engine import Engine, load_model  # noqa: E402
@@ -133,9 +134,10 @@ def main(argv=None) -> int:
     handle = load_model("smollm2-135m", dtype=dtype)
     torch_dtype = handle.dtype
     peak = matmul_peak(torch_dtype)
+    machine = host()
     print(
         f"model smollm2-135m {dtype}, {N_TOKENS} prompt tokens, population {POPULATION}, torch threads "
-        f"{torch.get_num_threads()}, CPU {platform.processor() or platform.machine()}, native bf16 {native_bf16_cpu()}"
+        f"{machine['threads']}, CPU {machine['cpu']}, native bf16 {machine['native_bf16']}"
     )
     print(f"measured {dtype} matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
     if torch_dtype == torch.bfloat16 and not native_bf16_cpu():
@@ -209,7 +211,7 @@ def main(argv=None) -> int:
     shares = profile_shares(engine, request)
     print(
         f"best: {best_name}; achieved {achieved / 1e9:.1f} GFLOP/s vs measured matmul peak {peak / 1e9:.1f} GFLOP/s "
-        f"({dtype}) -> {100 * achieved / peak:.0f}% of peak"
+        f"({dtype}) -> {100 * achieved / peak:.1f}% of peak"
     )
     print(
         "profile of its population: "
@@ -224,6 +226,7 @@ def main(argv=None) -> int:
         "examples": len(examples),
         "threads": torch.get_num_threads(),
         "native_bf16": native_bf16_cpu(),
+        "host": machine,
         "loop_pairs_per_s": pairs / t_loop,
         "engine": best_name,
         "engine_pairs_per_s": results[best_name]["pairs_per_s"],
