@@ -140,7 +140,7 @@ def budget_table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def _cpu(run: dict) -> str:
+def measured_on(run: dict) -> str:
     """The CPU a run was measured on; runs saved before hosts were recorded were all measured on the AMX Xeon that
     began the v3 bench."""
     return (run.get("host") or {}).get("cuda") or (run.get("host") or {}).get("cpu") or "unrecorded (AMX Xeon)"
@@ -157,7 +157,7 @@ def _compare(raced: list[dict], plain: list[dict]) -> tuple[float, float | str, 
     if not pairs:
         return None
     calls = sum(a["calls"] for a, _ in pairs) / sum(b["calls"] for _, b in pairs)
-    cpus = {_cpu(run) for pair in pairs for run in pair}
+    cpus = {measured_on(run) for pair in pairs for run in pair}
     if len(cpus) == 1:
         wall = sum(a["wall_seconds"] for a, _ in pairs) / sum(b["wall_seconds"] for _, b in pairs)
     else:

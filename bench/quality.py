@@ -29,7 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _host import host  # noqa: E402
-from _quality_report import RunKey, budget_table, is_search, main_table, plot_budget_curve, racing_lines  # noqa: E402
+from _quality_report import (  # noqa: E402
+    RunKey,
+    budget_table,
+    is_search,
+    main_table,
+    measured_on,
+    plot_budget_curve,
+    racing_lines,
+)
 
 from nograd.clients.local import LocalClient  # noqa: E402
 from nograd.config import RunConfig  # noqa: E402
@@ -135,36 +143,55 @@ def _timing_dirs(args) -> list[Path]:
     return list(dict.fromkeys(d.resolve() for d in dirs if d.is_dir()))
 
 
-def _durations(dirs: list[Path]) -> dict[tuple, list[tuple[float, float]]]:
-    """(task, method, dtype, chat, racing) -> [(calls, wall seconds)] of every cached run in `dirs`."""
-    found: dict[tuple, list[tuple[float, float]]] = {}
+def _durations(dirs: list[Path]) -> dict[tuple, list[tuple[float, float, str]]]:
+    """(task, method, dtype, chat, racing) -> [(calls, wall seconds, the CPU or GPU it ran on)] of every cached run
+    in `dirs`."""
+    found: dict[tuple, list[tuple[float, float, str]]] = {}
     for path in (p for d in dirs for p in d.glob("*.json")):
         data = json.loads(path.read_text())
         config = data.get("config")
         if "wall_seconds" not in data or not config:
             continue
         kind = (data["task"], data["method"], config.get("dtype"), config.get("chat_template", False))
-        found.setdefault((*kind, bool(config.get("racing", False))), []).append((data["calls"], data["wall_seconds"]))
+        found.setdefault((*kind, bool(config.get("racing", False))), []).append(
+            (data["calls"], data["wall_seconds"], measured_on(data))
+        )
     return found
 
 
-def estimate(key: RunKey, args, durations: dict) -> tuple[float | None, int]:
-    """Seconds `key` should take, and how many cached runs that comes from (None, 0: no run of the same task,
-    method and dtype is cached). A search: the manual run's time on the task (the fixed scoring of train, dev and
+def this_machine() -> str:
+    """This machine as `measured_on` names a run's: the CUDA device, else the CPU."""
+    machine = host()
+    return machine["cuda"] or machine["cpu"]
+
+
+def estimate(key: RunKey, args, durations: dict, here: str | None = None) -> tuple[float | None, int, list[str]]:
+    """Seconds `key` should take, how many cached runs that comes from (None, 0: no run of the same task, method
+    and dtype is cached), and the other machines those runs were measured on (empty: all on `here`). Runs on `here`
+    are used where there are any. A search: the manual run's time on the task (the fixed scoring of train, dev and
     test) plus the cached runs' seconds per call times the budget; a racing run without cached racing runs uses
     the non-racing ones."""
+
+    def pick(samples: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+        return [s for s in samples if s[2] == here] or samples
+
     kind = (key.task, key.method, args.dtype, args.chat_template)
-    manual = durations.get((key.task, "manual", args.dtype, args.chat_template, False), [])
-    base = statistics.mean(w for _, w in manual) if manual else 0.0
+    manual = pick(durations.get((key.task, "manual", args.dtype, args.chat_template, False), []))
+    base = statistics.mean(w for _, w, _ in manual) if manual else 0.0
     if key.method == "bbt z=0":  # one test pass, about a manual run
-        return (base, len(manual)) if manual else (None, 0)
-    samples = durations.get((*kind, key.racing)) or durations.get((*kind, False), [])
+        return (base, len(manual), _elsewhere(manual, here)) if manual else (None, 0, [])
+    samples = pick(durations.get((*kind, key.racing)) or durations.get((*kind, False), []))
     if not samples:
-        return None, 0
+        return None, 0, []
+    others = _elsewhere([*samples, *(manual if is_search(key.method) else [])], here)
     if not is_search(key.method):
-        return statistics.mean(w for _, w in samples), len(samples)
-    paces = [max(w - base, 0.0) / c for c, w in samples if c > 0]
-    return (base + statistics.mean(paces) * key.budget, len(paces)) if paces else (None, 0)
+        return statistics.mean(w for _, w, _ in samples), len(samples), others
+    paces = [max(w - base, 0.0) / c for c, w, _ in samples if c > 0]
+    return (base + statistics.mean(paces) * key.budget, len(paces), others) if paces else (None, 0, [])
+
+
+def _elsewhere(samples: list[tuple[float, float, str]], here: str | None) -> list[str]:
+    return sorted({machine for _, _, machine in samples if machine != here})
 
 
 def _minutes(seconds: float) -> str:
@@ -179,20 +206,28 @@ def plan_text(args) -> str:
         planned.append((init_name(task, args), RunKey(task, "bbt z=0", 0, None), done))
     missing = [(name, key) for name, key, done in planned if not done]
     durations = _durations(_timing_dirs(args))
+    here = this_machine()
     lines = [f"{len(missing)} runs to do in {args.results} (of {len(planned)} planned):"]
-    known, unknown = 0.0, 0
+    known, unknown, elsewhere = 0.0, 0, set()
     for name, key in missing:
-        seconds, n = estimate(key, args, durations)
+        seconds, n, others = estimate(key, args, durations, here)
         if seconds is None:
             unknown += 1
             lines.append(f"  {name:<40} unknown (no cached run of this task, method and dtype to go by)")
         else:
             known += seconds
-            lines.append(f"  {name:<40} ~{_minutes(seconds)} (from {n} cached run{'s' if n > 1 else ''})")
+            elsewhere.update(others)
+            on = f", measured on {' and '.join(others)}" if others else ""
+            lines.append(f"  {name:<40} ~{_minutes(seconds)} (from {n} cached run{'s' if n > 1 else ''}{on})")
     total = f"total: ~{_minutes(known)}" + (f" plus {unknown} runs of unknown duration" if unknown else "")
     if unknown and unknown == len(missing):
         total = "total: unknown (no cached run of the same tasks, methods and dtype yet; run a part, then plan again)"
     lines.append(total + " (timings from: " + ", ".join(map(str, _timing_dirs(args))) + ")")
+    if elsewhere:
+        lines.append(
+            f"note: some estimates come from runs on another machine than this one ({here}); wall times differ "
+            "several-fold between CPUs with native bf16 (README: Results)"
+        )
     if missing and emulated_bf16(args):
         lines.append(f"warning: {EMULATED}; --dtype fp32 runs about 6x faster (cached under -fp32 names)")
     return "\n".join(lines)

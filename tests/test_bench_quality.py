@@ -141,6 +141,7 @@ def _no_engine(*args, **kwargs):
 
 def test_the_plan_lists_what_is_left_without_loading_a_model(quality, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(quality, "build_engine", _no_engine)
+    monkeypatch.setattr(quality, "this_machine", lambda: "Test CPU")
     out = tmp_path / "quality-fp32"
     argv = ["--tasks", "mr", "sms", "--methods", "manual", "bbt", "--seeds", "0", "1", "--budgets", "200", "600"]
     argv += ["--racing", "both", "--dtype", "fp32", "--results", str(out), "--plan"]
@@ -167,9 +168,7 @@ def test_the_plan_lists_what_is_left_without_loading_a_model(quality, tmp_path, 
         ("mr-manual-fp32-s0", 0, 30.0, "manual"),
         ("mr-bbt-fp32-s0-b200", 200, 230.0, "bbt"),
     ]:
-        config = {"dtype": "fp32", "chat_template": False, "seed": 0}
-        result = {"task": "mr", "method": method, "calls": calls, "wall_seconds": wall, "config": config}
-        (out / f"{name}.json").write_text(json.dumps(result))
+        _cache(out / f"{name}.json", "mr", method, calls, wall, "Test CPU")
     assert quality.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     plan = {line.split()[0]: line for line in lines[1:-1]}
@@ -180,6 +179,25 @@ def test_the_plan_lists_what_is_left_without_loading_a_model(quality, tmp_path, 
     assert "~10.5 min" in plan["mr-bbt-fp32-s1-b600"]
     assert "~10.5 min" in plan["mr-bbt-fp32-race-s0-b600"]  # no racing run cached: the plain runs' pace
     assert "~0.5 min" in plan["mr-bbt-fp32-init"] and "unknown" in plan["sms-bbt-fp32-s0-b200"]
+
+    # Runs from another machine: on mr they are ignored (this machine has its own); sms has only those, so its
+    # estimates come from them (2.15 s per call) and say where they were measured.
+    _cache(out / "other" / "mr-bbt-fp32-s1-b200.json", "mr", "bbt", 200, 1030.0, "Other CPU")
+    _cache(out / "other" / "sms-bbt-fp32-s1-b200.json", "sms", "bbt", 200, 430.0, "Other CPU")
+    assert quality.main([*argv, "--timings", str(out), str(out / "other")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    plan = {line.split()[0]: line for line in lines[1:-2]}
+    assert "~10.5 min (from 1 cached run)" in plan["mr-bbt-fp32-s1-b600"]
+    assert "~21.5 min (from 1 cached run, measured on Other CPU)" in plan["sms-bbt-fp32-s0-b600"]
+    assert lines[-1].startswith("note: some estimates come from runs on another machine than this one (Test CPU)")
+
+
+def _cache(path: Path, task: str, method: str, calls: int, wall: float, cpu: str) -> None:
+    """A cached run as the plan reads it: its calls and wall time, measured on `cpu`."""
+    path.parent.mkdir(exist_ok=True)
+    config = {"dtype": "fp32", "chat_template": False, "seed": 0}
+    result = {"task": task, "method": method, "calls": calls, "wall_seconds": wall, "config": config}
+    path.write_text(json.dumps({**result, "host": {"cpu": cpu, "native_bf16": False, "threads": 2, "cuda": None}}))
 
 
 def test_baselines_reuse_older_caches_named_with_a_budget(quality, tmp_path, monkeypatch, capsys):
