@@ -143,7 +143,8 @@ def budget_table(results: dict, args) -> str:
 def measured_on(run: dict) -> str:
     """The CPU a run was measured on; runs saved before hosts were recorded were all measured on the AMX Xeon that
     began the v3 bench."""
-    return (run.get("host") or {}).get("cuda") or (run.get("host") or {}).get("cpu") or "unrecorded (AMX Xeon)"
+    machine = run.get("host") or {}
+    return machine.get("cuda") or machine.get("cpu") or "unrecorded (AMX Xeon)"
 
 
 def _compare(raced: list[dict], plain: list[dict]) -> tuple[float, float | str, float, list[int]] | None:

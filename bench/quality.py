@@ -161,8 +161,7 @@ def _durations(dirs: list[Path]) -> dict[tuple, list[tuple[float, float, str]]]:
 
 def this_machine() -> str:
     """This machine as `measured_on` names a run's: the CUDA device, else the CPU."""
-    machine = host()
-    return machine["cuda"] or machine["cpu"]
+    return measured_on({"host": host()})
 
 
 def estimate(key: RunKey, args, durations: dict, here: str | None = None) -> tuple[float | None, int, list[str]]:
