@@ -8,6 +8,9 @@ Usage:
         --dtype fp32 --plan                                   # what is left to run, with a time estimate
 Each finished run is cached as JSON under --results (rerunning skips it), so the bench can be run in parts and
 resumed. Search runs are named {task}-{method}[-chat][-DTYPE][-race]-s{seed}-b{budget}.json (no -DTYPE for bf16);
+a search also saves its state after every generation ({name}.json.partial), so a long run stopped midway goes on
+from its last generation and ends with the prompt an uninterrupted run gives on the same CPU (its result keeps
+each part's wall time and machine under wall_segments);
 the baselines (manual, icl) make no calls, so one run per seed serves every budget: {task}-{method}[-chat][-DTYPE]
 -s{seed}.json, or an older {...}-s{seed}-b{any}.json. Prints a table of mean +/- std of the test metric at the
 smallest budget and each method's gain over the manual prompt; with several budgets or racing, also a table against
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -46,6 +50,7 @@ from nograd.engine.models import native_bf16_cpu  # noqa: E402
 from nograd.pipeline import ENGINE_DTYPES, resolve_run, run, score, task_spec, to_examples  # noqa: E402
 from nograd.search import prompt_spec  # noqa: E402
 from nograd.tasks import get_task  # noqa: E402
+from service.checkpoints import CheckpointVersionError, dump_checkpoint, load_checkpoint  # noqa: E402
 
 # Per-method settings used by the bench: the methods' defaults (nograd.methods.METHODS), spelled out.
 METHOD_OPTIONS = {
@@ -245,6 +250,29 @@ def _compact(entry: dict) -> dict:
     return kept
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (a bench killed mid-write leaves the previous file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _load_partial(path: Path, config: dict) -> dict | None:
+    """The interrupted search saved at `path` (written after every generation), or None if there is none. Exits
+    with the fix if it was run with other settings or library versions than this run."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved["config"] != config:
+        changed = sorted(k for k in config.keys() | saved["config"].keys() if config.get(k) != saved["config"].get(k))
+        sys.exit(f"{path}: saved with other settings ({', '.join(changed)}); delete it to start this run again")
+    try:
+        state = load_checkpoint(saved["checkpoint"], path.name)
+    except CheckpointVersionError as error:
+        sys.exit(f"{path}: {error}; or delete it to start this run again")
+    return {"state": state, "calls": state["calls"], "history": saved["history"], "segments": saved["segments"]}
+
+
 async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
     name = run_name(key, args)
     options = {"budget": key.budget} if is_search(key.method) else {}
@@ -264,20 +292,51 @@ async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
             **METHOD_OPTIONS[key.method],
         )
     )
-    history: list[dict] = []
+    partial = Path(args.results) / f"{name}.json.partial"
+    settings = json.loads(json.dumps(config.to_dict()))  # as the partial file holds them
+    resumed = _load_partial(partial, settings) if is_search(key.method) else None
+    history: list[dict] = resumed["history"] if resumed else []
+    segments: list[dict] = resumed["segments"] if resumed else []
     started = time.perf_counter()
+    if resumed:
+        print(f"{name}: resumes at {resumed['calls']:g} calls ({partial.name})", flush=True)
 
     def on_generation(entry: dict) -> None:
         history.append(_compact(entry))
         if args.verbose:
             print(f"  {name}: {entry['calls']:g} calls, {time.perf_counter() - started:.0f} s", flush=True)
 
-    result = await run(config, client, on_generation=on_generation, data=data)
+    def on_checkpoint(state: dict) -> None:
+        here = {"seconds": time.perf_counter() - started, "host": host(), "calls": state["calls"]}
+        _write_atomic(
+            partial,
+            json.dumps(
+                {
+                    "config": settings,
+                    "checkpoint": dump_checkpoint(state),
+                    "history": history,
+                    "segments": [*segments, here],
+                }
+            ),
+        )
+
+    result = await run(
+        config,
+        client,
+        on_generation=on_generation,
+        data=data,
+        resume=resumed["state"] if resumed else None,
+        on_checkpoint=on_checkpoint if is_search(key.method) else None,
+    )
     result["config"] = config.to_dict()
     result["host"] = host()
     if is_search(key.method):
         result["history"] = history
-    (Path(args.results) / f"{name}.json").write_text(json.dumps(result, indent=2))
+    if segments:  # resumed: the wall time of every part, each part's machine (bf16 rounding follows the CPU)
+        result["wall_segments"] = [*segments, {"seconds": result["wall_seconds"], "host": result["host"]}]
+        result["wall_seconds"] = sum(part["seconds"] for part in result["wall_segments"])
+    _write_atomic(Path(args.results) / f"{name}.json", json.dumps(result, indent=2))
+    partial.unlink(missing_ok=True)
     print(
         f"{name}: test {result['test_metric']:.4f} dev {result['dev_metric']:.4f} "
         f"({time.perf_counter() - started:.0f} s)",

@@ -349,26 +349,42 @@ async def run(
     on_generation: Callable[[dict], None] | None = None,
     data: RunData | None = None,
     on_phase: OnPhase | None = None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run `config` against `client`; write the run directory if `out_dir` is given. Returns result.json's data.
-    `on_phase` is told what the run is doing (`nograd.progress`)."""
+    `on_phase` is told what the run is doing (`nograd.progress`).
+
+    A search continues from `resume` (a `PromptSearch.state_dict()` of the same config and data, e.g. from
+    `on_checkpoint`) instead of starting; `on_checkpoint` gets the search's state after its start and after every
+    generation, so an interrupted run can go on where it stopped and end with the same prompt. The result's
+    `wall_seconds` counts this call only."""
     started = time.perf_counter()
     data = data or prepare(config)
     info = await client.describe()
     if out_dir is not None:
         artifacts.start_run_dir(out_dir, config)
     search = make_search(config, data.spec, data.train, data.dev, info.n_layers)
+    if search is None and resume is not None:
+        raise ValueError(f"resume: method {config.method!r} is a baseline and has no search state to resume")
     if search is not None:
         search.on_phase = on_phase
-        initial = await search.start(client)
-        if on_generation:
-            on_generation({"generation": 0, "calls": 0, "initial": initial})
+        if resume is not None:
+            search.load_state(resume)
+        else:
+            initial = await search.start(client)
+            if on_generation:
+                on_generation({"generation": 0, "calls": 0, "initial": initial})
+            if on_checkpoint:
+                on_checkpoint(search.state_dict())
         while not search.done:
             entry = await search.step(client)
             if out_dir is not None:
                 artifacts.append_history(out_dir, entry)
             if on_generation:
                 on_generation(entry)
+            if on_checkpoint:
+                on_checkpoint(search.state_dict())
     result, prompt, x, analysis = await finalize(config, data, client, info.model_id, search, started, on_phase)
     if out_dir is not None:
         report(on_phase, Phase("saving"))

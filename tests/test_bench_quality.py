@@ -268,3 +268,61 @@ def test_runs_end_to_end_on_the_fake_engine(quality, tmp_path, capsys, racing):
     assert f"| bbt @ 80{' racing' if racing else ''} |" in capsys.readouterr().out
     quality.main([*argv, "--plan"])
     assert capsys.readouterr().out.startswith("0 runs to do")
+
+
+class _Stop(Exception):
+    """The bench killed after some generations."""
+
+
+@pytest.mark.parametrize("method", ["bbt", "bbpl"])
+def test_a_stopped_search_resumes_from_its_last_generation_and_ends_as_an_uninterrupted_one(
+    quality, tmp_path, monkeypatch, method
+):
+    argv = ["--model", "fake", "--tasks", "sms", "--methods", method, "--seeds", "0", "--k-shot", "4"]
+    argv += ["--budgets", "120", "--racing", "on", "--dtype", "fp32"]
+    name = f"sms-{method}-fp32-race-s0-b120"
+    assert quality.main([*argv, "--results", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / f"{name}.json").read_text())
+    assert not (tmp_path / "whole" / f"{name}.json.partial").exists() and "wall_segments" not in whole
+
+    parts = tmp_path / "parts"
+    real_run, checkpoints = quality.run, []
+
+    async def stopped_run(*args, on_checkpoint, **kwargs):
+        def stop_after_three(state):
+            on_checkpoint(state)
+            checkpoints.append(state["calls"])
+            if len(checkpoints) == 3:
+                raise _Stop
+
+        return await real_run(*args, on_checkpoint=stop_after_three, **kwargs)
+
+    monkeypatch.setattr(quality, "run", stopped_run)
+    with pytest.raises(_Stop):
+        quality.main([*argv, "--results", str(parts)])
+    partial = json.loads((parts / f"{name}.json.partial").read_text())
+    assert not (parts / f"{name}.json").exists()
+    assert [s["calls"] for s in partial["segments"]] == [checkpoints[-1]] and 0 < checkpoints[-1] < 120
+    assert partial["history"][-1]["calls"] == checkpoints[-1]
+
+    monkeypatch.setattr(quality, "run", real_run)
+    assert quality.main([*argv, "--results", str(parts)]) == 0
+    resumed = json.loads((parts / f"{name}.json").read_text())
+    assert not (parts / f"{name}.json.partial").exists()
+    same = ("test_metric", "test_ce", "dev_metric", "train_metric", "calls", "prompt_text", "selected_at_calls")
+    assert {k: resumed.get(k) for k in same} == {k: whole.get(k) for k in same}
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in resumed["history"]] == [
+        {k: v for k, v in e.items() if k != "seconds"} for e in whole["history"]
+    ]
+    parts_seconds = [s["seconds"] for s in resumed["wall_segments"]]
+    assert len(parts_seconds) == 2 and resumed["wall_seconds"] == pytest.approx(sum(parts_seconds))
+    assert all(set(s["host"]) == {"cpu", "native_bf16", "threads", "cuda"} for s in resumed["wall_segments"])
+
+
+def test_a_partial_run_saved_with_other_settings_is_not_resumed(quality, tmp_path):
+    argv = ["--model", "fake", "--tasks", "sms", "--methods", "bbt", "--seeds", "0", "--k-shot", "4"]
+    argv += ["--budgets", "40", "--dtype", "fp32", "--results", str(tmp_path)]
+    config = {"task": "sms", "method": "bbt", "seed": 0, "popsize": 99}
+    (tmp_path / "sms-bbt-fp32-s0-b40.json.partial").write_text(json.dumps({"config": config, "checkpoint": "{}"}))
+    with pytest.raises(SystemExit, match="saved with other settings .*popsize.*delete it"):
+        quality.main(argv)
