@@ -169,12 +169,14 @@ def this_machine() -> str:
     return measured_on({"host": host()})
 
 
-def estimate(key: RunKey, args, durations: dict, here: str | None = None) -> tuple[float | None, int, list[str]]:
+def estimate(
+    key: RunKey, args, durations: dict, here: str | None = None, done_calls: float = 0.0
+) -> tuple[float | None, int, list[str]]:
     """Seconds `key` should take, how many cached runs that comes from (None, 0: no run of the same task, method
     and dtype is cached), and the other machines those runs were measured on (empty: all on `here`). Runs on `here`
     are used where there are any. A search: the manual run's time on the task (the fixed scoring of train, dev and
     test) plus the cached runs' seconds per call times the budget; a racing run without cached racing runs uses
-    the non-racing ones."""
+    the non-racing ones. `done_calls`: the calls a stopped run already made (its .json.partial); only the rest count."""
 
     def pick(samples: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
         return [s for s in samples if s[2] == here] or samples
@@ -191,11 +193,19 @@ def estimate(key: RunKey, args, durations: dict, here: str | None = None) -> tup
     if not is_search(key.method):
         return statistics.mean(w for _, w, _ in samples), len(samples), others
     paces = [max(w - base, 0.0) / c for c, w, _ in samples if c > 0]
-    return (base + statistics.mean(paces) * key.budget, len(paces), others) if paces else (None, 0, [])
+    left = max(key.budget - done_calls, 0.0)
+    return (base + statistics.mean(paces) * left, len(paces), others) if paces else (None, 0, [])
 
 
 def _elsewhere(samples: list[tuple[float, float, str]], here: str | None) -> list[str]:
     return sorted({machine for _, _, machine in samples if machine != here})
+
+
+def _partial_calls(path: Path) -> float:
+    """The calls a stopped search saved at `path` had made (0: no such file)."""
+    if not path.exists():
+        return 0.0
+    return float(json.loads(path.read_text())["segments"][-1]["calls"])
 
 
 def _minutes(seconds: float) -> str:
@@ -214,7 +224,9 @@ def plan_text(args) -> str:
     lines = [f"{len(missing)} runs to do in {args.results} (of {len(planned)} planned):"]
     known, unknown, elsewhere = 0.0, 0, set()
     for name, key in missing:
-        seconds, n, others = estimate(key, args, durations, here)
+        done = _partial_calls(Path(args.results) / f"{name}.json.partial")  # 0 for baselines: they save none
+        seconds, n, others = estimate(key, args, durations, here, done)
+        name = f"{name} (resumes at {done:g} calls)" if done else name
         if seconds is None:
             unknown += 1
             lines.append(f"  {name:<40} unknown (no cached run of this task, method and dtype to go by)")

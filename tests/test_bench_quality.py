@@ -276,7 +276,7 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("method", ["bbt", "bbpl"])
 def test_a_stopped_search_resumes_from_its_last_generation_and_ends_as_an_uninterrupted_one(
-    quality, tmp_path, monkeypatch, method
+    quality, tmp_path, monkeypatch, capsys, method
 ):
     argv = ["--model", "fake", "--tasks", "sms", "--methods", method, "--seeds", "0", "--k-shot", "4"]
     argv += ["--budgets", "120", "--racing", "on", "--dtype", "fp32"]
@@ -304,6 +304,9 @@ def test_a_stopped_search_resumes_from_its_last_generation_and_ends_as_an_uninte
     assert not (parts / f"{name}.json").exists()
     assert [s["calls"] for s in partial["segments"]] == [checkpoints[-1]] and 0 < checkpoints[-1] < 120
     assert partial["history"][-1]["calls"] == checkpoints[-1]
+    capsys.readouterr()
+    quality.main([*argv, "--results", str(parts), "--plan", "--timings", str(tmp_path / "whole")])
+    assert f"{name} (resumes at {checkpoints[-1]:g} calls)" in capsys.readouterr().out
 
     monkeypatch.setattr(quality, "run", real_run)
     assert quality.main([*argv, "--results", str(parts)]) == 0
