@@ -282,7 +282,7 @@ def _load_partial(path: Path, config: dict) -> dict | None:
         state = load_checkpoint(saved["checkpoint"], path.name)
     except CheckpointVersionError as error:
         sys.exit(f"{path}: {error}; or delete it to start this run again")
-    return {"state": state, "calls": state["calls"], "history": saved["history"], "segments": saved["segments"]}
+    return {"state": state, "history": saved["history"], "segments": saved["segments"]}
 
 
 async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
@@ -309,9 +309,10 @@ async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
     resumed = _load_partial(partial, settings) if is_search(key.method) else None
     history: list[dict] = resumed["history"] if resumed else []
     segments: list[dict] = resumed["segments"] if resumed else []
+    machine = host()  # once per run: it reads /proc/cpuinfo
     started = time.perf_counter()
     if resumed:
-        print(f"{name}: resumes at {resumed['calls']:g} calls ({partial.name})", flush=True)
+        print(f"{name}: resumes at {resumed['state']['calls']:g} calls ({partial.name})", flush=True)
 
     def on_generation(entry: dict) -> None:
         history.append(_compact(entry))
@@ -319,7 +320,7 @@ async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
             print(f"  {name}: {entry['calls']:g} calls, {time.perf_counter() - started:.0f} s", flush=True)
 
     def on_checkpoint(state: dict) -> None:
-        here = {"seconds": time.perf_counter() - started, "host": host(), "calls": state["calls"]}
+        here = {"seconds": time.perf_counter() - started, "host": machine, "calls": state["calls"]}
         _write_atomic(
             partial,
             json.dumps(
@@ -341,7 +342,7 @@ async def _run_one(client: LocalClient, key: RunKey, args) -> dict:
         on_checkpoint=on_checkpoint if is_search(key.method) else None,
     )
     result["config"] = config.to_dict()
-    result["host"] = host()
+    result["host"] = machine
     if is_search(key.method):
         result["history"] = history
     if segments:  # resumed: the wall time of every part, each part's machine (bf16 rounding follows the CPU)
