@@ -4,11 +4,12 @@ error fails the test."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import httpx
 import pytest
-from dashpages import STATIC
+from dashpages import DOCS, STATIC
 from procs import create_key, free_port, serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,6 +24,13 @@ def service(tmp_path_factory):
     proc = serve(data, None, port, models="fake:0.1")
     yield f"http://127.0.0.1:{port}", key
     proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory):
+    """Where the tests save their screenshots: README's docs/ with NOGRAD_UPDATE_SCREENSHOTS=1, else a temp folder,
+    so a test run leaves the tracked screenshots alone."""
+    return DOCS if os.environ.get("NOGRAD_UPDATE_SCREENSHOTS") == "1" else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 form's sections, labels, method help and time estimate; a finished job's page (per-generation population band,
 elapsed time, the explanation panel's hook); a cancelled job's notice without empty charts; the jobs list's results
 table; workers' rates; the job's phase and progress bar. Any console error fails a test (conftest.py). The README's
-screenshots (docs/dashboard-submit.png, docs/dashboard-job.png) are saved from these runs."""
+screenshots (docs/dashboard-submit.png, docs/dashboard-job.png) are saved from these runs with
+NOGRAD_UPDATE_SCREENSHOTS=1 (else to a temp folder)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import re
 
 import pytest
-from dashpages import DOCS, STATIC, sign_in
+from dashpages import STATIC, sign_in
 from procs import wait_until
 
 SMALL_BBT = {"method": "bbt", "task": "trec", "model": "fake:0.1", "budget": 200, "dev_every": 50}
@@ -33,7 +34,7 @@ def _succeeded(rest, job_id: str) -> dict | None:
     return job if job["status"] == "succeeded" else None
 
 
-def test_submit_form_has_sections_words_and_an_estimate(page, service, rest, tmp_path):
+def test_submit_form_has_sections_words_and_an_estimate(page, service, rest, tmp_path, shots):
     sign_in(page, service, "#/submit")
     page.wait_for_selector("#submit")
     assert page.inner_text("#estimate").lower().startswith("estimated time: no worker measured yet")
@@ -76,7 +77,7 @@ def test_submit_form_has_sections_words_and_an_estimate(page, service, rest, tmp
     text = page.inner_text("#estimate")
     assert re.search(r"Estimated search time: about \d+ (s|min)", text) and "300 calls at" in text, text
     page.click("#sec-advanced summary")
-    page.screenshot(path=str(DOCS / "dashboard-submit.png"), full_page=True)
+    page.screenshot(path=str(shots / "dashboard-submit.png"), full_page=True)
     page.select_option("#f-method", "manual")  # a baseline has no budget to estimate
     assert "baseline" in page.inner_text("#estimate") and page.is_disabled("#f-budget")
 
@@ -99,7 +100,7 @@ def test_a_form_job_carries_only_what_was_filled_in(page, service, rest):
     assert job["config"]["seed"] == 0 and job["config"]["sigma0"] == 1.0  # left empty: the API's defaults
 
 
-def test_finished_job_page_population_band_elapsed_and_lists(page, service, rest, tmp_path):
+def test_finished_job_page_population_band_elapsed_and_lists(page, service, rest, tmp_path, shots):
     job = finished_job(rest)
     sign_in(page, service, f"#/job/{job['id']}")
     page.wait_for_function("() => document.getElementById('view').dataset.ended === '1'")
@@ -111,7 +112,7 @@ def test_finished_job_page_population_band_elapsed_and_lists(page, service, rest
     if (STATIC / "explain.js").exists():  # the real panel, when it has landed: its section is there
         page.wait_for_selector("#explain")
     page.screenshot(
-        path=str(DOCS / "dashboard-job.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": 1700}
+        path=str(shots / "dashboard-job.png"), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": 1700}
     )
 
     page.click("text=Jobs")

@@ -2,14 +2,14 @@
 study's page (cells table with the API's mean ± std, the best test mean marked, links to each cell's jobs, one
 curve per cell of the mean best dev metric so far), the Compare view loading a study's jobs, cancelling a running
 study from its page, and a hostile study name shown as text. Any console error fails a test (conftest.py). The
-README's screenshot docs/dashboard-study.png is saved from these runs."""
+README's screenshot docs/dashboard-study.png is saved from these runs with NOGRAD_UPDATE_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
-from dashpages import DOCS, sign_in
+from dashpages import sign_in
 
 BASE = {"task": "trec", "model": "fake:0.1", "budget": 100, "dev_every": 20, "options": {"popsize": 10, "dim": 8}}
 SWEEP = {"method": ["bbt", "bbpl"], "seed": [0, 1]}
@@ -36,7 +36,7 @@ def create_study(rest, name: str, base: dict = BASE, sweep: dict = SWEEP) -> dic
     return response.json()
 
 
-def test_a_finished_study_shows_its_cells_curves_and_jobs(page, service, rest):
+def test_a_finished_study_shows_its_cells_curves_and_jobs(page, service, rest, shots):
     study = create_study(rest, "methods x seeds")
     sign_in(page, service, "#/studies")
     page.wait_for_selector(f'#studies tr[data-id="{study["id"]}"]')
@@ -72,8 +72,8 @@ def test_a_finished_study_shows_its_cells_curves_and_jobs(page, service, rest):
     last = page.eval_on_selector("#c-study", "box => JSON.parse(box.dataset.last)")
     assert last == pytest.approx([cell["dev_metric"]["mean"] for cell in done["cells"]])
 
-    page.screenshot(path=str(DOCS / "dashboard-study.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 720})
-    assert (DOCS / "dashboard-study.png").stat().st_size <= SCREENSHOT_MAX_BYTES
+    page.screenshot(path=str(shots / "dashboard-study.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 720})
+    assert (shots / "dashboard-study.png").stat().st_size <= SCREENSHOT_MAX_BYTES
 
     # a cell's job link opens the job
     first_job = done["cells"][0]["job_ids"][0]
