@@ -3,7 +3,9 @@ cancel, tenancy, keys."""
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 
 import pytest
 
@@ -16,13 +18,18 @@ def _job(store, tenant="alice", **kw):
     )
 
 
-def test_claim_is_exclusive_and_fenced_by_the_lease(store):
+def test_claim_is_exclusive_and_fenced_by_the_lease(store, monkeypatch):
+    # the store's clock is moved by hand: a real 0.5 s lease could expire between two calls on a loaded machine
+    now = [time.time()]
+    clock = types.SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(sys.modules[type(store).__module__], "time", clock)
     job = _job(store)
     assert [j["id"] for j in store.claim_jobs("a", 0.5, 5)] == [job["id"]]
+    now[0] += 0.4
     assert store.claim_jobs("b", 0.5, 5) == []  # leased
     assert store.save_progress(job["id"], "a", checkpoint={"g": 1}, entry={"generation": 0}, calls=5)
     assert not store.save_progress(job["id"], "b", checkpoint={"g": 9}, entry=None)
-    time.sleep(0.6)
+    now[0] += 0.2
     taken = store.claim_jobs("b", 5, 5)  # a's lease expired: b resumes from a's checkpoint
     assert taken[0]["checkpoint"] == '{"g": 1}' and taken[0]["calls"] == 5
     assert not store.save_progress(job["id"], "a", checkpoint={"g": 2}, entry=None)  # a is fenced out
