@@ -81,6 +81,7 @@ def test_a_finished_study_shows_its_cells_curves_and_jobs(page, service, rest, s
     # the study's view was ended too: wait for the job's own title before its ended flag
     page.wait_for_function("id => document.querySelector('h2')?.innerText === 'Job ' + id", arg=first_job)
     page.wait_for_function("() => document.getElementById('view').dataset.ended === '1'")
+    assert page.inner_text("h2") == f"Job {first_job}"
 
     # the Compare view takes the study: all its jobs, labelled and grouped by cell
     page.goto(page.url.split("#")[0] + f"#/compare?study={study['id']}")
