@@ -220,6 +220,15 @@ def _legend(ax) -> None:
         ax.legend(fontsize="small")
 
 
+def seed_counts(lines: dict) -> dict:
+    """Per plotted line, a label per point saying how many seeds its mean holds ("n=2"), when the points of the
+    figure do not all hold the same number; otherwise no labels (an empty dict)."""
+    counts = {k: [len(v) for _, v in points] for k, points in lines.items()}
+    if len({n for ns in counts.values() for n in ns}) <= 1:
+        return {}
+    return {k: [f"n={n}" for n in ns] for k, ns in counts.items()}
+
+
 def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
     """Test metric against calls (one subplot per task; a line per search method with runs at several budgets or
     with racing, racing dashed, mean ± std band over seeds, markers at each budget; the manual prompt dotted) and,
@@ -243,6 +252,7 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
     lines = {k: [(b, v) for b, v in points if v] for k, points in lines.items()}
     lines = {k: points for k, points in lines.items() if len(points) > 1 or (k[2] and points)}
     tasks = [t for t in args.tasks if any(k[0] == t for k in lines)]
+    counts = seed_counts(lines)
     if not tasks:
         print("no budget-curve plot: no search method has cached runs at more than one budget")
         return None
@@ -266,6 +276,8 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
             xs, ys = [b for b, _ in points], [100 * m for m, _ in stats]
             style = {"color": f"C{methods.index(method)}", "linestyle": "--" if racing else "-"}
             ax.plot(xs, ys, marker="o", label=f"{method}{' racing' if racing else ''}", **style)
+            for x, y, n in zip(xs, ys, counts.get((t, method, racing), [])):
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, -10 if racing else 4), fontsize=7, color=style["color"])
             if any(len(v) > 1 for _, v in points):
                 spread = [100 * s for _, s in stats]
                 low, high = [y - s for y, s in zip(ys, spread)], [y + s for y, s in zip(ys, spread)]
@@ -297,6 +309,8 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
         }
     )
     seeds = f"seeds {plotted}" if plotted == sorted(args.seeds) else f"seeds {plotted} of {sorted(args.seeds)}"
+    if counts:
+        seeds += " (n = seeds in a point's mean)"
     figure.suptitle(f"{_setting(args)}, {seeds}")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

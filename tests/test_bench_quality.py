@@ -127,6 +127,17 @@ def test_the_plot_is_written(quality, cached):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_the_plot_labels_points_with_their_seed_count_only_when_counts_differ(quality):
+    """A point's mean over 3 seeds next to one over 1 would read as one curve; each point then says its n."""
+    even = {("mr", "bbt", False): [(200, [0.7, 0.8]), (600, [0.8, 0.9])], ("mr", "bbt", True): [(200, [0.7, 0.7])]}
+    assert quality.seed_counts(even) == {}
+    uneven = {**even, ("mr", "bbt", True): [(200, [0.7, 0.7, 0.8]), (1000, [0.9])]}
+    assert quality.seed_counts(uneven) == {
+        ("mr", "bbt", False): ["n=2", "n=2"],
+        ("mr", "bbt", True): ["n=3", "n=1"],
+    }
+
+
 def test_without_matplotlib_the_plot_is_a_hint(quality, cached, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     results, _ = quality.load_cached(cached)
