@@ -277,7 +277,8 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
             style = {"color": f"C{methods.index(method)}", "linestyle": "--" if racing else "-"}
             ax.plot(xs, ys, marker="o", label=f"{method}{' racing' if racing else ''}", **style)
             for x, y, n in zip(xs, ys, counts.get((t, method, racing), [])):
-                ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, -10 if racing else 4), fontsize=7, color=style["color"])
+                offset = (4, -10 if racing else 4)
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=style["color"])
             if any(len(v) > 1 for _, v in points):
                 spread = [100 * s for _, s in stats]
                 low, high = [y - s for y, s in zip(ys, spread)], [y + s for y, s in zip(ys, spread)]

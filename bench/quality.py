@@ -41,7 +41,6 @@ from _quality_report import (  # noqa: E402
     measured_on,
     plot_budget_curve,
     racing_lines,
-    seed_counts,
 )
 
 from nograd.clients.local import LocalClient  # noqa: E402
