@@ -252,10 +252,10 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
     lines = {k: [(b, v) for b, v in points if v] for k, points in lines.items()}
     lines = {k: points for k, points in lines.items() if len(points) > 1 or (k[2] and points)}
     tasks = [t for t in args.tasks if any(k[0] == t for k in lines)]
-    counts = seed_counts(lines)
     if not tasks:
         print("no budget-curve plot: no search method has cached runs at more than one budget")
         return None
+    counts = seed_counts(lines)
     top = max(args.budgets)
     dev = {
         (t, m, r): [c for c in map(_best_dev_curve, runs_of(results, t, m, top, r, args.seeds)) if c[0]]
@@ -276,8 +276,8 @@ def plot_budget_curve(results: dict, args, path: Path) -> Path | None:
             xs, ys = [b for b, _ in points], [100 * m for m, _ in stats]
             style = {"color": f"C{methods.index(method)}", "linestyle": "--" if racing else "-"}
             ax.plot(xs, ys, marker="o", label=f"{method}{' racing' if racing else ''}", **style)
+            offset = (4, -10 if racing else 4)  # racing's labels below its points, the plain line's above
             for x, y, n in zip(xs, ys, counts.get((t, method, racing), [])):
-                offset = (4, -10 if racing else 4)
                 ax.annotate(n, (x, y), textcoords="offset points", xytext=offset, fontsize=7, color=style["color"])
             if any(len(v) > 1 for _, v in points):
                 spread = [100 * s for _, s in stats]
