@@ -147,22 +147,35 @@ def measured_on(run: dict) -> str:
     return machine.get("cuda") or machine.get("cpu") or "unrecorded (AMX Xeon)"
 
 
+def machines(run: dict) -> set[str]:
+    """Where a run's wall time was measured: `measured_on` of each part (a resumed run has several), with the first
+    8 characters of the boot id where the host record has one. Two runs' wall times divide only when both were
+    measured in one such place: the same CPU model has run the same job 2x apart on two machines. Runs recorded
+    without a boot id (before it was recorded) are placed by their CPU alone."""
+    parts = [part.get("host") or {} for part in run.get("wall_segments", [])] or [run.get("host") or {}]
+    return {
+        measured_on({"host": part}) + (f" (boot {part['boot_id'][:8]})" if part.get("boot_id") else "")
+        for part in parts
+    }
+
+
 def _compare(raced: list[dict], plain: list[dict]) -> tuple[float, float | str, float, list[int]] | None:
     """Over the seeds both sides have: (example-evaluations ratio, wall-time ratio, test metric difference, seeds).
     Calls count example-evaluations / training batch size on both sides (the same batch for one task and seed), so
-    the ratio of calls is the ratio of example evaluations. Wall times measured on different CPUs are not divided:
-    the ratio is then a sentence naming both."""
+    the ratio of calls is the ratio of example evaluations. The wall-time ratio is the mean over seeds of each
+    seed's ratio, each measured in one place (`machines`); where a seed's two runs were not, the wall times are not
+    divided: the ratio is then a sentence naming the places."""
     by_seed = {r["config"]["seed"]: r for r in plain}
     pairs = [(r, by_seed[r["config"]["seed"]]) for r in raced if r["config"]["seed"] in by_seed]
     pairs = [(a, b) for a, b in pairs if a.get("test_metric") is not None and b.get("test_metric") is not None]
     if not pairs:
         return None
     calls = sum(a["calls"] for a, _ in pairs) / sum(b["calls"] for _, b in pairs)
-    cpus = {measured_on(run) for pair in pairs for run in pair}
-    if len(cpus) == 1:
-        wall = sum(a["wall_seconds"] for a, _ in pairs) / sum(b["wall_seconds"] for _, b in pairs)
+    if all(len(machines(a)) == 1 and machines(a) == machines(b) for a, b in pairs):
+        wall = statistics.mean(a["wall_seconds"] / b["wall_seconds"] for a, b in pairs)
     else:
-        wall = f"wall time not compared (measured on {' and '.join(sorted(cpus))})"
+        places = {m for pair in pairs for run in pair for m in machines(run)}
+        wall = f"wall time not compared (measured on {' and '.join(sorted(places))})"
     difference = statistics.mean(a["test_metric"] for a, _ in pairs) - statistics.mean(
         b["test_metric"] for _, b in pairs
     )

@@ -119,6 +119,46 @@ def test_wall_times_from_different_cpus_are_not_divided(quality, cached, capsys)
     assert "bbt on sms: racing@1000 vs off@1000: 0.90x the example-evaluations, 0.50x the wall time" in curve
 
 
+def _place(quality, args, key, **host) -> None:
+    """Record where a cached run of `key` was measured: its host, or with `segments`, one host per resumed part."""
+    path = Path(args.results) / f"{quality.run_name(key, args)}.json"
+    run = json.loads(path.read_text())
+    if "segments" in host:
+        run["wall_segments"] = [{"seconds": run["wall_seconds"] / 2, "host": h} for h in host["segments"]]
+    else:
+        run["host"] = host
+    path.write_text(json.dumps(run))
+
+
+EPYC = {"cpu": "AMD EPYC", "native_bf16": True, "threads": 2, "cuda": None}
+
+
+def test_wall_times_from_two_boots_of_one_cpu_model_are_not_divided(quality, cached, capsys):
+    """Two machines with the same CPU model ran the same job 2x apart, so a seed's two runs divide only when they
+    ran in one boot; each seed's ratio is measured in its own place, and the ratios are averaged over seeds."""
+    racing, plain = (quality.RunKey("mr", "bbt", 0, 1000, r) for r in (True, False))
+    _place(quality, cached, racing, **EPYC, boot_id="aaaaaaaa-1111")
+    _place(quality, cached, plain, **EPYC, boot_id="bbbbbbbb-2222")
+    for seed, boot in ((1, "cccccccc-3333"), (2, "dddddddd-4444")):  # each seed's pair in one boot of its own
+        for r in (True, False):
+            _place(quality, cached, quality.RunKey("sms", "bbt", seed, 1000, r), **EPYC, boot_id=boot)
+    # a resumed run measured in two boots is not divided by a run measured in one of them
+    key = quality.RunKey("sms", "bbt", 0, 600, True)
+    _place(quality, cached, key, segments=[{**EPYC, "boot_id": "cccccccc-3333"}, {**EPYC, "boot_id": "eeeeeeee"}])
+    _place(quality, cached, quality.RunKey("sms", "bbt", 0, 600, False), **EPYC, boot_id="cccccccc-3333")
+    assert quality.main([*CURVE, "--results", cached.results]) == 0
+    curve = capsys.readouterr().out.split("| run |")[1]
+    assert (
+        "bbt on mr: racing@1000 vs off@1000: 0.90x the example-evaluations, wall time not compared (measured on "
+        "AMD EPYC (boot aaaaaaaa) and AMD EPYC (boot bbbbbbbb) and unrecorded (AMX Xeon)), test +2.0" in curve
+    )
+    assert "bbt on sms: racing@1000 vs off@1000: 0.90x the example-evaluations, 0.50x the wall time" in curve
+    assert (
+        "bbt on sms: racing@600 vs off@600: 0.90x the example-evaluations, wall time not compared (measured on "
+        "AMD EPYC (boot cccccccc) and AMD EPYC (boot eeeeeeee) and unrecorded (AMX Xeon))" in curve
+    )
+
+
 def test_the_plot_is_written(quality, cached):
     pytest.importorskip("matplotlib")
     path = Path(cached.results) / "curve.png"
@@ -268,7 +308,8 @@ def test_runs_end_to_end_on_the_fake_engine(quality, tmp_path, capsys, racing):
     race = "-race" if racing else ""
     bbt = json.loads((tmp_path / f"sms-bbt-fp32{race}-s0-b80.json").read_text())
     assert bbt["config"]["dtype"] == "fp32" and bbt["config"].get("racing", False) is racing
-    assert set(bbt["host"]) == {"cpu", "native_bf16", "threads", "cuda"}  # wall times compare only on one kind
+    # wall times compare only on one kind of machine, in one boot
+    assert set(bbt["host"]) == {"cpu", "native_bf16", "threads", "cuda", "boot_id"}
     assert bbt["history"][0] == {
         "generation": 0,
         "calls": 0,
@@ -331,7 +372,7 @@ def test_a_stopped_search_resumes_from_its_last_generation_and_ends_as_an_uninte
     ]
     parts_seconds = [s["seconds"] for s in resumed["wall_segments"]]
     assert len(parts_seconds) == 2 and resumed["wall_seconds"] == pytest.approx(sum(parts_seconds))
-    assert all(set(s["host"]) == {"cpu", "native_bf16", "threads", "cuda"} for s in resumed["wall_segments"])
+    assert all(set(s["host"]) == {"cpu", "native_bf16", "threads", "cuda", "boot_id"} for s in resumed["wall_segments"])
 
 
 def test_a_partial_run_saved_with_other_settings_is_not_resumed(quality, tmp_path):
