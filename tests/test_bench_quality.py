@@ -103,22 +103,6 @@ def test_the_tables_hold_the_cached_results(quality, cached, capsys):
     assert "racing@200 vs off@200" in curve and "bbpl on" not in curve
 
 
-def test_wall_times_from_different_cpus_are_not_divided(quality, cached, capsys):
-    """Racing at 1000 on mr measured on another CPU than the run without racing: calls and test metrics are still
-    compared, the wall times are not."""
-    key = quality.RunKey("mr", "bbt", 0, 1000, True)
-    path = Path(cached.results) / f"{quality.run_name(key, cached)}.json"
-    run = json.loads(path.read_text())
-    path.write_text(json.dumps({**run, "host": {"cpu": "AMD EPYC", "native_bf16": True, "threads": 2, "cuda": None}}))
-    assert quality.main([*CURVE, "--results", cached.results]) == 0
-    curve = capsys.readouterr().out.split("| run |")[1]
-    assert (
-        "bbt on mr: racing@1000 vs off@1000: 0.90x the example-evaluations, wall time not compared (measured on "
-        "AMD EPYC and unrecorded (AMX Xeon)), test +2.0 (seeds [0, 1, 2])" in curve
-    )
-    assert "bbt on sms: racing@1000 vs off@1000: 0.90x the example-evaluations, 0.50x the wall time" in curve
-
-
 def _place(quality, args, key, **host) -> None:
     """Record where a cached run of `key` was measured: its host, or with `segments`, one host per resumed part."""
     path = Path(args.results) / f"{quality.run_name(key, args)}.json"
@@ -131,6 +115,24 @@ def _place(quality, args, key, **host) -> None:
 
 
 EPYC = {"cpu": "AMD EPYC", "native_bf16": True, "threads": 2, "cuda": None}
+
+
+def _curve(quality, args, capsys) -> str:
+    """What the bench prints from the curve table on: the table, then racing against no racing."""
+    assert quality.main([*CURVE, "--results", args.results]) == 0
+    return capsys.readouterr().out.split("| run |")[1]
+
+
+def test_wall_times_from_different_cpus_are_not_divided(quality, cached, capsys):
+    """Racing at 1000 on mr measured on another CPU than the run without racing: calls and test metrics are still
+    compared, the wall times are not."""
+    _place(quality, cached, quality.RunKey("mr", "bbt", 0, 1000, True), **EPYC)
+    curve = _curve(quality, cached, capsys)
+    assert (
+        "bbt on mr: racing@1000 vs off@1000: 0.90x the example-evaluations, wall time not compared (measured on "
+        "AMD EPYC and unrecorded (AMX Xeon)), test +2.0 (seeds [0, 1, 2])" in curve
+    )
+    assert "bbt on sms: racing@1000 vs off@1000: 0.90x the example-evaluations, 0.50x the wall time" in curve
 
 
 def test_wall_times_from_two_boots_of_one_cpu_model_are_not_divided(quality, cached, capsys):
@@ -146,8 +148,7 @@ def test_wall_times_from_two_boots_of_one_cpu_model_are_not_divided(quality, cac
     key = quality.RunKey("sms", "bbt", 0, 600, True)
     _place(quality, cached, key, segments=[{**EPYC, "boot_id": "cccccccc-3333"}, {**EPYC, "boot_id": "eeeeeeee"}])
     _place(quality, cached, quality.RunKey("sms", "bbt", 0, 600, False), **EPYC, boot_id="cccccccc-3333")
-    assert quality.main([*CURVE, "--results", cached.results]) == 0
-    curve = capsys.readouterr().out.split("| run |")[1]
+    curve = _curve(quality, cached, capsys)
     assert (
         "bbt on mr: racing@1000 vs off@1000: 0.90x the example-evaluations, wall time not compared (measured on "
         "AMD EPYC (boot aaaaaaaa) and AMD EPYC (boot bbbbbbbb) and unrecorded (AMX Xeon)), test +2.0" in curve
