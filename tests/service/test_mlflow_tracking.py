@@ -32,7 +32,10 @@ def _runs(uri: str, job_id: str, timeout: float = 30.0) -> list:
     while time.monotonic() < deadline:
         experiment = client.get_experiment_by_name("nograd")
         if experiment is not None:
-            runs = client.search_runs([experiment.experiment_id], f"tags.`nograd.job_id` = '{job_id}'")
+            try:
+                runs = client.search_runs([experiment.experiment_id], f"tags.`nograd.job_id` = '{job_id}'")
+            except (ValueError, mlflow.exceptions.MlflowException):  # a file store read while the tracker
+                runs = []  # writes the run: an empty or half-written metric or meta file
             if runs and runs[0].info.status != "RUNNING":
                 return runs
         time.sleep(0.1)
